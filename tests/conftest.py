@@ -1,0 +1,41 @@
+"""Shared fixtures: the scripted upstream and a live unimodel server in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.scripted_upstream import Script, ScriptedUpstream
+
+REASONING = "Let me think. 2 + 2 is 4, and [brackets] are fine."
+ANSWER = "The answer is 4. Ünïcödé and emoji 🎉 survive."
+
+
+def standard_scripts() -> dict[str, Script]:
+    weather = ('{"city": "Paris", "unit": "celsius"}')
+    time_args = '{"tz": "Europe/Paris", "note": "a } and a \\"quote\\""}'
+    return {
+        "raw-plain": Script(mode="raw", content=ANSWER),
+        "raw-think": Script(mode="raw", reasoning=REASONING, content=ANSWER),
+        "raw-tools": Script(mode="raw", reasoning=REASONING,
+                            tool_calls=[("get_weather", weather), ("get_time", time_args)]),
+        "raw-bad-tool": Script(mode="raw", tool_calls=[("get_weather", '{"city": "Par')]),
+        "parsed-think": Script(mode="parsed", reasoning=REASONING, content=ANSWER),
+        "parsed-tools": Script(mode="parsed", reasoning=REASONING,
+                               tool_calls=[("get_weather", weather), ("get_time", time_args)]),
+        "think-tags": Script(mode="think-tags", reasoning=REASONING, content=ANSWER),
+        "json-body": Script(mode="raw", reasoning=REASONING, content=ANSWER, ignore_stream=True),
+        "fails-400": Script(error_status=400, error_message="This model's maximum context length is 10"),
+        "fails-503": Script(error_status=503, error_message="engine overloaded"),
+        "slow": Script(content=ANSWER, delay_s=3.0),
+        "drops": Script(content=ANSWER * 4, drop_after_frames=5),
+        "error-frame": Script(content=ANSWER * 4, error_frame_after=4),
+        "long": Script(content="tok " * 400, chunk_chars=4, frame_delay_s=0.01),
+    }
+
+
+@pytest.fixture(scope="session")
+def scripted_upstream() -> Iterator[ScriptedUpstream]:
+    with ScriptedUpstream(standard_scripts()) as upstream:
+        yield upstream

@@ -1,0 +1,240 @@
+"""A scripted vLLM-like OpenAI-compatible server for tests (stdlib only, loopback only).
+
+Each served model name maps to a :class:`Script` that says what the "model" answers and how: raw text with
+Mistral v15 markers (as vLLM started without parsers gives with ``skip_special_tokens: false``; with special
+tokens skipped the markers vanish, as in real vLLM), or pre-parsed fields (``reasoning``/``tool_calls``, as
+vLLM with ``--reasoning-parser mistral --tool-call-parser mistral``); streamed or one JSON body; errors,
+slowness, and a connection dropped mid-stream. Every request body received is kept in ``requests``.
+
+A plain ``ThreadingHTTPServer`` rather than an ASGI app, so a test can cut the socket in the middle of a
+chunked response, which real servers do when they crash.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal, Optional
+
+MARKERS = ("[THINK]", "[/THINK]", "[TOOL_CALLS]", "[ARGS]")
+
+
+@dataclass
+class Script:
+    mode: Literal["raw", "parsed", "think-tags"] = "raw"
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: list[tuple[str, str]] = field(default_factory=list)  # (name, arguments JSON text)
+    chunk_chars: int = 4
+    delay_s: float = 0.0  # before the response starts
+    frame_delay_s: float = 0.0  # between frames
+    error_status: Optional[int] = None
+    error_message: str = "scripted failure"
+    drop_after_frames: Optional[int] = None  # cut the connection after this many frames
+    finish_reason: Optional[str] = None  # default: tool_calls / stop
+    report_usage: bool = True
+    prompt_tokens: int = 11
+    ignore_stream: bool = False  # answer one JSON body even when asked to stream
+    error_frame_after: Optional[int] = None  # send an OpenAI error frame mid-stream (vLLM does this)
+
+    def raw_text(self, skip_special: bool) -> str:
+        if self.mode == "think-tags":
+            text = (f"<think>{self.reasoning}</think>" if self.reasoning else "") + self.content
+            for name, args in self.tool_calls:
+                text += f'<tool_call>{{"name": "{name}", "arguments": {args}}}</tool_call>'
+            return text
+        text = (f"[THINK]{self.reasoning}[/THINK]" if self.reasoning else "") + self.content
+        for name, args in self.tool_calls:
+            text += f"[TOOL_CALLS]{name}[ARGS]{args}"
+        if skip_special:
+            for m in MARKERS:
+                text = text.replace(m, "")
+        return text
+
+
+def _pieces(text: str, n: int) -> list[str]:
+    return [text[i:i + n] for i in range(0, len(text), n)]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # dropped connections are the point of some scripts
+
+
+class ScriptedUpstream:
+    def __init__(self, scripts: Optional[dict[str, Script]] = None) -> None:
+        self.scripts: dict[str, Script] = dict(scripts or {})
+        self.requests: list[dict[str, Any]] = []
+        self.disconnects = 0
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> "ScriptedUpstream":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    # ---- responses --------------------------------------------------------------------------------
+
+    def frames(self, script: Script, body: dict[str, Any], model: str) -> list[dict[str, Any]]:
+        base = {"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model}
+
+        def chunk(delta: dict[str, Any], finish: Optional[str] = None) -> dict[str, Any]:
+            return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+        out = [chunk({"role": "assistant", "content": ""})]
+        if script.mode == "parsed":
+            for p in _pieces(script.reasoning, script.chunk_chars):
+                out.append(chunk({"reasoning": p}))
+            for p in _pieces(script.content, script.chunk_chars):
+                out.append(chunk({"content": p}))
+            for i, (name, args) in enumerate(script.tool_calls):
+                out.append(chunk({"tool_calls": [{"index": i, "id": f"chatcmpl-tool-{i}", "type": "function",
+                                                  "function": {"name": name, "arguments": ""}}]}))
+                for p in _pieces(args, script.chunk_chars):
+                    out.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]}))
+        else:
+            raw = script.raw_text(skip_special=body.get("skip_special_tokens", True) is not False)
+            for p in _pieces(raw, script.chunk_chars):
+                out.append(chunk({"content": p}))
+        finish = script.finish_reason or ("tool_calls" if script.tool_calls and script.mode == "parsed"
+                                          else "stop")
+        out.append(chunk({}, finish))
+        if script.report_usage:
+            completion = len(out) - 2
+            reasoning = len(_pieces(script.reasoning, script.chunk_chars)) if script.mode == "parsed" else None
+            usage: dict[str, Any] = {"prompt_tokens": script.prompt_tokens, "completion_tokens": completion,
+                                     "total_tokens": script.prompt_tokens + completion}
+            if reasoning is not None:
+                usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+            out.append({**base, "choices": [], "usage": usage})
+        return out
+
+    def whole(self, script: Script, body: dict[str, Any], model: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant"}
+        if script.mode == "parsed":
+            message["content"] = script.content or None
+            if script.reasoning:
+                message["reasoning"] = script.reasoning
+            if script.tool_calls:
+                message["tool_calls"] = [{"id": f"chatcmpl-tool-{i}", "type": "function",
+                                          "function": {"name": n, "arguments": a}}
+                                         for i, (n, a) in enumerate(script.tool_calls)]
+        else:
+            message["content"] = script.raw_text(skip_special=body.get("skip_special_tokens", True) is not False)
+        finish = script.finish_reason or ("tool_calls" if script.tool_calls and script.mode == "parsed"
+                                          else "stop")
+        return {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+                "usage": {"prompt_tokens": script.prompt_tokens, "completion_tokens": 7, "total_tokens": 18}}
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:  # keep test output clean
+                pass
+
+            def _json(self, status: int, payload: Any) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") == "/v1/models":
+                    self._json(200, {"object": "list", "data": [{"id": m, "object": "model"}
+                                                                 for m in upstream.scripts]})
+                elif self.path == "/health":
+                    self._json(200, {})
+                else:
+                    self._json(404, {"error": {"message": "no route", "type": "NotFound", "code": 404}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                upstream.requests.append(body)
+                model = body.get("model", "")
+                script = upstream.scripts.get(model)
+                if script is None:
+                    self._json(404, {"error": {"message": f"The model `{model}` does not exist.",
+                                               "type": "NotFoundError", "param": "model", "code": 404}})
+                    return
+                if script.delay_s:
+                    time.sleep(script.delay_s)
+                if script.error_status:
+                    self._json(script.error_status, {"error": {"message": script.error_message,
+                                                               "type": "BadRequestError", "param": "messages",
+                                                               "code": script.error_status}})
+                    return
+                if not body.get("stream") or script.ignore_stream:
+                    self._json(200, upstream.whole(script, body, model))
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                try:
+                    for i, fr in enumerate(upstream.frames(script, body, model)):
+                        if script.drop_after_frames is not None and i >= script.drop_after_frames:
+                            self.connection.shutdown(2)  # a crash: no terminating chunk
+                            self.close_connection = True
+                            return
+                        if script.error_frame_after is not None and i == script.error_frame_after:
+                            self._chunk(b'data: {"error": {"message": "scripted mid-stream failure", '
+                                        b'"type": "InternalServerError", "code": 500}}\n\n')
+                            break
+                        self._chunk(b"data: " + json.dumps(fr).encode() + b"\n\n")
+                        if script.frame_delay_s:
+                            time.sleep(script.frame_delay_s)
+                    else:
+                        self._chunk(b"data: [DONE]\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    upstream.disconnects += 1
+                    self.close_connection = True
+
+            def _chunk(self, data: bytes) -> None:
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+                self.wfile.flush()
+
+        return Handler
+
+
+def main() -> None:
+    """Run standalone (benchmarks): ``python -m tests.support.scripted_upstream PORT_FILE``."""
+    import sys
+
+    scripts = {
+        "bench-plain": Script(mode="raw", content="The answer is 4. " * 8, chunk_chars=6),
+        "bench-think": Script(mode="raw", reasoning="step " * 20, content="The answer is 4.", chunk_chars=6),
+    }
+    with ScriptedUpstream(scripts) as upstream:
+        port_file = sys.argv[1] if len(sys.argv) > 1 else None
+        if port_file:
+            with open(port_file, "w") as fh:
+                fh.write(upstream.base_url)
+        else:
+            print(upstream.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Settings precedence (flags > env > file) and the CLI's one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from unimodel.config import ConfigError, Settings
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "unimodel.yaml"
+    cfg.write_text("port: 7001\nhost: 0.0.0.0\nupstream: http://file:1/v1\nserved-model-name: from-file\n")
+    monkeypatch.setenv("UNIMODEL_PORT", "7002")
+    monkeypatch.setenv("UNIMODEL_UPSTREAM", "http://env:1/v1")
+    s = Settings.load(cfg, upstream="http://flag:1/v1", host=None)
+    assert s.upstream == "http://flag:1/v1"  # flag beats env and file
+    assert s.port == 7002  # env beats file
+    assert s.host == "0.0.0.0"  # file beats default
+    assert s.served_model_name == "from-file"
+
+
+@pytest.mark.parametrize("content,fragment", [
+    ("port: [1, 2", "not valid YAML"),
+    ("- a\n- b\n", "mapping"),
+    ("port: 99999\n", "port"),
+    ("no_such_setting: 1\n", "no_such_setting"),
+])
+def test_bad_config_file(tmp_path: Path, content: str, fragment: str) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(content)
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.load(cfg)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        Settings.load(tmp_path / "missing.yaml")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "unimodel.cli", *args], capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["serve", "--no-such-flag"], "No such option"),
+    (["serve", "--port", "abc"], "port"),
+    (["serve", "--engine", "warp"], "engine"),
+    (["serve", "--engine", "upstream"], "--upstream"),
+    (["serve", "--engine", "upstream", "--upstream", "gpu-box:8000"], "http"),
+])
+def test_cli_bad_flags_exit_2_with_one_line(args: list[str], fragment: str) -> None:
+    proc = _cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("unimodel: error:") and fragment in lines[0]
+
+
+def test_cli_help_everywhere() -> None:
+    assert _cli("--help").returncode == 0
+    out = _cli("serve", "--help")
+    assert out.returncode == 0 and "--upstream" in out.stdout

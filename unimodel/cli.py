@@ -1,0 +1,93 @@
+"""The ``unimodel`` command: parse flags, build settings, call the library, print. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from typer.exceptions import TyperException
+
+from unimodel.config import ConfigError, Settings
+
+app = typer.Typer(
+    name="unimodel",
+    help="One unified model (chat, reasoning, vision, code) behind one OpenAI-compatible endpoint.",
+    invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    """One unified model (chat, reasoning, vision, code) behind one OpenAI-compatible endpoint."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
+
+@app.command()
+def serve(
+    model: Optional[str] = typer.Option(None, help="Hub id, local path, or the upstream's model name."),
+    engine: Optional[str] = typer.Option(None, help="local | upstream | vllm"),
+    upstream: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server, e.g. http://gpu:8000/v1"),
+    upstream_parse: Optional[str] = typer.Option(None, help="auto | upstream | gateway: who splits reasoning/tool calls"),
+    upstream_api_key: Optional[str] = typer.Option(None, help="Bearer key sent to the upstream."),
+    model_family: Optional[str] = typer.Option(None, help="Output format family: mistral | think-tags"),
+    host: Optional[str] = typer.Option(None, help="Bind address (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8000)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML settings file (flags and UNIMODEL_* env win)."),
+    served_model_name: Optional[str] = typer.Option(None, help="The model name clients send."),
+    api_key: Optional[List[str]] = typer.Option(None, "--api-key", help="Accepted client key (repeatable)."),
+    max_request_bytes: Optional[int] = typer.Option(None, help="Largest accepted request body."),
+    shutdown_grace_s: Optional[float] = typer.Option(None, help="Seconds in-flight requests get on SIGTERM."),
+    log_level: Optional[str] = typer.Option(None, help="debug | info | warning | error"),
+) -> None:
+    """Serve the OpenAI-compatible endpoint."""
+    settings = Settings.load(
+        config, model=model, engine=engine, upstream=upstream, upstream_parse=upstream_parse,
+        upstream_api_key=upstream_api_key, model_family=model_family, host=host, port=port,
+        served_model_name=served_model_name, api_keys=api_key or None,
+        max_request_bytes=max_request_bytes, shutdown_grace_s=shutdown_grace_s, log_level=log_level,
+    )
+    from unimodel.server.run import run_server
+
+    run_server(settings)
+
+
+def _register_optional_commands() -> None:
+    try:
+        from unimodel.plan.command import register as register_plan
+    except ImportError:
+        return
+    register_plan(app)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: usage errors and settings errors become one line on stderr and exit code 2."""
+    _register_optional_commands()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except TyperException as exc:  # typer's click usage errors: bad flag, bad value, missing option
+        code = getattr(exc, "exit_code", 2)
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        _fail(message, code if isinstance(code, int) and code else 2)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"unimodel: error: {' '.join(message.split())}", err=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Settings: one pydantic-settings object, built once and passed down.
+
+Precedence (highest first): CLI flags > ``UNIMODEL_*`` environment variables > the YAML file given with
+``--config`` > defaults. Nothing is read at import; :meth:`Settings.load` does the reading.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+EngineKind = Literal["local", "upstream", "vllm"]
+UpstreamParse = Literal["auto", "upstream", "gateway"]
+
+
+class ConfigError(ValueError):
+    """A settings problem a user can fix; the CLI prints it as one line and exits 2."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="UNIMODEL_", extra="forbid", validate_default=True)
+
+    # what to serve
+    engine: EngineKind = "upstream"
+    model: Optional[str] = None
+    served_model_name: Optional[str] = None
+    model_family: Literal["mistral", "think-tags"] = "mistral"
+    model_families: dict[str, Literal["mistral", "think-tags"]] = Field(default_factory=dict)
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: list[str] = Field(default_factory=list)
+    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    shutdown_grace_s: float = Field(default=30.0, ge=0)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # upstream engine
+    upstream: Optional[str] = None
+    upstream_api_key: Optional[str] = None
+    upstream_parse: UpstreamParse = "auto"
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    upstream_read_timeout_s: float = Field(default=600.0, gt=0)
+    upstream_max_connections: int = Field(default=256, ge=1)
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_url(cls, v: Optional[str]) -> Optional[str]:
+        if v is None:
+            return v
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://gpu-box:8000/v1")
+        return v.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init kwargs carry CLI flags *and* the YAML file's values merged under them by load()
+        return (init_settings, env_settings)
+
+    @classmethod
+    def load(cls, config_file: Optional[Path] = None, **cli: Any) -> "Settings":
+        """Build settings from a YAML file, the environment and CLI values (``None`` = flag not given)."""
+        file_values: dict[str, Any] = {}
+        if config_file is not None:
+            try:
+                raw = yaml.safe_load(Path(config_file).read_text()) or {}
+            except OSError as exc:
+                raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from exc
+            if not isinstance(raw, dict):
+                raise ConfigError(f"config file {config_file} must hold a mapping of settings")
+            file_values = {k.replace("-", "_"): v for k, v in raw.items()}
+        flags = {k: v for k, v in cli.items() if v is not None and v != []}
+        try:
+            # env beats the file, flags beat env: pass the file's values only where neither env nor flag set one
+            env_only = cls._env_keys()
+            merged = {k: v for k, v in file_values.items() if k not in env_only}
+            merged.update(flags)
+            return cls(**merged)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "settings"
+            raise ConfigError(f"invalid setting '{where}': {err['msg']}") from exc
+
+    @classmethod
+    def _env_keys(cls) -> set[str]:
+        import os
+
+        prefix = "UNIMODEL_"
+        return {k[len(prefix):].lower() for k in os.environ if k.startswith(prefix)}
+
+    @property
+    def default_model_name(self) -> str:
+        return self.served_model_name or self.model or "default"

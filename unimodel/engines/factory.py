@@ -1,0 +1,27 @@
+"""Build the engine named in the settings. Heavy engines are imported only when chosen."""
+
+from __future__ import annotations
+
+from unimodel.config import ConfigError, Settings
+from unimodel.engines.base import Engine
+
+
+def build_engine(settings: Settings) -> Engine:
+    if settings.engine == "upstream":
+        from unimodel.engines.upstream import UpstreamEngine
+
+        if not settings.upstream:
+            raise ConfigError("--engine upstream needs --upstream URL (e.g. http://gpu-box:8000/v1)")
+        return UpstreamEngine(
+            settings.upstream,
+            served_model_name=settings.served_model_name or settings.model,
+            upstream_model=settings.model,
+            family=settings.model_family,
+            families=dict(settings.model_families),
+            parse_mode=settings.upstream_parse,
+            api_key=settings.upstream_api_key,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            read_timeout_s=settings.upstream_read_timeout_s,
+            max_connections=settings.upstream_max_connections,
+        )
+    raise ConfigError(f"--engine {settings.engine} is not available in this build yet")

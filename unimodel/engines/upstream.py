@@ -1,0 +1,219 @@
+"""The upstream engine: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, a hosted API).
+
+All I/O goes through one injected ``httpx.AsyncClient`` (pooled, keep-alive), so tests swap in a
+``MockTransport`` or a real loopback server. We always ask the upstream to stream, whatever the client asked:
+one code path, early cancellation when the client leaves, and room for budget enforcement; a server that
+answers a streaming request with one JSON body is handled too.
+
+Parse modes (``--upstream-parse``):
+
+* ``upstream`` — the upstream already splits reasoning and tool calls (vLLM ``--reasoning-parser mistral``):
+  its ``reasoning``/``reasoning_content``/``tool_calls`` fields are normalised, its content passed through.
+  Nothing non-standard is sent, so hosted APIs that reject unknown fields work.
+* ``gateway`` — we ask for raw output (``skip_special_tokens: false``) and parse the text with ``formats/``.
+* ``auto`` — both at once: raw output is asked for, upstream-parsed fields are normalised, and the content
+  goes through the model family's parser, which passes plain text through and splits it when the model's
+  markers show. So a stock engine and a pre-parsed one both just work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any, Literal, Optional
+
+import httpx
+
+from unimodel.engines.base import Engine, GenerationRequest
+from unimodel.engines.upstream_stream import UpstreamStreamDecoder
+from unimodel.errors import (
+    ServiceUnavailableError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamStatusError,
+    UpstreamTimeoutError,
+)
+from unimodel.formats.registry import get_format
+from unimodel.protocol.events import Event
+from unimodel.protocol.openai import ModelCard
+
+log = logging.getLogger("unimodel.upstream")
+
+ParseMode = Literal["auto", "upstream", "gateway"]
+
+# our request extensions that upstreams must not see (we enforce or resolve them ourselves)
+_OWN_FIELDS = {"route", "include_reasoning", "thinking_budget", "reasoning_effort", "model", "stream",
+               "stream_options"}
+
+
+class UpstreamEngine(Engine):
+    kind = "upstream"
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        served_model_name: Optional[str] = None,
+        upstream_model: Optional[str] = None,
+        family: str = "mistral",
+        families: Optional[dict[str, str]] = None,
+        parse_mode: ParseMode = "auto",
+        api_key: Optional[str] = None,
+        client: Optional[httpx.AsyncClient] = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 600.0,
+        max_connections: int = 256,
+        probe_interval_s: float = 5.0,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.upstream_model = upstream_model or served_model_name
+        self.served_model_name = served_model_name or upstream_model
+        self.format = get_format(family)
+        # per served model overrides, e.g. a <think>-tags model behind the same llama.cpp server
+        self._formats = {name: get_format(fam) for name, fam in (families or {}).items()}
+        self.parse_mode: ParseMode = parse_mode
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._own_client = client is None
+        self._client = client
+        self._timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
+                                      write=read_timeout_s, pool=connect_timeout_s)
+        self._limits = httpx.Limits(max_connections=max_connections,
+                                    max_keepalive_connections=max_connections)
+        self._probe_interval_s = probe_interval_s
+        self._probe_task: Optional[asyncio.Task[None]] = None
+        self._ready = False
+        self._discovered: list[str] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits)
+        await self.probe()
+        self._probe_task = asyncio.create_task(self._probe_loop(), name="upstream-probe")
+
+    async def aclose(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            try:
+                await self._probe_task
+            except asyncio.CancelledError:
+                pass
+            self._probe_task = None
+        if self._own_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def is_ready(self) -> bool:
+        return self._ready
+
+    def models(self) -> list[ModelCard]:
+        if self.served_model_name:
+            return [ModelCard(id=self.served_model_name)]
+        return [ModelCard(id=m) for m in self._discovered]
+
+    async def probe(self) -> bool:
+        """Ask the upstream for its models; ready when it answers 200."""
+        assert self._client is not None
+        try:
+            resp = await self._client.get(f"{self.base_url}/models", headers=self._headers,
+                                          timeout=self._timeout.connect)
+            ok = resp.status_code == 200
+            if ok:
+                data = resp.json().get("data", [])
+                self._discovered = [m["id"] for m in data if isinstance(m, dict) and "id" in m]
+        except (httpx.HTTPError, ValueError, AttributeError):
+            ok = False
+        if ok != self._ready:
+            log.info("upstream %s is %s", self.base_url, "ready" if ok else "not ready")
+        self._ready = ok
+        return ok
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._probe_interval_s if self._ready else min(1.0, self._probe_interval_s))
+            await self.probe()
+
+    # ---- generation ------------------------------------------------------------------------------------
+
+    def build_payload(self, request: GenerationRequest) -> dict[str, Any]:
+        wire = request.wire.model_dump(mode="json", exclude_none=True, by_alias=True)
+        payload = {k: v for k, v in wire.items() if k not in _OWN_FIELDS}
+        payload["model"] = self.upstream_model or request.served_model
+        payload["stream"] = True
+        payload["stream_options"] = {"include_usage": True}
+        if request.max_tokens is not None:
+            payload.pop("max_completion_tokens", None)
+            payload["max_tokens"] = request.max_tokens
+        if request.model_effort is not None:
+            payload["reasoning_effort"] = request.model_effort
+        if self.parse_mode != "upstream":
+            payload["skip_special_tokens"] = False
+        return payload
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        if self._client is None:
+            raise ServiceUnavailableError("the upstream engine is not started", retry_after=1)
+        payload = self.build_payload(request)
+        decoder = UpstreamStreamDecoder(
+            self._formats.get(request.served_model, self.format), parse_content=self.parse_mode != "upstream"
+        )
+        try:
+            async with self._client.stream(
+                "POST", f"{self.base_url}/chat/completions", json=payload, headers=self._headers
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise _status_error(resp)
+                if "text/event-stream" not in resp.headers.get("content-type", ""):
+                    await resp.aread()
+                    for event in decoder.whole_response(_json_body(resp)):
+                        yield event
+                    return
+                async for line in resp.aiter_lines():
+                    for event in decoder.sse_line(line):
+                        yield event
+                    if decoder.done:
+                        break
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeoutError(f"the upstream did not answer in time ({type(exc).__name__})") from exc
+        except httpx.ConnectError as exc:
+            raise UpstreamConnectionError(f"cannot connect to the upstream at {self.base_url}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"the upstream connection failed: {type(exc).__name__}: {exc}") from exc
+        for event in decoder.close():
+            yield event
+
+
+def _json_body(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError as exc:
+        raise UpstreamError("the upstream answered with a body that is not JSON") from exc
+    if not isinstance(body, dict):
+        raise UpstreamError("the upstream answered with JSON that is not an object")
+    return body
+
+
+def _status_error(resp: httpx.Response) -> UpstreamStatusError:
+    message, param, code, etype = f"the upstream answered HTTP {resp.status_code}", None, None, None
+    try:
+        body = json.loads(resp.content or b"null")
+    except ValueError:
+        body = None
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        message = str(err.get("message") or message)
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        code = str(err["code"]) if err.get("code") is not None else None
+        etype = err.get("type") if isinstance(err.get("type"), str) else None
+    elif isinstance(body, dict) and isinstance(body.get("message"), str):
+        message = body["message"]  # vLLM's older flat error shape
+    elif isinstance(err, str):
+        message = err
+    if resp.status_code >= 500:
+        message = f"upstream error {resp.status_code}: {message}"
+    return UpstreamStatusError(message, upstream_status=resp.status_code, param=param, code=code,
+                               error_type=etype)

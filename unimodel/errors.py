@@ -1,0 +1,169 @@
+"""The one error tree of unimodel.
+
+Every failure a user or an upstream can cause is one of these classes. Each carries the HTTP status it
+maps to and a stable ``type``/``code`` pair used both in the OpenAI-shaped error body and as a metric label,
+so the label never drifts from what clients see::
+
+    UnimodelError                      500 server_error / internal_error
+    ├── InvalidRequestError            400 invalid_request_error / invalid_value   (carries ``param``)
+    │   ├── ContextLengthExceededError 400 invalid_request_error / context_length_exceeded
+    │   └── UnsupportedFeatureError    400 invalid_request_error / unsupported_feature
+    ├── AuthenticationError            401 authentication_error / invalid_api_key
+    ├── PermissionDeniedError          403 permission_error / permission_denied
+    ├── NotFoundError                  404 not_found_error / not_found
+    │   └── ModelNotFoundError         404 invalid_request_error / model_not_found
+    ├── ConflictError                  409 conflict_error / conflict
+    ├── RequestTooLargeError           413 invalid_request_error / request_too_large
+    ├── RateLimitError                 429 rate_limit_error / rate_limit_exceeded  (carries ``retry_after``)
+    ├── UpstreamError                  502 upstream_error / bad_gateway
+    │   ├── UpstreamConnectionError    502 upstream_error / upstream_unreachable
+    │   ├── UpstreamStatusError        any upstream 4xx status kept, 5xx → 502
+    │   └── UpstreamTimeoutError       504 upstream_error / upstream_timeout
+    └── ServiceUnavailableError        503 service_unavailable / engine_not_ready (carries ``retry_after``)
+        └── OverloadedError            503 service_unavailable / queue_full
+
+Engines, the gateway and the server raise these; only the server turns them into HTTP responses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class UnimodelError(Exception):
+    """Base of every error unimodel reports to a client."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status_code is not None:
+            self.status_code = status_code
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI error body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.error_type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, int(round(self.retry_after))))}
+
+
+class InvalidRequestError(UnimodelError):
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_value"
+
+
+class ContextLengthExceededError(InvalidRequestError):
+    code = "context_length_exceeded"
+
+
+class UnsupportedFeatureError(InvalidRequestError):
+    code = "unsupported_feature"
+
+
+class AuthenticationError(UnimodelError):
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(UnimodelError):
+    status_code = 403
+    error_type = "permission_error"
+    code = "permission_denied"
+
+
+class NotFoundError(UnimodelError):
+    status_code = 404
+    error_type = "not_found_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    error_type = "invalid_request_error"
+    code = "model_not_found"
+
+
+class ConflictError(UnimodelError):
+    status_code = 409
+    error_type = "conflict_error"
+    code = "conflict"
+
+
+class RequestTooLargeError(UnimodelError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimitError(UnimodelError):
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamError(UnimodelError):
+    status_code = 502
+    error_type = "upstream_error"
+    code = "bad_gateway"
+
+
+class UpstreamConnectionError(UpstreamError):
+    code = "upstream_unreachable"
+
+
+class UpstreamStatusError(UpstreamError):
+    """The upstream answered with an error status.
+
+    A 4xx keeps its status (the client's request was at fault and the upstream said why); a 5xx becomes 502.
+    """
+
+    code = "upstream_error"
+
+    def __init__(self, message: str, *, upstream_status: int, param: str | None = None,
+                 code: str | None = None, error_type: str | None = None) -> None:
+        status = upstream_status if 400 <= upstream_status < 500 else 502
+        super().__init__(message, param=param, code=code, status_code=status)
+        self.upstream_status = upstream_status
+        if 400 <= upstream_status < 500:
+            self.error_type = error_type or "invalid_request_error"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status_code = 504
+    code = "upstream_timeout"
+
+
+class ServiceUnavailableError(UnimodelError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "engine_not_ready"
+
+
+class OverloadedError(ServiceUnavailableError):
+    code = "queue_full"

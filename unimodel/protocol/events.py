@@ -1,0 +1,71 @@
+"""Neutral generation events: what every engine yields and every output parser produces.
+
+An engine's output is a stream of these, independent of the model family and of HTTP. The server turns them
+into ``chat.completion.chunk`` frames or folds them into one ``chat.completion`` (``service/assemble.py``),
+so a streamed and a non-streamed response are built from the very same events.
+
+Order guarantees an engine gives: reasoning deltas come before content deltas of the same answer; a tool call
+is ``ToolCallStart`` → one or more ``ToolCallArgsDelta`` → ``ToolCallEnd`` with increasing ``index``;
+``Usage`` (at most once) and ``Finish`` (exactly once, last) close the stream.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContentDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStart:
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallArgsDelta:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEnd:
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    reason: FinishReason
+
+
+Event = Union[ReasoningDelta, ContentDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd, Usage, Finish]

@@ -1,0 +1,33 @@
+"""``GET /v1/models``, ``/health`` (process alive) and ``/ready`` (engine ready)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from unimodel.errors import ServiceUnavailableError
+from unimodel.protocol.openai import ModelList
+from unimodel.server.auth import check_api_key
+from unimodel.server.errors import error_response
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    check_api_key(request, request.app.state.settings.api_keys)
+    return JSONResponse(ModelList(data=request.app.state.engine.models()).model_dump(mode="json"))
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    engine = request.app.state.engine
+    if engine.is_ready():
+        return JSONResponse({"status": "ready", "engine": engine.kind,
+                             "models": [m.id for m in engine.models()]})
+    return error_response(ServiceUnavailableError(f"the {engine.kind} engine is not ready", retry_after=2))

@@ -1,0 +1,152 @@
+"""Build responses from neutral events: one ``chat.completion``, or a stream of chunk payloads.
+
+Both paths read the same events, so a streamed response folds to exactly the non-streamed one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, Optional
+
+from unimodel.protocol.events import (
+    ContentDelta,
+    Event,
+    Finish,
+    ReasoningDelta,
+    ToolCallArgsDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+from unimodel.protocol.openai import (
+    ChatCompletion,
+    Choice,
+    CompletionTokensDetails,
+    FunctionCall,
+    ResponseMessage,
+    ToolCall,
+    UsageInfo,
+)
+
+
+def usage_info(usage: Optional[Usage]) -> Optional[UsageInfo]:
+    if usage is None:
+        return None
+    return UsageInfo(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=usage.reasoning_tokens),
+    )
+
+
+class CompletionBuilder:
+    """Folds events into one assistant message."""
+
+    def __init__(self, include_reasoning: bool = True) -> None:
+        self.include_reasoning = include_reasoning
+        self.reasoning: list[str] = []
+        self.content: list[str] = []
+        self.calls: dict[int, dict[str, Any]] = {}
+        self.usage: Optional[Usage] = None
+        self.finish_reason: Optional[str] = None
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, ReasoningDelta):
+            self.reasoning.append(event.text)
+        elif isinstance(event, ContentDelta):
+            self.content.append(event.text)
+        elif isinstance(event, ToolCallStart):
+            self.calls[event.index] = {"id": event.id, "name": event.name, "args": []}
+        elif isinstance(event, ToolCallArgsDelta):
+            self.calls[event.index]["args"].append(event.text)
+        elif isinstance(event, Usage):
+            self.usage = event if self.usage is None else self.usage + event
+        elif isinstance(event, Finish):
+            self.finish_reason = event.reason
+        elif isinstance(event, ToolCallEnd):
+            pass
+
+    def add_all(self, events: Iterable[Event]) -> "CompletionBuilder":
+        for e in events:
+            self.add(e)
+        return self
+
+    def message(self) -> ResponseMessage:
+        reasoning = "".join(self.reasoning) if self.include_reasoning and self.reasoning else None
+        content = "".join(self.content)
+        tool_calls = [
+            ToolCall(id=c["id"], function=FunctionCall(name=c["name"], arguments="".join(c["args"])))
+            for _, c in sorted(self.calls.items())
+        ]
+        return ResponseMessage(
+            content=content if content or not tool_calls else None,
+            reasoning=reasoning,
+            reasoning_content=reasoning,
+            tool_calls=tool_calls or None,
+        )
+
+    def completion(self, request_id: str, model: str, created: Optional[int] = None) -> ChatCompletion:
+        return ChatCompletion(
+            id=request_id,
+            created=created if created is not None else int(time.time()),
+            model=model,
+            choices=[Choice(message=self.message(), finish_reason=self.finish_reason or "stop")],
+            usage=usage_info(self.usage),
+        )
+
+
+class ChunkEncoder:
+    """Maps events to ``chat.completion.chunk`` payloads (dicts ready for JSON)."""
+
+    def __init__(self, request_id: str, model: str, *, include_reasoning: bool = True,
+                 include_usage: bool = False, created: Optional[int] = None) -> None:
+        self.request_id = request_id
+        self.model = model
+        self.include_reasoning = include_reasoning
+        self.include_usage = include_usage
+        self.created = created if created is not None else int(time.time())
+        self._usage: Optional[Usage] = None
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: Optional[str] = None,
+               usage: Any = None, choices: bool = True) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.request_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+            if choices else [],
+        }
+        if self.include_usage:
+            body["usage"] = usage
+        return body
+
+    def first(self) -> dict[str, Any]:
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def encode(self, event: Event) -> list[dict[str, Any]]:
+        if isinstance(event, ReasoningDelta):
+            if not self.include_reasoning or not event.text:
+                return []
+            return [self._chunk({"reasoning": event.text, "reasoning_content": event.text})]
+        if isinstance(event, ContentDelta):
+            return [self._chunk({"content": event.text})] if event.text else []
+        if isinstance(event, ToolCallStart):
+            return [self._chunk({"tool_calls": [{
+                "index": event.index, "id": event.id, "type": "function",
+                "function": {"name": event.name, "arguments": ""},
+            }]})]
+        if isinstance(event, ToolCallArgsDelta):
+            return [self._chunk({"tool_calls": [{"index": event.index, "function": {"arguments": event.text}}]})]
+        if isinstance(event, Usage):
+            self._usage = event if self._usage is None else self._usage + event
+            return []
+        if isinstance(event, Finish):
+            out = [self._chunk({}, finish_reason=event.reason)]
+            if self.include_usage:
+                info = usage_info(self._usage)
+                out.append(self._chunk({}, usage=info.model_dump() if info else None, choices=False))
+            return out
+        return []

@@ -1,0 +1,85 @@
+"""HTTP-free serving logic for chat completions: validate, call the engine, build the response.
+
+The server calls :meth:`ChatService.prepare` (all client errors surface here, before any byte is sent), then
+either :meth:`ChatService.complete` or :meth:`ChatService.stream_chunks`. Engine iterators are always closed,
+so a client that leaves cancels the engine's work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from unimodel.engines.base import Engine, GenerationRequest
+from unimodel.errors import ServiceUnavailableError
+from unimodel.protocol.events import Event
+from unimodel.protocol.openai import ChatCompletion, ChatCompletionRequest
+from unimodel.service.assemble import ChunkEncoder, CompletionBuilder
+from unimodel.service.validate import to_generation_request
+
+log = logging.getLogger("unimodel.chat")
+
+
+@dataclass
+class PreparedChat:
+    request: GenerationRequest
+    events: AsyncIterator[Event]
+    first: list[Event]
+
+
+class ChatService:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def prepare(self, wire: ChatCompletionRequest, request_id: str | None = None) -> PreparedChat:
+        """Validate and start generation, pulling the first event so that refusals raise here."""
+        models = self.engine.models()
+        if not models:
+            raise ServiceUnavailableError("no model is being served yet: the engine is not ready",
+                                          retry_after=2)
+        request = to_generation_request(wire, models, request_id)
+        events = aiter(self.engine.generate(request))
+        first: list[Event] = []
+        try:
+            first.append(await anext(events))
+        except StopAsyncIteration:
+            pass
+        except BaseException:
+            await _close(events)
+            raise
+        return PreparedChat(request, events, first)
+
+    async def complete(self, prepared: PreparedChat) -> ChatCompletion:
+        req = prepared.request
+        builder = CompletionBuilder(include_reasoning=req.include_reasoning)
+        try:
+            builder.add_all(prepared.first)
+            async for event in prepared.events:
+                builder.add(event)
+        finally:
+            await _close(prepared.events)
+        return builder.completion(req.request_id, req.served_model)
+
+    async def stream_chunks(self, prepared: PreparedChat) -> AsyncIterator[dict[str, Any]]:
+        """Chunk payloads; an engine failure mid-stream propagates after the chunks already made."""
+        req = prepared.request
+        encoder = ChunkEncoder(req.request_id, req.served_model, include_reasoning=req.include_reasoning,
+                               include_usage=req.wire.wants_usage_in_stream)
+        try:
+            yield encoder.first()
+            for event in prepared.first:
+                for chunk in encoder.encode(event):
+                    yield chunk
+            async for event in prepared.events:
+                for chunk in encoder.encode(event):
+                    yield chunk
+        finally:
+            await _close(prepared.events)
+
+
+async def _close(events: AsyncIterator[Event]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
