@@ -13,6 +13,7 @@ chunked response, which real servers do when they crash.
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,11 +66,11 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class ScriptedUpstream:
-    def __init__(self, scripts: Optional[dict[str, Script]] = None) -> None:
+    def __init__(self, scripts: Optional[dict[str, Script]] = None, port: int = 0) -> None:
         self.scripts: dict[str, Script] = dict(scripts or {})
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _QuietServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -148,6 +149,11 @@ class ScriptedUpstream:
 
             def log_message(self, *args: Any) -> None:  # keep test output clean
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                # small SSE writes must not wait for delayed ACKs (Nagle), or latency figures mean nothing
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _json(self, status: int, payload: Any) -> None:
                 data = json.dumps(payload).encode()

@@ -1,0 +1,195 @@
+"""``tiny-random`` and ``tiny-random-vision``: small random-weight checkpoints shaped like Mistral Small 4.
+
+They let the whole stack (rendering, the engine, batching, parsing, the server) run on any machine, including
+CI without a model hub. Their output is gibberish; only their *shape* is real:
+
+* text: ``Mistral4ForCausalLM`` with MLA attention (q/kv LoRA ranks, split rope/nope head dims) and a MoE
+  (a few routed experts plus a shared expert), 2 layers, hidden size 64;
+* vision: ``Mistral3ForConditionalGeneration`` with a tiny Pixtral vision tower and the same mistral4 text part;
+* a tokenizer ``tekken.json`` of version v15 (``[THINK]``, ``[MODEL_SETTINGS]``, ``[ARGS]``, ``[CALL_ID]`` …,
+  a reasoning-effort model-settings builder ``none|high``), derived from the tekken file that ships inside
+  ``mistral_common``.
+
+Hand-written because no published checkpoint of this shape is small, and the hub may be unreachable. To stay
+a few MB, the tokenizer keeps the first 31,768 BPE merges of the shipped tekken (1,000 special tokens + 31,768
+= 32,768 ids, the model's vocabulary); texts tokenize into somewhat more tokens than with the real 131k
+vocabulary, which is irrelevant for gibberish. Building is deterministic (fixed torch seed) and atomic (built
+in a temporary directory, then renamed), and happens once per cache directory: ``$UNIMODEL_CACHE_DIR``, else
+``$XDG_CACHE_HOME/unimodel``, else ``~/.cache/unimodel``.
+
+Nothing here runs at import: torch, transformers and the tekken data are loaded only when a build is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+TINY_RANDOM_NAMES: tuple[str, ...] = ("tiny-random", "tiny-random-vision")
+
+#: bump when the recipe changes: it is part of the cache directory's name, so old builds are never reused
+RECIPE_VERSION = 1
+MARKER_FILE = "unimodel_tiny_random.json"
+SEED = 20260301
+
+NUM_SPECIAL = 1000
+VOCAB_SIZE = 32768  # special tokens + the first VOCAB_SIZE - NUM_SPECIAL merges of the shipped tekken
+IMAGE_TOKEN = "[IMG]"
+
+# the special tokens of a v13+/v15 tekken, at their rank; the rest up to NUM_SPECIAL are "<SPECIAL_n>" fillers
+_SPECIALS: tuple[str, ...] = (
+    "<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+    "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]",
+    "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]", "[ARGS]", "[CALL_ID]", "[AUDIO]",
+    "[BEGIN_AUDIO]", "[TRANSCRIBE]", "[THINK]", "[/THINK]", "[STREAMING_PAD]", "[STREAMING_WORD]",
+    "[NEXT_AUDIO_TEXT]", "[REPEAT_AUDIO_TEXT]", "[MODEL_SETTINGS]", "[/MODEL_SETTINGS]",
+)
+
+
+def is_tiny_random(name: str) -> bool:
+    """Whether ``name`` is one of the reserved tiny-random model names."""
+    return name in TINY_RANDOM_NAMES
+
+
+def default_cache_dir() -> Path:
+    """Where built checkpoints live: ``$UNIMODEL_CACHE_DIR``, ``$XDG_CACHE_HOME/unimodel`` or ``~/.cache/unimodel``."""
+    explicit = os.environ.get("UNIMODEL_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "unimodel"
+
+
+def ensure_tiny_random(name: str = "tiny-random", cache_dir: Path | None = None) -> Path:
+    """The checkpoint directory for ``name``, built on first use (atomic; concurrent builders are safe)."""
+    if not is_tiny_random(name):
+        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_RANDOM_NAMES)}")
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = root / f"{name}-r{RECIPE_VERSION}"
+    if (target / MARKER_FILE).is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=root))
+    try:
+        build_checkpoint(tmp, vision=name.endswith("-vision"))
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / MARKER_FILE).is_file():  # not a lost race: a stale, broken directory
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---- the tokenizer ---------------------------------------------------------------------------------------
+
+
+def special_tokens() -> list[dict[str, Any]]:
+    """The special-token table of the tiny tekken (named tokens first, then fillers)."""
+    names = list(_SPECIALS) + [f"<SPECIAL_{i}>" for i in range(len(_SPECIALS), NUM_SPECIAL)]
+    return [{"rank": i, "token_str": s, "is_control": True} for i, s in enumerate(names)]
+
+
+def tekken_v15(*, image: bool) -> dict[str, Any]:
+    """A v15 tekken tokenizer file (as a dict) derived from the one shipped in ``mistral_common``."""
+    source = resources.files("mistral_common") / "data" / "tekken_240911.json"
+    data = json.loads(source.read_text(encoding="utf-8"))
+    inner = VOCAB_SIZE - NUM_SPECIAL
+    out: dict[str, Any] = {
+        "config": {
+            "pattern": data["config"]["pattern"],
+            "num_vocab_tokens": inner,
+            "default_vocab_size": VOCAB_SIZE,
+            "default_num_special_tokens": NUM_SPECIAL,
+            "version": "v15",
+        },
+        "vocab": data["vocab"][:inner],
+        "special_tokens": special_tokens(),
+        "model_settings_builder": {
+            "reasoning_effort": {"type": "enum", "accepts_none": True, "default": "none", "values": ["none", "high"]}
+        },
+    }
+    if image:
+        out["image"] = {"image_patch_size": 16, "max_image_size": 128, "spatial_merge_size": 2}
+    return out
+
+
+# ---- the model -------------------------------------------------------------------------------------------
+
+
+def _text_config_kwargs() -> dict[str, Any]:
+    return {
+        "vocab_size": VOCAB_SIZE,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "moe_intermediate_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "n_shared_experts": 1,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "kv_lora_rank": 32,
+        "q_lora_rank": 32,
+        "qk_rope_head_dim": 8,
+        "qk_nope_head_dim": 8,
+        "v_head_dim": 16,
+        "max_position_embeddings": 32768,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 11,
+        "tie_word_embeddings": False,
+    }
+
+
+def build_checkpoint(directory: Path, *, vision: bool) -> None:
+    """Write config.json, model.safetensors, generation_config.json, tekken.json and the marker to ``directory``."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Mistral3Config,
+        Mistral3ForConditionalGeneration,
+        Mistral4Config,
+        Mistral4ForCausalLM,
+        PixtralVisionConfig,
+    )
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tekken = tekken_v15(image=vision)
+    (directory / "tekken.json").write_text(json.dumps(tekken, ensure_ascii=False), encoding="utf-8")
+
+    text_config = Mistral4Config(**_text_config_kwargs())
+    model: torch.nn.Module
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        if vision:
+            vision_config = PixtralVisionConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, head_dim=16,
+                image_size=128, patch_size=16,
+            )
+            config = Mistral3Config(
+                vision_config=vision_config, text_config=text_config,
+                image_token_index=_SPECIALS.index(IMAGE_TOKEN), spatial_merge_size=2, tie_word_embeddings=False,
+            )
+            model = Mistral3ForConditionalGeneration(config)
+        else:
+            model = Mistral4ForCausalLM(text_config)
+    model = model.to(torch.bfloat16)
+    model.save_pretrained(directory)  # type: ignore[operator]
+    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=11).save_pretrained(directory)
+    marker = {
+        "name": "tiny-random-vision" if vision else "tiny-random",
+        "recipe": RECIPE_VERSION,
+        "seed": SEED,
+        "note": "random weights: the output is gibberish; for smoke tests and demos only",
+    }
+    (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
