@@ -165,7 +165,7 @@ class ScriptedUpstream:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":
-                    self._json(200, {"object": "list", "data": [{"id": m, "object": "model"}
+                    self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "max_model_len": 32768}
                                                                  for m in upstream.scripts]})
                 elif self.path == "/health":
                     self._json(200, {})

@@ -84,7 +84,7 @@ class UpstreamEngine(Engine):
         self._probe_interval_s = probe_interval_s
         self._probe_task: Optional[asyncio.Task[None]] = None
         self._ready = False
-        self._discovered: list[str] = []
+        self._discovered: dict[str, Optional[int]] = {}  # model id → max_model_len (vLLM reports it)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -111,8 +111,9 @@ class UpstreamEngine(Engine):
 
     def models(self) -> list[ModelCard]:
         if self.served_model_name:
-            return [ModelCard(id=self.served_model_name)]
-        return [ModelCard(id=m) for m in self._discovered]
+            limit = self._discovered.get(self.upstream_model or self.served_model_name)
+            return [ModelCard(id=self.served_model_name, max_model_len=limit)]
+        return [ModelCard(id=m, max_model_len=n) for m, n in self._discovered.items()]
 
     async def probe(self) -> bool:
         """Ask the upstream for its models; ready when it answers 200."""
@@ -123,7 +124,10 @@ class UpstreamEngine(Engine):
             ok = resp.status_code == 200
             if ok:
                 data = resp.json().get("data", [])
-                self._discovered = [m["id"] for m in data if isinstance(m, dict) and "id" in m]
+                self._discovered = {
+                    str(m["id"]): m["max_model_len"] if isinstance(m.get("max_model_len"), int) else None
+                    for m in data if isinstance(m, dict) and "id" in m
+                }
         except (httpx.HTTPError, ValueError, AttributeError):
             ok = False
         if ok != self._ready:

@@ -107,7 +107,7 @@ class VllmEngine(Engine):
         return self._ready.is_set()
 
     def models(self) -> list[ModelCard]:
-        return [ModelCard(id=self.served_model_name)]
+        return self.upstream.models()
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         if not self._ready.is_set():

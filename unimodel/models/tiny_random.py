@@ -144,6 +144,10 @@ def _text_config_kwargs() -> dict[str, Any]:
         "qk_nope_head_dim": 8,
         "v_head_dim": 16,
         "max_position_embeddings": 32768,
+        "rope_parameters": {
+            "type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 8192,
+            "beta_fast": 32.0, "beta_slow": 1.0, "mscale_all_dim": 1.0, "mscale": 1.0, "llama_4_scaling_beta": 0.1,
+        },
         "bos_token_id": 1,
         "eos_token_id": 2,
         "pad_token_id": 11,
@@ -193,3 +197,6 @@ def build_checkpoint(directory: Path, *, vision: bool) -> None:
         "note": "random weights: the output is gibberish; for smoke tests and demos only",
     }
     (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+    directory.chmod(0o755)  # mkdtemp made it private; the cache is an ordinary user directory
+    for path in directory.iterdir():
+        path.chmod(0o644)

@@ -1,0 +1,56 @@
+"""`unimodel serve` as a real process: it starts from the CLI and drains in-flight streams on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.support.live_server import free_port
+from tests.support.scripted_upstream import ScriptedUpstream
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "unimodel serve exited early"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("unimodel serve did not become ready")
+
+
+def test_sigterm_lets_inflight_stream_finish(scripted_upstream: ScriptedUpstream) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unimodel.cli", "serve", "--engine", "upstream", "--upstream",
+         scripted_upstream.base_url, "--port", str(port), "--shutdown-grace-s", "20", "--log-level", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{port}/ready", proc)
+        content = ""
+        done = False
+        body = {"model": "long", "messages": [{"role": "user", "content": "go"}], "stream": True}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/chat/completions", json=body, timeout=30) as r:
+            for i, line in enumerate(r.iter_lines()):
+                if i == 5:
+                    proc.send_signal(signal.SIGTERM)
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    for choice in json.loads(line[6:]).get("choices", []):
+                        content += choice["delta"].get("content") or ""
+        assert done and content == "tok " * 400
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after draining
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
