@@ -69,6 +69,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: usage errors and settings errors become one line on stderr and exit code 2."""
     _register_optional_commands()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise, and slow
     try:
         result = app(args=argv, standalone_mode=False)
     except ConfigError as exc:

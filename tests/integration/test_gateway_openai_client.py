@@ -288,3 +288,15 @@ def test_api_keys_are_enforced(scripted_upstream: ScriptedUpstream) -> None:
         _assert_error(bad, 401)
         ok = openai.OpenAI(base_url=server.base_url, api_key="sk-good", max_retries=0)
         assert ok.chat.completions.create(model="raw-plain", messages=MSG).choices[0].message.content == ANSWER  # type: ignore[arg-type]
+
+
+def test_client_disconnect_cancels_upstream_when_not_streaming(gateway: LiveServer,
+                                                               scripted_upstream: ScriptedUpstream) -> None:
+    before = scripted_upstream.disconnects
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(gateway.base_url + "/chat/completions", timeout=0.5,
+                   json={"model": "long", "messages": MSG})
+    deadline = time.monotonic() + 10
+    while scripted_upstream.disconnects == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scripted_upstream.disconnects > before

@@ -176,11 +176,10 @@ class UpstreamEngine(Engine):
                     for event in decoder.whole_response(_json_body(resp)):
                         yield event
                     return
+                # read to the end of the body even after [DONE], so the connection goes back to the pool
                 async for line in resp.aiter_lines():
                     for event in decoder.sse_line(line):
                         yield event
-                    if decoder.done:
-                        break
         except httpx.TimeoutException as exc:
             raise UpstreamTimeoutError(f"the upstream did not answer in time ({type(exc).__name__})") from exc
         except httpx.ConnectError as exc:

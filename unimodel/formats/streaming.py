@@ -29,6 +29,8 @@ Policies shared by both families:
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
@@ -58,10 +60,20 @@ def _find_first(text: str, markers: tuple[str, ...]) -> tuple[int, str | None]:
     return best, found
 
 
+@functools.lru_cache(maxsize=32)
+def _marker_shape(markers: tuple[str, ...]) -> tuple[int, frozenset[str]]:
+    return max((len(m) for m in markers), default=1) - 1, frozenset(m[0] for m in markers if m)
+
+
 def _held_length(text: str, markers: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of some marker."""
-    longest = max((len(m) for m in markers), default=1) - 1
+    """Length of the longest suffix of ``text`` that is a proper prefix of some marker.
+
+    On the hot path of every streamed chunk: only positions holding a marker's first character are tried.
+    """
+    longest, firsts = _marker_shape(markers)
     for start in range(max(0, len(text) - longest), len(text)):
+        if text[start] not in firsts:
+            continue
         tail = text[start:]
         if any(m.startswith(tail) for m in markers):
             return len(text) - start
