@@ -21,6 +21,30 @@ class ConfigError(ValueError):
     """A settings problem a user can fix; the CLI prints it as one line and exits 2."""
 
 
+class ReasoningPolicy(BaseModel):
+    """How a served model turns the five client effort levels into what the model knows.
+
+    Mistral Small 4 knows ``none`` and ``high``; ``low``/``medium`` are ``high`` with a thinking budget.
+    A budget of ``None`` means unbounded (up to ``max_tokens``).
+    """
+
+    default_effort: Literal["none", "minimal", "low", "medium", "high"] = "none"
+    include_reasoning: bool = True
+    model_effort: dict[Literal["none", "minimal", "low", "medium", "high"], Literal["none", "high"]] = Field(
+        default_factory=lambda: {"none": "none", "minimal": "none", "low": "high", "medium": "high",
+                                 "high": "high"})
+    budgets: dict[Literal["none", "minimal", "low", "medium", "high"], Optional[int]] = Field(
+        default_factory=lambda: {"low": 1024, "medium": 4096, "high": None})
+
+    @field_validator("budgets")
+    @classmethod
+    def _positive(cls, v: dict[str, Optional[int]]) -> dict[str, Optional[int]]:
+        for level, budget in v.items():
+            if budget is not None and budget < 1:
+                raise ValueError(f"the thinking budget for '{level}' must be a positive number of tokens")
+        return v
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNIMODEL_", extra="forbid", validate_default=True)
 
@@ -30,6 +54,8 @@ class Settings(BaseSettings):
     served_model_name: Optional[str] = None
     model_family: Literal["mistral", "think-tags"] = "mistral"
     model_families: dict[str, Literal["mistral", "think-tags"]] = Field(default_factory=dict)
+    reasoning: ReasoningPolicy = Field(default_factory=ReasoningPolicy)
+    reasoning_per_model: dict[str, ReasoningPolicy] = Field(default_factory=dict)
 
     # HTTP
     host: str = "127.0.0.1"
@@ -101,6 +127,5 @@ class Settings(BaseSettings):
         prefix = "UNIMODEL_"
         return {k[len(prefix):].lower() for k in os.environ if k.startswith(prefix)}
 
-    @property
-    def default_model_name(self) -> str:
-        return self.served_model_name or self.model or "default"
+    def reasoning_for(self, served_model: str) -> ReasoningPolicy:
+        return self.reasoning_per_model.get(served_model, self.reasoning)

@@ -57,7 +57,19 @@ class Script:
 
 
 def _pieces(text: str, n: int) -> list[str]:
-    return [text[i:i + n] for i in range(0, len(text), n)]
+    """Frames of ``n`` characters, as a server sends tokens; a marker is one token, hence one frame."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        marker = next((m for m in MARKERS if text.startswith(m, i)), None)
+        if marker:
+            out.append(marker)
+            i += len(marker)
+            continue
+        nxt = min([j for j in (text.find(m, i) for m in MARKERS) if j != -1] + [len(text)])
+        out.extend(text[k:min(k + n, nxt)] for k in range(i, nxt, n))
+        i = nxt
+    return out
 
 
 class _QuietServer(ThreadingHTTPServer):
@@ -113,6 +125,10 @@ class ScriptedUpstream:
         finish = script.finish_reason or ("tool_calls" if script.tool_calls and script.mode == "parsed"
                                           else "stop")
         out.append(chunk({}, finish))
+        if (body.get("stream_options") or {}).get("continuous_usage_stats"):  # vLLM's usage in every frame
+            for i, fr in enumerate(out):
+                fr["usage"] = {"prompt_tokens": script.prompt_tokens, "completion_tokens": i,
+                               "total_tokens": script.prompt_tokens + i}
         if script.report_usage:
             completion = len(out) - 2
             reasoning = len(_pieces(script.reasoning, script.chunk_chars)) if script.mode == "parsed" else None
@@ -189,6 +205,10 @@ class ScriptedUpstream:
                                                                "type": "BadRequestError", "param": "messages",
                                                                "code": script.error_status}})
                     return
+                if body.get("continue_final_message"):
+                    # continuing a closed thinking prefix, as vLLM does: the model now only answers
+                    script = Script(mode=script.mode, content=script.content, tool_calls=script.tool_calls,
+                                    chunk_chars=script.chunk_chars, prompt_tokens=script.prompt_tokens + 100)
                 if not body.get("stream") or script.ignore_stream:
                     self._json(200, upstream.whole(script, body, model))
                     return

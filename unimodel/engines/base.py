@@ -23,14 +23,17 @@ class GenerationRequest:
     """A validated chat request, resolved against the served model.
 
     ``wire`` keeps the client's request (with its pass-through extras) for engines that forward it.
-    ``model_effort`` is what the model itself is told (Mistral knows ``none`` and ``high``); ``None`` means
-    the request did not ask and the engine sends nothing. ``thinking_budget`` is enforced by the engine.
+    ``effort`` is the level the client asked for (or the served model's default); ``model_effort`` is what
+    the model itself is told (Mistral knows ``none`` and ``high``; ``None``: tell it nothing).
+    ``thinking_budget`` (tokens, ``None`` = unbounded) is enforced by the engine: at the budget the thinking
+    is closed and the model goes on to answer.
     """
 
     request_id: str
     served_model: str
     wire: ChatCompletionRequest
     max_tokens: Optional[int]
+    effort: str = "none"
     model_effort: Optional[ModelEffort] = None
     thinking_budget: Optional[int] = None
     include_reasoning: bool = True

@@ -36,7 +36,7 @@ from unimodel.errors import (
     UpstreamTimeoutError,
 )
 from unimodel.formats.registry import get_format
-from unimodel.protocol.events import Event
+from unimodel.protocol.events import Event, Finish, ReasoningDelta, ThinkingBudgetReached, Usage
 from unimodel.protocol.openai import ModelCard
 
 log = logging.getLogger("unimodel.upstream")
@@ -142,9 +142,11 @@ class UpstreamEngine(Engine):
 
     # ---- generation ------------------------------------------------------------------------------------
 
-    def build_payload(self, request: GenerationRequest) -> dict[str, Any]:
+    def build_payload(self, request: GenerationRequest,
+                      continue_from: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         wire = request.wire.model_dump(mode="json", exclude_none=True, by_alias=True)
         payload = {k: v for k, v in wire.items() if k not in _OWN_FIELDS}
+        payload["messages"] = [_normalise_history(m) for m in payload["messages"]]
         payload["model"] = self.upstream_model or request.served_model
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
@@ -155,15 +157,60 @@ class UpstreamEngine(Engine):
             payload["reasoning_effort"] = request.model_effort
         if self.parse_mode != "upstream":
             payload["skip_special_tokens"] = False
+            if request.thinking_budget is not None:
+                # vLLM: usage in every frame, so a call we cut at the budget still reports its prompt tokens
+                payload["stream_options"]["continuous_usage_stats"] = True
+        if continue_from is not None:  # vLLM/SGLang: continue the final assistant message, no new turn
+            payload["messages"].append(continue_from)
+            payload["continue_final_message"] = True
+            payload["add_generation_prompt"] = False
         return payload
 
+    def _decoder(self, request: GenerationRequest) -> UpstreamStreamDecoder:
+        fmt = self._formats.get(request.served_model, self.format)
+        return UpstreamStreamDecoder(fmt, parse_content=self.parse_mode != "upstream")
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        """One upstream call; with a thinking budget, two spliced into one response.
+
+        At the budget the first call is cut (closing the connection stops the upstream's work), then the
+        upstream continues from an assistant prefix holding the thinking so far, closed, and answers. vLLM's
+        ``thinking_token_budget`` is not used: it cannot be relied on in Mistral tokenizer mode.
+        """
+        budget = request.thinking_budget
+        decoder = self._decoder(request)
+        first = self._call(self.build_payload(request), decoder)
+        reasoning: list[str] = []
+        try:
+            async for event in first:
+                if isinstance(event, ReasoningDelta):
+                    reasoning.append(event.text)
+                yield event
+                if budget is not None and decoder.thinking_open and decoder.reasoning_tokens >= budget:
+                    break
+            else:
+                return  # finished within the budget (or no budget): one call was all it took
+        finally:
+            await first.aclose()
+
+        used = decoder.reasoning_tokens
+        spent = decoder.usage_so_far()
+        yield ThinkingBudgetReached(used)
+        remaining = None if request.max_tokens is None else request.max_tokens - spent.completion_tokens
+        if remaining is not None and remaining <= 0:  # no room left for an answer: say so, never go silent
+            yield spent
+            yield Finish("length")
+            return
+        fmt = self._formats.get(request.served_model, self.format)
+        payload = self.build_payload(request, continue_from=fmt.closed_thinking_message("".join(reasoning)))
+        if remaining is not None:
+            payload["max_tokens"] = remaining
+        async for event in self._call(payload, self._decoder(request)):
+            yield spent + event if isinstance(event, Usage) else event
+
+    async def _call(self, payload: dict[str, Any], decoder: UpstreamStreamDecoder) -> AsyncIterator[Event]:
         if self._client is None:
             raise ServiceUnavailableError("the upstream engine is not started", retry_after=1)
-        payload = self.build_payload(request)
-        decoder = UpstreamStreamDecoder(
-            self._formats.get(request.served_model, self.format), parse_content=self.parse_mode != "upstream"
-        )
         try:
             async with self._client.stream(
                 "POST", f"{self.base_url}/chat/completions", json=payload, headers=self._headers
@@ -188,6 +235,16 @@ class UpstreamEngine(Engine):
             raise UpstreamError(f"the upstream connection failed: {type(exc).__name__}: {exc}") from exc
         for event in decoder.close():
             yield event
+
+
+def _normalise_history(message: dict[str, Any]) -> dict[str, Any]:
+    """Earlier thinking goes back under both names (vLLM reads ``reasoning``, SGLang ``reasoning_content``)."""
+    if message.get("role") != "assistant":
+        return message
+    thinking = message.get("reasoning") or message.get("reasoning_content")
+    if not thinking:
+        return message
+    return {**message, "reasoning": thinking, "reasoning_content": thinking}
 
 
 def _json_body(resp: httpx.Response) -> dict[str, Any]:

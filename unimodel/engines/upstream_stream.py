@@ -5,21 +5,20 @@ parsed fields (``reasoning``/``reasoning_content``/``tool_calls``) and our ``for
 content. Tool calls from both sources are renumbered into one index space.
 
 Reasoning tokens: taken from the upstream's ``usage.completion_tokens_details.reasoning_tokens`` when it
-reports them; otherwise counted as the streamed frames that carried thinking (vLLM, SGLang and llama.cpp send
-one token a frame), and for a non-streamed body estimated as characters / 4.
+reports them; otherwise counted as the streamed frames that carried thinking text (vLLM, SGLang and
+llama.cpp send one token a frame; the ``[THINK]``/``[/THINK]`` markers are not counted), and for a
+non-streamed body estimated as characters / 4.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import secrets
-import string
 from collections.abc import Iterable
 from typing import Any, Optional
 
 from unimodel.errors import UpstreamError, UpstreamStatusError
-from unimodel.formats.base import ModelFormat, OutputParser
+from unimodel.formats.base import ModelFormat, OutputParser, new_call_id
 from unimodel.protocol.events import (
     ContentDelta,
     Event,
@@ -36,11 +35,6 @@ _FINISH: dict[str, FinishReason] = {
     "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
     "content_filter": "content_filter",
 }
-_ALNUM = string.ascii_letters + string.digits
-
-
-def _call_id() -> str:
-    return "call_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
 
 
 class _UpstreamCall:
@@ -65,6 +59,7 @@ class UpstreamStreamDecoder:
         self._frames = 0
         self._reasoning_frames = 0
         self._saw_any = False
+        self._thinking_field_open = False  # the upstream's own reasoning field is streaming
 
     # ---- input --------------------------------------------------------------------------------------
 
@@ -121,24 +116,24 @@ class UpstreamStreamDecoder:
         reasoning = delta.get("reasoning")
         if not isinstance(reasoning, str) or not reasoning:
             reasoning = delta.get("reasoning_content")
-        thinking = False
         if isinstance(reasoning, str) and reasoning:
             out.append(ReasoningDelta(reasoning))
-            thinking = True
+            self._thinking_field_open = True
         content = delta.get("content")
+        if (isinstance(content, str) and content) or delta.get("tool_calls"):
+            self._thinking_field_open = False
         if isinstance(content, str) and content:
             if self.parser is None:
                 out.append(ContentDelta(content))
             else:
-                thinking = thinking or self.parser.in_reasoning
                 out.extend(self._renumber(self.parser.feed_text(content)))
-                thinking = thinking or self.parser.in_reasoning
         for call in delta.get("tool_calls") or []:
             if isinstance(call, dict):
                 out.extend(self._upstream_call(call))
+        # thinking tokens: frames that carried thinking text (markers alone are not thinking)
         if streamed and (reasoning or content or delta.get("tool_calls")):
             self._frames += 1
-            self._reasoning_frames += 1 if thinking else 0
+            self._reasoning_frames += any(isinstance(e, ReasoningDelta) for e in out)
         elif not streamed:
             chars = sum(len(e.text) for e in out if isinstance(e, ReasoningDelta))
             self._reasoning_frames += math.ceil(chars / 4)
@@ -161,7 +156,7 @@ class UpstreamStreamDecoder:
         if state.index is None and state.name is not None:
             state.index = self._next_index
             self._next_index += 1
-            out.append(ToolCallStart(state.index, state.id or _call_id(), state.name))
+            out.append(ToolCallStart(state.index, state.id or new_call_id(), state.name))
         if state.index is not None and state.pending:
             out.append(ToolCallArgsDelta(state.index, "".join(state.pending)))
             state.pending.clear()
@@ -181,6 +176,22 @@ class UpstreamStreamDecoder:
             else:
                 out.append(e)
         return out
+
+    # ---- state for budget enforcement ---------------------------------------------------------------
+
+    @property
+    def thinking_open(self) -> bool:
+        """The model is thinking right now (in raw markers or in the upstream's reasoning field)."""
+        return self._thinking_field_open or (self.parser is not None and self.parser.in_reasoning)
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Thinking tokens so far, as streamed frames (one token a frame on vLLM, SGLang, llama.cpp)."""
+        return self._reasoning_frames
+
+    def usage_so_far(self) -> Usage:
+        """Usage of a call we cut short (the upstream's own usage frame never came)."""
+        return self._usage_event()
 
     # ---- end ----------------------------------------------------------------------------------------
 

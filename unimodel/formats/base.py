@@ -19,7 +19,7 @@ import abc
 import secrets
 import string
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from unimodel.protocol.events import Event, FinishReason
 
@@ -85,6 +85,14 @@ class ModelFormat(abc.ABC):
     @abc.abstractmethod
     def has_markers(self, text: str) -> bool:
         """Whether raw upstream text shows this family's markers (for ``--upstream-parse auto``)."""
+
+    @abc.abstractmethod
+    def closed_thinking_message(self, reasoning: str) -> dict[str, Any]:
+        """An OpenAI assistant message holding ``reasoning`` as *closed* thinking, to continue from.
+
+        Sent as the last message with ``continue_final_message: true`` when a thinking budget cut the
+        thinking short: the model then goes on with the answer.
+        """
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"

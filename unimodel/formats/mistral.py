@@ -26,6 +26,8 @@ re-serialised.
 
 from __future__ import annotations
 
+from typing import Any
+
 import re
 from collections.abc import Callable, Mapping
 
@@ -148,3 +150,8 @@ class MistralFormat(ModelFormat):
 
     def has_markers(self, text: str) -> bool:
         return any(m in text for m in (THINK, END_THINK, TOOL_CALLS, ARGS))
+
+    def closed_thinking_message(self, reasoning: str) -> dict[str, Any]:
+        # mistral_common's from_openai turns `reasoning`/`reasoning_content` (equal when both are given) into
+        # a closed ThinkChunk, i.e. [THINK]…[/THINK]; vLLM's mistral tokenizer mode renders it that way.
+        return {"role": "assistant", "content": "", "reasoning": reasoning, "reasoning_content": reasoning}

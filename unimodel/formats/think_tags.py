@@ -18,6 +18,8 @@ malformed or cut-off calls come back as content (raw text, tags included) and ne
 
 from __future__ import annotations
 
+from typing import Any
+
 from collections.abc import Callable, Mapping
 
 from unimodel.formats.base import ModelFormat
@@ -96,3 +98,7 @@ class ThinkTagsFormat(ModelFormat):
 
     def has_markers(self, text: str) -> bool:
         return any(m in text for m in (THINK, END_THINK, TOOL_CALL))
+
+    def closed_thinking_message(self, reasoning: str) -> dict[str, Any]:
+        # chat templates of <think> models render an assistant prefix verbatim when continuing it
+        return {"role": "assistant", "content": f"<think>\n{reasoning}\n</think>\n\n"}

@@ -64,8 +64,16 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinkingBudgetReached:
+    """The engine closed the thinking at its budget (then the model went on to answer)."""
+
+    thinking_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
 class Finish:
     reason: FinishReason
 
 
-Event = Union[ReasoningDelta, ContentDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd, Usage, Finish]
+Event = Union[ReasoningDelta, ContentDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd, Usage,
+              ThinkingBudgetReached, Finish]

@@ -27,7 +27,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app = FastAPI(title="unimodel", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.chat = ChatService(engine)
+    app.state.chat = ChatService(engine, settings.reasoning_for)
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(meta.router)

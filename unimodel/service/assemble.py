@@ -14,6 +14,7 @@ from unimodel.protocol.events import (
     Event,
     Finish,
     ReasoningDelta,
+    ThinkingBudgetReached,
     ToolCallArgsDelta,
     ToolCallEnd,
     ToolCallStart,
@@ -28,6 +29,25 @@ from unimodel.protocol.openai import (
     ToolCall,
     UsageInfo,
 )
+
+
+def reasoning_applied(effort: str, model_effort: Optional[str], budget: Optional[int],
+                      usage: Optional[Usage] = None, truncated: Optional[bool] = None) -> dict[str, Any]:
+    """What the gateway applied, for the ``X-Unimodel-Reasoning`` header and the ``unimodel_reasoning``
+    field: the level asked for, what the model was told, the budget, and (when known) how it went."""
+    out: dict[str, Any] = {"effort": effort, "model_effort": model_effort or "default", "budget": budget}
+    if usage is not None:
+        out["thinking_tokens"] = usage.reasoning_tokens
+    if truncated is not None:
+        out["truncated"] = truncated
+    return out
+
+
+def reasoning_header(applied: dict[str, Any]) -> str:
+    def show(v: Any) -> str:
+        return "unlimited" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+
+    return "; ".join(f"{k}={show(v)}" for k, v in applied.items())
 
 
 def usage_info(usage: Optional[Usage]) -> Optional[UsageInfo]:
@@ -51,6 +71,7 @@ class CompletionBuilder:
         self.calls: dict[int, dict[str, Any]] = {}
         self.usage: Optional[Usage] = None
         self.finish_reason: Optional[str] = None
+        self.truncated = False
 
     def add(self, event: Event) -> None:
         if isinstance(event, ReasoningDelta):
@@ -65,6 +86,8 @@ class CompletionBuilder:
             self.usage = event if self.usage is None else self.usage + event
         elif isinstance(event, Finish):
             self.finish_reason = event.reason
+        elif isinstance(event, ThinkingBudgetReached):
+            self.truncated = True
         elif isinstance(event, ToolCallEnd):
             pass
 
@@ -101,13 +124,16 @@ class ChunkEncoder:
     """Maps events to ``chat.completion.chunk`` payloads (dicts ready for JSON)."""
 
     def __init__(self, request_id: str, model: str, *, include_reasoning: bool = True,
-                 include_usage: bool = False, created: Optional[int] = None) -> None:
+                 include_usage: bool = False, created: Optional[int] = None,
+                 applied: Optional[dict[str, Any]] = None) -> None:
         self.request_id = request_id
         self.model = model
         self.include_reasoning = include_reasoning
         self.include_usage = include_usage
         self.created = created if created is not None else int(time.time())
         self._usage: Optional[Usage] = None
+        self._applied = applied
+        self._truncated = False
 
     def _chunk(self, delta: dict[str, Any], finish_reason: Optional[str] = None,
                usage: Any = None, choices: bool = True) -> dict[str, Any]:
@@ -143,8 +169,17 @@ class ChunkEncoder:
         if isinstance(event, Usage):
             self._usage = event if self._usage is None else self._usage + event
             return []
+        if isinstance(event, ThinkingBudgetReached):
+            self._truncated = True
+            return []
         if isinstance(event, Finish):
             out = [self._chunk({}, finish_reason=event.reason)]
+            if self._applied is not None:
+                stats = dict(self._applied)
+                if self._usage is not None:
+                    stats["thinking_tokens"] = self._usage.reasoning_tokens
+                stats["truncated"] = self._truncated
+                out[0]["unimodel_reasoning"] = stats
             if self.include_usage:
                 info = usage_info(self._usage)
                 out.append(self._chunk({}, usage=info.model_dump() if info else None, choices=False))

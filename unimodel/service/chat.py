@@ -8,15 +8,16 @@ so a client that leaves cancels the engine's work.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from unimodel.config import ReasoningPolicy
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.errors import ServiceUnavailableError
 from unimodel.protocol.events import Event
 from unimodel.protocol.openai import ChatCompletion, ChatCompletionRequest
-from unimodel.service.assemble import ChunkEncoder, CompletionBuilder
+from unimodel.service.assemble import ChunkEncoder, CompletionBuilder, reasoning_applied
 from unimodel.service.validate import to_generation_request
 
 log = logging.getLogger("unimodel.chat")
@@ -30,8 +31,10 @@ class PreparedChat:
 
 
 class ChatService:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine,
+                 policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy()) -> None:
         self.engine = engine
+        self.policy_for = policy_for
 
     async def prepare(self, wire: ChatCompletionRequest, request_id: str | None = None) -> PreparedChat:
         """Validate and start generation, pulling the first event so that refusals raise here."""
@@ -39,7 +42,7 @@ class ChatService:
         if not models:
             raise ServiceUnavailableError("no model is being served yet: the engine is not ready",
                                           retry_after=2)
-        request = to_generation_request(wire, models, request_id)
+        request = to_generation_request(wire, models, self.policy_for, request_id)
         events = aiter(self.engine.generate(request))
         first: list[Event] = []
         try:
@@ -51,7 +54,8 @@ class ChatService:
             raise
         return PreparedChat(request, events, first)
 
-    async def complete(self, prepared: PreparedChat) -> ChatCompletion:
+    async def complete(self, prepared: PreparedChat) -> tuple[ChatCompletion, dict[str, Any]]:
+        """The whole response, and the reasoning that was applied (for headers and the body)."""
         req = prepared.request
         builder = CompletionBuilder(include_reasoning=req.include_reasoning)
         try:
@@ -60,13 +64,22 @@ class ChatService:
                 builder.add(event)
         finally:
             await _close(prepared.events)
-        return builder.completion(req.request_id, req.served_model)
+        applied = reasoning_applied(req.effort, req.model_effort, req.thinking_budget, builder.usage,
+                                    builder.truncated)
+        return builder.completion(req.request_id, req.served_model), applied
+
+    @staticmethod
+    def applied_upfront(prepared: PreparedChat) -> dict[str, Any]:
+        """What is known before the first token: for the headers of a stream."""
+        req = prepared.request
+        return reasoning_applied(req.effort, req.model_effort, req.thinking_budget)
 
     async def stream_chunks(self, prepared: PreparedChat) -> AsyncIterator[dict[str, Any]]:
         """Chunk payloads; an engine failure mid-stream propagates after the chunks already made."""
         req = prepared.request
         encoder = ChunkEncoder(req.request_id, req.served_model, include_reasoning=req.include_reasoning,
-                               include_usage=req.wire.wants_usage_in_stream)
+                               include_usage=req.wire.wants_usage_in_stream,
+                               applied=self.applied_upfront(prepared))
         try:
             yield encoder.first()
             for event in prepared.first:

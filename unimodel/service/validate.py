@@ -1,25 +1,20 @@
 """Turn a parsed wire request into the engine's :class:`GenerationRequest` (the only thing engines see).
 
 Model resolution and the reasoning-effort mapping live here: the model knows ``none`` and ``high``; clients
-may send ``minimal``/``low``/``medium`` too, which map onto them (DESIGN.md).
+may send ``minimal``/``low``/``medium`` too, which map onto them with a thinking budget, by the served
+model's :class:`ReasoningPolicy` (DESIGN.md). Engines enforce the budget.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from unimodel.engines.base import GenerationRequest, ModelEffort
+from collections.abc import Callable
+
+from unimodel.config import ReasoningPolicy
+from unimodel.engines.base import GenerationRequest
 from unimodel.errors import InvalidRequestError, ModelNotFoundError
 from unimodel.protocol.openai import ChatCompletionRequest, ModelCard
-
-_MODEL_EFFORT: dict[str, ModelEffort] = {
-    "none": "none",
-    "minimal": "none",
-    "low": "high",
-    "medium": "high",
-    "high": "high",
-}
-
 
 def new_request_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
@@ -36,12 +31,19 @@ def resolve_model(name: str, models: list[ModelCard]) -> ModelCard:
 
 
 def to_generation_request(
-    wire: ChatCompletionRequest, models: list[ModelCard], request_id: str | None = None
+    wire: ChatCompletionRequest,
+    models: list[ModelCard],
+    policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy(),
+    request_id: str | None = None,
 ) -> GenerationRequest:
     card = resolve_model(wire.model, models)
-    if wire.thinking_budget is not None and wire.reasoning_effort in ("none", "minimal"):
+    policy = policy_for(card.id)
+    effort = wire.reasoning_effort or policy.default_effort
+    model_effort = policy.model_effort.get(effort, "high" if effort in ("low", "medium", "high") else "none")
+    if wire.thinking_budget is not None and model_effort == "none":
         raise InvalidRequestError(
-            f"thinking_budget needs reasoning; reasoning_effort '{wire.reasoning_effort}' turns it off.",
+            f"thinking_budget needs reasoning, and reasoning_effort '{effort}' turns it off; "
+            "send reasoning_effort low, medium or high with it.",
             param="thinking_budget",
         )
     max_tokens = wire.max_output_tokens
@@ -50,13 +52,15 @@ def to_generation_request(
             f"max_tokens ({max_tokens}) exceeds the model's context length ({card.max_model_len}).",
             param="max_tokens",
         )
-    effort = _MODEL_EFFORT[wire.reasoning_effort] if wire.reasoning_effort else None
+    budget = wire.thinking_budget if wire.thinking_budget is not None else policy.budgets.get(effort)
     return GenerationRequest(
         request_id=request_id or new_request_id(),
         served_model=card.id,
         wire=wire,
         max_tokens=max_tokens,
-        model_effort=effort,
-        thinking_budget=wire.thinking_budget,
-        include_reasoning=wire.include_reasoning is not False,
+        effort=effort,
+        model_effort=model_effort,
+        thinking_budget=budget if model_effort == "high" else None,
+        include_reasoning=wire.include_reasoning if wire.include_reasoning is not None
+        else policy.include_reasoning,
     )

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -16,7 +17,10 @@ from unimodel.protocol.openai import ChatCompletion, ChatCompletionRequest
 from unimodel.protocol.sse import DONE, frame
 from unimodel.server.auth import check_api_key
 from unimodel.server.errors import validation_to_error
+from unimodel.service.assemble import reasoning_header
 from unimodel.service.chat import ChatService, PreparedChat
+
+REASONING_HEADER = "X-Unimodel-Reasoning"
 
 log = logging.getLogger("unimodel.server")
 router = APIRouter()
@@ -43,10 +47,14 @@ async def chat_completions(request: Request) -> Response:
     service: ChatService = request.app.state.chat
     prepared = await service.prepare(wire, request_id=None)
     if wire.stream:
+        applied = service.applied_upfront(prepared)
         return StreamingResponse(_sse(service, prepared), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    completion = await _complete_unless_disconnected(request, service, prepared)
-    return JSONResponse(completion.model_dump(mode="json"))
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                          REASONING_HEADER: reasoning_header(applied)})
+    completion, applied = await _complete_unless_disconnected(request, service, prepared)
+    body = completion.model_dump(mode="json")
+    body["unimodel_reasoning"] = applied
+    return JSONResponse(body, headers={REASONING_HEADER: reasoning_header(applied)})
 
 
 async def _sse(service: ChatService, prepared: PreparedChat) -> AsyncIterator[bytes]:
@@ -71,7 +79,7 @@ async def _sse(service: ChatService, prepared: PreparedChat) -> AsyncIterator[by
 
 
 async def _complete_unless_disconnected(request: Request, service: ChatService,
-                                        prepared: PreparedChat) -> ChatCompletion:
+                                        prepared: PreparedChat) -> tuple[ChatCompletion, dict[str, Any]]:
     """Run the engine; if the client hangs up first, cancel it (frees the engine's slot at once)."""
     work = asyncio.ensure_future(service.complete(prepared))
     gone = asyncio.ensure_future(_wait_disconnect(request))
