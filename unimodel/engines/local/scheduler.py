@@ -8,9 +8,10 @@ which row belongs to which request, so there is no clean seam for per-request lo
 mask, forcing ``[/THINK]`` at a thinking budget). It also sizes its paged cache from free memory unless told
 otherwise and runs its own thread and queues. What we need is small enough to own:
 
-* each request is prefilled alone (batch of one, with its images if any) into its own ``DynamicCache``, and
-  its first token is sampled from the prefill logits;
-* it then joins the running batch between two steps: the caches are left-padded to a common length and
+* newly admitted requests are prefilled together (a left-padded batch up to ``max_prefill_tokens``; a
+  request with images alone) into a fresh ``DynamicCache``, and their first tokens are sampled from the
+  prefill logits;
+* they then join the running batch between two steps: the caches are left-padded to a common length and
   concatenated on the batch axis; a 2-D attention mask hides the padding and explicit ``position_ids`` keep
   each row's true positions, exactly as ``generate`` does for a left-padded batch;
 * every step decodes one token for all running rows; finished and cancelled rows are dropped between steps
@@ -22,8 +23,10 @@ once; the cache is a growing ``DynamicCache`` (concatenation per step), not a pa
 by ``max_num_seqs × max_model_len`` rather than by a block budget.
 
 Thread model: :meth:`BatchScheduler.submit` and :meth:`cancel` are called from any thread (the event loop);
-results go back through each request's ``sink``, called from the worker thread (the engine hands them to its
-event loop with ``call_soon_threadsafe``). Nothing here is bound to an event loop.
+results go back through each request's ``sink``, called from the worker thread, and each distinct ``flush``
+callback of the step's receivers is called once when the step is done (the engine wakes its event loop there,
+once per step rather than once per sequence: each wake-up is a syscall and a GIL hand-off that slowed the
+decode thread measurably at 16 streams). Nothing here is bound to an event loop.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class SequenceRequest:
     sink: Sink
     prefill_inputs: dict[str, Any] = field(default_factory=dict)  # e.g. pixel_values, image_sizes
     hooks: list[LogitsHook] = field(default_factory=list)
+    #: called once at the end of each step in which ``sink`` received something (e.g. to wake an event loop
+    #: once for all of its sequences instead of once per sequence)
+    flush: Callable[[], None] | None = None
     generated: list[int] = field(default_factory=list)
     cancelled: bool = False
     done: bool = False
@@ -83,22 +89,24 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.seqs)
 
-    def add(self, seq: SequenceRequest, cache: Any, length: int, token: int, device: torch.device) -> None:
-        mask = torch.ones((1, length), dtype=torch.long, device=device)
+    def merge(self, seqs: list[SequenceRequest], cache: Any, mask: torch.Tensor, positions: list[int],
+              last: list[int]) -> None:
+        """Append rows (their own left-padded cache and mask) to the batch, padding the shorter side."""
         if not self.seqs:
             self.cache, self.mask = cache, mask
         else:
             assert self.mask is not None
-            total = max(self.mask.shape[1], length)
-            _left_pad_cache(self.cache, total - self.mask.shape[1])
-            _left_pad_cache(cache, total - length)
-            for mine, theirs in zip(self.cache.layers, cache.layers):
-                mine.keys = torch.cat([mine.keys, theirs.keys], dim=0)
-                mine.values = torch.cat([mine.values, theirs.values], dim=0)
-            self.mask = torch.cat([_left_pad(self.mask, total - self.mask.shape[1]), _left_pad(mask, total - length)])
-        self.seqs.append(seq)
-        self.positions.append(length)
-        self.last.append(token)
+            mine, theirs = self.mask.shape[1], mask.shape[1]
+            total = max(mine, theirs)
+            _left_pad_cache(self.cache, total - mine)
+            _left_pad_cache(cache, total - theirs)
+            for a, b in zip(self.cache.layers, cache.layers):
+                a.keys = torch.cat([a.keys, b.keys], dim=0)
+                a.values = torch.cat([a.values, b.values], dim=0)
+            self.mask = torch.cat([_left_pad(self.mask, total - mine), _left_pad(mask, total - theirs)])
+        self.seqs += seqs
+        self.positions += positions
+        self.last += last
 
     def keep(self, rows: list[int]) -> None:
         """Keep only ``rows`` (drops the others' cache), then trim columns that are padding for every row."""
@@ -144,6 +152,7 @@ class BatchScheduler:
         max_queue: int,
         max_model_len: int,
         new_cache: Callable[[], Any],
+        max_prefill_tokens: int = 8192,
     ) -> None:
         self.model = model
         self.device = device
@@ -151,16 +160,19 @@ class BatchScheduler:
         self.max_queue = max_queue
         self.max_model_len = max_model_len
         self._new_cache = new_cache
+        self.max_prefill_tokens = max_prefill_tokens
         self._waiting: deque[SequenceRequest] = deque()
         self._batch = _Batch()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and metrics)
+        self._flushes: dict[int, Callable[[], None]] = {}
 
     # ---- any thread ------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="unimodel-local-scheduler", daemon=True)
         self._thread.start()
 
@@ -201,6 +213,12 @@ class BatchScheduler:
     def num_running(self) -> int:
         return len(self._batch)
 
+    def stats(self) -> dict[str, int]:
+        """Gauges for metrics: running rows, waiting requests, decode steps so far, cached length."""
+        mask = self._batch.mask
+        return {"running": self.num_running, "waiting": self.num_waiting, "steps": self.steps,
+                "cache_columns": 0 if mask is None else int(mask.shape[1])}
+
     # ---- worker thread ---------------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -214,6 +232,7 @@ class BatchScheduler:
                 try:
                     self._drop_cancelled()
                     self._admit()
+                    self._flush()
                     if len(self._batch):
                         self._decode_step()
                 except Exception as exc:  # a failed forward fails the rows it touched, never the thread
@@ -221,6 +240,7 @@ class BatchScheduler:
                     for seq in self._batch.seqs:
                         self._deliver(seq, [], None, exc)
                     self._batch = _Batch()
+                self._flush()
         error = ServiceUnavailableError("the local engine is shutting down", retry_after=5)
         with self._cond:
             pending = list(self._waiting) + self._batch.seqs
@@ -228,43 +248,83 @@ class BatchScheduler:
             self._batch = _Batch()
         for seq in pending:
             self._deliver(seq, [], None, error)
+        self._flush()
+
+    def _flush(self) -> None:
+        flushes, self._flushes = self._flushes, {}
+        for flush in flushes.values():
+            try:
+                flush()
+            except Exception:  # a closed event loop: its sequences are cancelled by their next delivery
+                log.debug("flush failed", exc_info=True)
 
     def _drop_cancelled(self) -> None:
         keep = [i for i, s in enumerate(self._batch.seqs) if not s.cancelled and not s.done]
         self._batch.keep(keep)
 
     def _admit(self) -> None:
-        while len(self._batch) < self.max_num_seqs:
+        """Prefill waiting sequences into free slots: text-only ones together, ones with images alone."""
+        group: list[SequenceRequest] = []
+        budget = self.max_prefill_tokens
+        while len(self._batch) + len(group) < self.max_num_seqs:
             with self._cond:
                 if not self._waiting:
-                    return
-                seq = self._waiting.popleft()
+                    break
+                seq = self._waiting[0]
+                longest = max([len(s.prompt_ids) for s in group] + [len(seq.prompt_ids)])
+                if group and (seq.prefill_inputs or longest * (len(group) + 1) > budget):
+                    break
+                self._waiting.popleft()
             if seq.cancelled:
                 continue
+            group.append(seq)
+            if seq.prefill_inputs:
+                break
+        if group:
             try:
-                self._prefill(seq)
+                self._prefill(group)
             except Exception as exc:
                 log.exception("prefill failed")
-                self._deliver(seq, [], None, exc)
+                for seq in group:
+                    self._deliver(seq, [], None, exc)
 
-    def _prefill(self, seq: SequenceRequest) -> None:
-        seq.generator = seq.params.new_generator()
-        cache = self._new_cache()
-        ids = torch.tensor([seq.prompt_ids], dtype=torch.long, device=self.device)
-        n = ids.shape[1]
+    def _prefill(self, group: list[SequenceRequest]) -> None:
+        """One forward over the prompts of ``group`` (left-padded), then their first tokens join the batch."""
+        lengths = [len(s.prompt_ids) for s in group]
+        width = max(lengths)
+        ids = torch.zeros((len(group), width), dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        positions = torch.zeros((len(group), width), dtype=torch.long)
+        for i, (seq, n) in enumerate(zip(group, lengths)):
+            ids[i, width - n:] = torch.tensor(seq.prompt_ids, dtype=torch.long)
+            mask[i, width - n:] = 1
+            positions[i, width - n:] = torch.arange(n)
+            seq.generator = seq.params.new_generator()
+        mask = mask.to(self.device)
         out = self.model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            position_ids=torch.arange(n, device=self.device)[None, :],
-            past_key_values=cache,
+            input_ids=ids.to(self.device),
+            attention_mask=mask,
+            position_ids=positions.to(self.device),
+            past_key_values=self._new_cache(),
             use_cache=True,
             logits_to_keep=1,
-            **seq.prefill_inputs,
+            **group[0].prefill_inputs,
         )
-        seq.prefill_inputs = {}  # images are no longer needed
-        token = self._sample([seq], out.logits[:, -1, :])[0]
-        if self._accept(seq, token, n):
-            self._batch.add(seq, out.past_key_values, n, token, self.device)
+        tokens = self._sample(group, out.logits[:, -1, :])
+        keep = [i for i, (seq, token, n) in enumerate(zip(group, tokens, lengths)) if self._accept(seq, token, n)]
+        for seq in group:
+            seq.prefill_inputs = {}  # images are no longer needed
+        if not keep:
+            return
+        cache = out.past_key_values
+        if len(keep) < len(group):
+            index = torch.tensor(keep, device=self.device)
+            mask = mask.index_select(0, index)
+            for layer in cache.layers:
+                layer.keys = layer.keys.index_select(0, index)
+                layer.values = layer.values.index_select(0, index)
+        self._batch.merge([group[i] for i in keep], cache, mask, [lengths[i] for i in keep],
+                          [tokens[i] for i in keep])
 
     def _decode_step(self) -> None:
         batch = self._batch
@@ -314,6 +374,8 @@ class BatchScheduler:
                  error: BaseException | None) -> None:
         if error is not None:
             seq.done = True
+        if seq.flush is not None:
+            self._flushes.setdefault(id(seq.flush), seq.flush)
         try:
             seq.sink(tokens, reason, error)
         except Exception:  # the receiving side is gone (its event loop closed): treat as cancelled

@@ -1,0 +1,339 @@
+"""The embedded engine: a transformers model in this process, batched across requests.
+
+The event loop never runs the model: :meth:`LocalEngine.start` loads in a worker thread, and generation runs
+in the scheduler's thread (:mod:`.scheduler`), which hands each step's tokens back through
+``loop.call_soon_threadsafe``. ``generate`` renders the request (:mod:`.render`), checks it before any work
+(context length → 400, images for a text-only model → 400, a full queue → 503 with ``Retry-After``), submits
+it with its per-request logit hooks (thinking budget, presence/frequency penalties, and llguidance grammars
+for JSON mode and forced tool calls: :mod:`.hooks`, :mod:`.grammar`), and turns tokens into events
+(:mod:`.output`). Closing the generator (client gone, task cancelled) marks the sequence cancelled, and the
+scheduler frees its slot and cache before its next step.
+
+Not supported (400 ``unsupported_feature``): ``logprobs``; JSON mode together with a forced tool call.
+Sampling defaults when a request omits them: the checkpoint's generation_config if it samples, else
+temperature 1 and top_p 1 (OpenAI's defaults). ``top_k`` and ``stop_token_ids`` are read from the request's
+extra fields, as vLLM does.
+
+No state is bound to one event loop, so one engine can serve callers on different loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from unimodel.engines.base import Engine, GenerationRequest
+from unimodel.engines.local.grammar import GrammarCompiler
+from unimodel.engines.local.hooks import BanTokens, RepetitionPenalties, ThinkingBudget
+from unimodel.engines.local.images import resolve_images
+from unimodel.engines.local.loader import LoadedModel, load_model
+from unimodel.engines.local.output import OutputAssembler
+from unimodel.engines.local.render import MistralRenderer, RenderedPrompt, has_images
+from unimodel.engines.local.sampling import SamplingParams
+from unimodel.engines.local.scheduler import BatchScheduler, LogitsHook, SequenceRequest, StopReason
+from unimodel.errors import (
+    ContextLengthExceededError,
+    InvalidRequestError,
+    ServiceUnavailableError,
+    UnimodelError,
+    UnsupportedFeatureError,
+)
+from unimodel.formats.registry import get_format
+from unimodel.protocol.events import Event
+from unimodel.protocol.openai import ModelCard, NamedToolChoice
+
+log = logging.getLogger("unimodel.local")
+
+_Item = tuple[list[int], "StopReason | None", "BaseException | None"]
+
+
+class _Mailbox:
+    """Hands scheduler results to one event loop with one wake-up per decode step, not one per sequence.
+
+    Every ``call_soon_threadsafe`` writes to the loop's self-pipe and takes the GIL from the decode thread;
+    with 16 streams that was 16 wake-ups per step. ``post`` only queues (from the scheduler thread);
+    ``wake`` (the sequences' ``flush``, called once at the end of a step) schedules one drain.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._items: list[tuple[asyncio.Queue[_Item], _Item]] = []
+        self._scheduled = False
+        self.wake_once: Callable[[], None] = self.wake  # one object, so the scheduler can de-duplicate it
+
+    def post(self, inbox: asyncio.Queue[_Item], item: _Item) -> None:
+        if self._loop.is_closed():  # the scheduler then treats the sequence as cancelled
+            raise RuntimeError("the event loop of this request is closed")
+        with self._lock:
+            self._items.append((inbox, item))
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._scheduled or not self._items:
+                return
+            self._scheduled = True
+        self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items, self._scheduled = self._items, [], False
+        for inbox, item in items:
+            inbox.put_nowait(item)
+
+
+class LocalEngine(Engine):
+    kind = "local"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        served_model_name: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        max_num_seqs: int = 16,
+        max_queue: int = 64,
+        allow_image_urls: bool = False,
+        model_family: str | None = None,
+        cache_dir: Path | None = None,
+        http_client: Any | None = None,
+    ) -> None:
+        if max_num_seqs < 1 or max_queue < 0:
+            raise ValueError("max_num_seqs must be >= 1 and max_queue >= 0")
+        self.model_name = model
+        self.served_model_name = served_model_name or model
+        self.device, self.dtype = device, dtype
+        self.requested_max_model_len = max_model_len
+        self.max_num_seqs, self.max_queue = max_num_seqs, max_queue
+        self.allow_image_urls = allow_image_urls
+        self.model_family = model_family
+        self.cache_dir = cache_dir
+        self._http = http_client
+        self._loaded: LoadedModel | None = None
+        self._scheduler: BatchScheduler | None = None
+        self._special: dict[str, int] = {}
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loaded = await asyncio.to_thread(
+            load_model, self.model_name, device=self.device, dtype=self.dtype,
+            max_model_len=self.requested_max_model_len, cache_dir=self.cache_dir,
+        )
+        family = self.model_family or ("mistral" if isinstance(loaded.renderer, MistralRenderer) else "think-tags")
+        self._format = get_format(family)
+        gen_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
+        eos = set(loaded.renderer.eos_ids)
+        eos.update([gen_eos] if isinstance(gen_eos, int) else gen_eos or [])
+        self._eos = frozenset(eos)
+        # the parser gets the marker ids; EOS ends generation and is never fed to it
+        self._special = {name: tid for name, tid in loaded.renderer.special_ids(self._format.special_token_names)
+                         .items() if tid not in self._eos}
+        self._defaults = _sampling_defaults(loaded.model)
+        text_config = getattr(loaded.config, "text_config", None) or loaded.config
+        self._grammar = GrammarCompiler(loaded.renderer, self._eos, int(text_config.vocab_size))
+        self._scheduler = BatchScheduler(
+            loaded.model, device=loaded.device, max_num_seqs=self.max_num_seqs,
+            max_queue=self.max_queue, max_model_len=loaded.max_model_len, new_cache=_cache_factory(loaded),
+        )
+        self._scheduler.start()
+        self._loaded = loaded
+        log.info("local engine: %s from %s on %s (%s), max_model_len %d, max_num_seqs %d", self.served_model_name,
+                 loaded.path, loaded.device, loaded.dtype, loaded.max_model_len, self.max_num_seqs)
+        if loaded.is_tiny_random:
+            log.warning("%s has random weights: its output is gibberish (for smoke tests and demos only)",
+                        self.model_name)
+
+    async def aclose(self) -> None:
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            await asyncio.to_thread(scheduler.stop)
+        self._loaded = None
+
+    def is_ready(self) -> bool:
+        return self._loaded is not None and self._scheduler is not None
+
+    def models(self) -> list[ModelCard]:
+        limit = self._loaded.max_model_len if self._loaded is not None else self.requested_max_model_len
+        return [ModelCard(id=self.served_model_name, max_model_len=limit)]
+
+    @property
+    def loaded(self) -> LoadedModel:
+        if self._loaded is None:
+            raise ServiceUnavailableError("the local engine is not started", retry_after=5)
+        return self._loaded
+
+    @property
+    def scheduler(self) -> BatchScheduler:
+        if self._scheduler is None:
+            raise ServiceUnavailableError("the local engine is not started", retry_after=5)
+        return self._scheduler
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """Marker name → token id as the output parser gets them (e.g. ``[THINK]``)."""
+        return dict(self._special)
+
+    # ---- generation ------------------------------------------------------------------------------------
+
+    async def render(self, request: GenerationRequest) -> RenderedPrompt:
+        """Prompt ids and images for ``request``; raises the 400s a request can earn before any work."""
+        loaded = self.loaded
+        images: dict[str, Any] | None = None
+        if has_images(request.messages):
+            if not loaded.supports_images:
+                raise UnsupportedFeatureError(
+                    f"the model '{self.served_model_name}' is text-only and does not accept images; "
+                    "remove the image_url parts", param="messages")
+            urls = [u for m in request.messages for u in m.image_urls()]
+            images = await resolve_images(urls, allow_urls=self.allow_image_urls, client=self._http)
+        return await asyncio.to_thread(loaded.renderer.render, request, images)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        scheduler = self.scheduler
+        loaded = self.loaded
+        wire = request.wire
+        if wire.logprobs:
+            raise UnsupportedFeatureError("logprobs are not supported by the local engine", param="logprobs")
+        prompt = await self.render(request)
+        n = len(prompt.token_ids)
+        limit = loaded.max_model_len
+        if n >= limit or (request.max_tokens is not None and n + request.max_tokens > limit):
+            asked = f" + {request.max_tokens} for the completion" if request.max_tokens is not None else ""
+            raise ContextLengthExceededError(
+                f"This model's maximum context length is {limit} tokens; the messages take {n} tokens{asked}. "
+                "Shorten the messages or lower max_tokens.", param="messages")
+        params = self._sampling_params(request, n)
+        hooks = self._hooks(request) + await self._grammar_hooks(request)
+        mailbox = self._mailbox(asyncio.get_running_loop())
+        inbox: asyncio.Queue[_Item] = asyncio.Queue()
+
+        def sink(tokens: list[int], reason: StopReason | None, error: BaseException | None) -> None:
+            mailbox.post(inbox, (tokens, reason, error))
+
+        seq = SequenceRequest(prompt.token_ids, params, sink, prefill_inputs=self._image_inputs(prompt),
+                              hooks=hooks, flush=mailbox.wake_once)
+        out = OutputAssembler(
+            self._format.new_parser(special_ids=self._special), loaded.renderer.new_detokenizer(),
+            prompt_tokens=n, marker_ids=set(self._special.values()), end_ids=params.stop_token_ids,
+            stop_strings=wire.stop_list,
+        )
+        scheduler.submit(seq)
+        try:
+            reason: StopReason | None = None
+            while reason is None and not out.stopped:
+                tokens, reason, error = await inbox.get()
+                if error is not None:
+                    raise error if isinstance(error, UnimodelError) else UnimodelError(
+                        f"generation failed: {type(error).__name__}: {error}") from error
+                for token in tokens:
+                    for event in out.feed(token):
+                        yield event
+            for event in out.finish(reason or "stop"):
+                yield event
+        finally:
+            if not seq.done:
+                scheduler.cancel(seq)
+
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+        box = self._mailboxes.get(loop)
+        if box is None:
+            box = self._mailboxes[loop] = _Mailbox(loop)
+        return box
+
+    def _sampling_params(self, request: GenerationRequest, prompt_len: int) -> SamplingParams:
+        wire = request.wire
+        extra = wire.model_extra or {}
+        temperature = wire.temperature if wire.temperature is not None else self._defaults["temperature"]
+        top_p = wire.top_p if wire.top_p is not None else self._defaults["top_p"]
+        top_k = extra.get("top_k", self._defaults["top_k"])
+        if top_k is None:
+            top_k = 0
+        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < -1:
+            raise InvalidRequestError("top_k must be an integer >= -1 (0 or -1: off)", param="top_k")
+        stop_ids = set(self._eos)
+        extra_ids = extra.get("stop_token_ids") or []
+        if not isinstance(extra_ids, list) or not all(isinstance(i, int) for i in extra_ids):
+            raise InvalidRequestError("stop_token_ids must be a list of integers", param="stop_token_ids")
+        stop_ids.update(extra_ids)
+        room = self.loaded.max_model_len - prompt_len
+        max_new = min(request.max_tokens, room) if request.max_tokens is not None else room
+        return SamplingParams(max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p),
+                              top_k=max(0, top_k), seed=wire.seed, stop_token_ids=frozenset(stop_ids))
+
+    async def _grammar_hooks(self, request: GenerationRequest) -> list[LogitsHook]:
+        """Constrained decoding: JSON mode, and tool calls when ``tool_choice`` demands or forbids them."""
+        wire = request.wire
+        think_ok = request.model_effort == "high" and "[THINK]" in self._special and "[/THINK]" in self._special
+        think = (self._special["[THINK]"], self._special["[/THINK]"]) if think_ok else None
+        choice, tools = wire.tool_choice, wire.tools or []
+        json_mode = wire.response_format is not None and wire.response_format.type != "text"
+        forced = bool(tools) and (choice == "required" or isinstance(choice, NamedToolChoice))
+        if json_mode and forced:
+            raise UnsupportedFeatureError("response_format JSON modes cannot be combined with a tool_choice that "
+                                          "forces a tool call", param="response_format")
+        if json_mode:
+            assert wire.response_format is not None
+            return [await asyncio.to_thread(self._grammar.hook, wire.response_format, think)]
+        if forced:
+            named = isinstance(choice, NamedToolChoice)
+            names = [choice.function.name] if isinstance(choice, NamedToolChoice) else [t.function.name for t in tools]
+            one = named or wire.parallel_tool_calls is False
+            return [await asyncio.to_thread(
+                lambda: self._grammar.tool_hook(tools, names, calls_at_most_one=one, marker_ids=self._special,
+                                                think_ids=think))]
+        if tools and choice == "none" and "[TOOL_CALLS]" in self._special:
+            return [BanTokens([self._special["[TOOL_CALLS]"]])]
+        return []
+
+    def _hooks(self, request: GenerationRequest) -> list[LogitsHook]:
+        hooks: list[LogitsHook] = []
+        think, end = self._special.get("[THINK]"), self._special.get("[/THINK]")
+        if request.thinking_budget is not None and think is not None and end is not None:
+            hooks.append(ThinkingBudget(think, end, request.thinking_budget))
+        presence, frequency = request.wire.presence_penalty or 0.0, request.wire.frequency_penalty or 0.0
+        if presence or frequency:
+            text_config = getattr(self.loaded.config, "text_config", None) or self.loaded.config
+            hooks.append(RepetitionPenalties(presence, frequency, int(text_config.vocab_size)))
+        return hooks
+
+    def _image_inputs(self, prompt: RenderedPrompt) -> dict[str, Any]:
+        if not prompt.images:
+            return {}
+        import numpy as np
+        import torch
+
+        loaded = self.loaded
+        h = max(int(img.shape[1]) for img in prompt.images)
+        w = max(int(img.shape[2]) for img in prompt.images)
+        batch = np.zeros((len(prompt.images), 3, h, w), dtype=np.float32)
+        for i, img in enumerate(prompt.images):
+            batch[i, :, : img.shape[1], : img.shape[2]] = img
+        return {
+            "pixel_values": torch.from_numpy(batch).to(loaded.device, loaded.dtype),
+            "image_sizes": torch.tensor([[int(i.shape[1]), int(i.shape[2])] for i in prompt.images],
+                                        device=loaded.device),
+        }
+
+
+def _sampling_defaults(model: Any) -> dict[str, Any]:
+    """The checkpoint's own sampling defaults when its generation_config samples; else OpenAI's (1.0, 1.0)."""
+    cfg = getattr(model, "generation_config", None)
+    if cfg is not None and getattr(cfg, "do_sample", False):
+        return {"temperature": cfg.temperature or 1.0, "top_p": cfg.top_p or 1.0, "top_k": cfg.top_k or 0}
+    return {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+
+
+def _cache_factory(loaded: LoadedModel) -> Any:
+    from transformers import DynamicCache
+
+    text_config = getattr(loaded.config, "text_config", None) or loaded.config
+    return lambda: DynamicCache(config=text_config)
