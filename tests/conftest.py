@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -39,3 +40,14 @@ def standard_scripts() -> dict[str, Script]:
 def scripted_upstream() -> Iterator[ScriptedUpstream]:
     with ScriptedUpstream(standard_scripts()) as upstream:
         yield upstream
+
+
+@pytest.fixture(scope="session")
+def tiny_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-random and tiny-random-vision, built once per test session into a private cache."""
+    from unimodel.models import ensure_tiny_random
+
+    cache = tmp_path_factory.mktemp("unimodel-cache")
+    ensure_tiny_random("tiny-random", cache)
+    ensure_tiny_random("tiny-random-vision", cache)
+    return cache

@@ -11,6 +11,7 @@ import typer
 from typer.exceptions import TyperException
 
 from unimodel.config import ConfigError, Settings
+from unimodel.server.run import StartFailed, run_server
 
 app = typer.Typer(
     name="unimodel",
@@ -44,6 +45,14 @@ def serve(
     max_request_bytes: Optional[int] = typer.Option(None, help="Largest accepted request body."),
     shutdown_grace_s: Optional[float] = typer.Option(None, help="Seconds in-flight requests get on SIGTERM."),
     log_level: Optional[str] = typer.Option(None, help="debug | info | warning | error"),
+    device: Optional[str] = typer.Option(None, help="local engine: auto | cpu | cuda"),
+    dtype: Optional[str] = typer.Option(None, help="local engine: auto | bfloat16 | float16 | float32"),
+    max_model_len: Optional[int] = typer.Option(None, help="Context length (default: the model's)."),
+    max_num_seqs: Optional[int] = typer.Option(None, help="local engine: sequences decoded together."),
+    max_queue: Optional[int] = typer.Option(None, help="local engine: waiting requests before 503."),
+    allow_image_urls: Optional[bool] = typer.Option(None, "--allow-image-urls/--no-allow-image-urls",
+                                                    help="Fetch http(s) image_url parts (data: URIs always work)."),
+    default_max_tokens: Optional[int] = typer.Option(None, help="max_tokens for requests that give none."),
 ) -> None:
     """Serve the OpenAI-compatible endpoint."""
     settings = Settings.load(
@@ -51,9 +60,9 @@ def serve(
         upstream_api_key=upstream_api_key, model_family=model_family, host=host, port=port,
         served_model_name=served_model_name, api_keys=api_key or None,
         max_request_bytes=max_request_bytes, shutdown_grace_s=shutdown_grace_s, log_level=log_level,
+        device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+        max_queue=max_queue, allow_image_urls=allow_image_urls, default_max_tokens=default_max_tokens,
     )
-    from unimodel.server.run import run_server
-
     run_server(settings)
 
 
@@ -74,6 +83,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         result = app(args=argv, standalone_mode=False)
     except ConfigError as exc:
         _fail(str(exc), 2)
+    except StartFailed as exc:
+        _fail(f"the engine did not start: {exc}", 1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

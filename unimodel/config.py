@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNIMODEL_", extra="forbid", validate_default=True)
 
     # what to serve
-    engine: EngineKind = "upstream"
+    engine: EngineKind = "local"
     model: Optional[str] = None
     served_model_name: Optional[str] = None
     model_family: Literal["mistral", "think-tags"] = "mistral"
@@ -64,6 +64,17 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    default_max_tokens: Optional[int] = Field(default=None, ge=1)  # None: up to the context length
+
+    # local engine
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_model_len: Optional[int] = Field(default=None, ge=16)
+    max_num_seqs: int = Field(default=16, ge=1)
+    max_queue: int = Field(default=64, ge=0)
+    allow_image_urls: bool = False
+    cache_dir: Optional[Path] = None
 
     # upstream engine
     upstream: Optional[str] = None
@@ -126,6 +137,16 @@ class Settings(BaseSettings):
 
         prefix = "UNIMODEL_"
         return {k[len(prefix):].lower() for k in os.environ if k.startswith(prefix)}
+
+    @property
+    def effective_default_max_tokens(self) -> Optional[int]:
+        """``default_max_tokens``, or 256 for the random-weight demo models, whose gibberish would otherwise
+        run to the end of a 32K context before it stops."""
+        from unimodel.models import is_tiny_random
+
+        if self.default_max_tokens is None and self.model and is_tiny_random(self.model):
+            return 256
+        return self.default_max_tokens
 
     def reasoning_for(self, served_model: str) -> ReasoningPolicy:
         return self.reasoning_per_model.get(served_model, self.reasoning)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +13,7 @@ from tests.support.scripted_upstream import ScriptedUpstream
 from unimodel.config import Settings
 from unimodel.engines.factory import build_engine
 
-ENGINES = ["upstream"]
+ENGINES = ["upstream", "local"]
 
 
 @dataclass
@@ -23,8 +24,14 @@ class Served:
 
 
 @pytest.fixture(scope="session", params=ENGINES)
-def served(request: pytest.FixtureRequest, scripted_upstream: ScriptedUpstream) -> Iterator[Served]:
+def served(request: pytest.FixtureRequest, scripted_upstream: ScriptedUpstream,
+           tiny_cache_dir: Path) -> Iterator[Served]:
     if request.param == "upstream":
         settings = Settings(engine="upstream", upstream=scripted_upstream.base_url)
         with LiveServer(settings, build_engine(settings)) as server:
             yield Served("upstream", server.base_url, "raw-think")
+    else:
+        settings = Settings(engine="local", model="tiny-random", cache_dir=tiny_cache_dir, device="cpu",
+                            dtype="float32", max_num_seqs=8)
+        with LiveServer(settings, build_engine(settings)) as server:
+            yield Served("local", server.base_url, "tiny-random")

@@ -25,10 +25,10 @@ TOOLS = [
 MSG = [{"role": "user", "content": "What is 2+2?"}]
 
 
-def _gateway(upstream_url: str, **settings: Any) -> LiveServer:
+def _gateway(upstream_url: str, wait_ready: bool = True, **settings: Any) -> LiveServer:
     s = Settings(engine="upstream", upstream=upstream_url, upstream_connect_timeout_s=1.0,
                  model_families={"think-tags": "think-tags"}, **settings)
-    return LiveServer(s, build_engine(s))
+    return LiveServer(s, build_engine(s), wait_ready=wait_ready)
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +242,7 @@ def test_upstream_timeout_is_504(gateway: LiveServer) -> None:
 
 def test_upstream_refusing_connections_is_502() -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    with _gateway(dead, model="m") as server:
+    with _gateway(dead, wait_ready=False, model="m") as server:
         _assert_error(_post(server, {"model": "m", "messages": MSG}), 502, code="upstream_unreachable")
         assert httpx.get(server.base_url.removesuffix("/v1") + "/ready").status_code == 503
 

@@ -21,8 +21,11 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, settings: Settings, engine: Engine, **uvicorn_kwargs: Any) -> None:
+    def __init__(self, settings: Settings, engine: Engine, wait_ready: bool = True,
+                 **uvicorn_kwargs: Any) -> None:
         self.port = free_port()
+        self.engine = engine
+        self.wait_ready = wait_ready
         self.app = create_app(settings, engine)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
                                 lifespan="on", **uvicorn_kwargs)
@@ -40,6 +43,11 @@ class LiveServer:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("unimodel test server did not start")
             time.sleep(0.01)
+        if self.wait_ready:
+            while not self.engine.is_ready():
+                if self.app.state.start_error is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"engine did not start: {self.app.state.start_error}")
+                time.sleep(0.02)
         return self
 
     def __exit__(self, *exc: object) -> None:

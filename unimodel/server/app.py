@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Optional
 
 from fastapi import FastAPI
 
@@ -14,20 +17,42 @@ from unimodel.server.middleware import BodySizeLimitMiddleware, RequestIdMiddlew
 from unimodel.server.routes import chat, meta
 from unimodel.service.chat import ChatService
 
+log = logging.getLogger("unimodel.server")
 
-def create_app(settings: Settings, engine: Engine) -> FastAPI:
+
+def create_app(settings: Settings, engine: Engine,
+               on_start_failure: Optional[Callable[[BaseException], None]] = None) -> FastAPI:
+    """The app; the engine starts in the background so ``/health`` answers and ``/ready`` says 503 while a
+    model loads. A start failure is logged, kept for ``/ready``, and handed to ``on_start_failure`` (the CLI
+    shuts the server down with the error)."""
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await engine.start()
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        def started(task: asyncio.Task[None]) -> None:
+            if task.cancelled() or task.exception() is None:
+                return
+            exc = task.exception()
+            assert exc is not None
+            app.state.start_error = exc
+            log.error("the %s engine failed to start: %s", engine.kind, exc)
+            if on_start_failure is not None:
+                on_start_failure(exc)
+
+        start = asyncio.create_task(engine.start(), name="engine-start")
+        start.add_done_callback(started)
         try:
             yield
         finally:
+            if not start.done():
+                start.cancel()
+            await asyncio.gather(start, return_exceptions=True)
             await engine.aclose()
 
     app = FastAPI(title="unimodel", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
-    app.state.chat = ChatService(engine, settings.reasoning_for)
+    app.state.start_error = None
+    app.state.chat = ChatService(engine, settings.reasoning_for, settings.effective_default_max_tokens)
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(meta.router)

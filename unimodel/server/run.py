@@ -13,9 +13,21 @@ from unimodel.server.app import create_app
 log = logging.getLogger("unimodel")
 
 
+class StartFailed(Exception):
+    """The engine could not start (a model that does not load, a vLLM that cannot launch)."""
+
+
 def run_server(settings: Settings) -> None:
     engine = build_engine(settings)
-    app = create_app(settings, engine)
+    failure: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def stop_on_failure(exc: BaseException) -> None:
+        failure.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, engine, on_start_failure=stop_on_failure)
     log.info("unimodel serving on http://%s:%d/v1 (engine: %s)", settings.host, settings.port, engine.kind)
     config = uvicorn.Config(
         app,
@@ -25,4 +37,7 @@ def run_server(settings: Settings) -> None:
         timeout_graceful_shutdown=settings.shutdown_grace_s,
         lifespan="on",
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    server.run()
+    if failure:
+        raise StartFailed(str(failure[0])) from failure[0]

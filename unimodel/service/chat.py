@@ -32,9 +32,11 @@ class PreparedChat:
 
 class ChatService:
     def __init__(self, engine: Engine,
-                 policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy()) -> None:
+                 policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy(),
+                 default_max_tokens: int | None = None) -> None:
         self.engine = engine
         self.policy_for = policy_for
+        self.default_max_tokens = default_max_tokens
 
     async def prepare(self, wire: ChatCompletionRequest, request_id: str | None = None) -> PreparedChat:
         """Validate and start generation, pulling the first event so that refusals raise here."""
@@ -42,7 +44,7 @@ class ChatService:
         if not models:
             raise ServiceUnavailableError("no model is being served yet: the engine is not ready",
                                           retry_after=2)
-        request = to_generation_request(wire, models, self.policy_for, request_id)
+        request = to_generation_request(wire, models, self.policy_for, request_id, self.default_max_tokens)
         events = aiter(self.engine.generate(request))
         first: list[Event] = []
         try:

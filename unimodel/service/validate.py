@@ -35,6 +35,7 @@ def to_generation_request(
     models: list[ModelCard],
     policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy(),
     request_id: str | None = None,
+    default_max_tokens: int | None = None,
 ) -> GenerationRequest:
     card = resolve_model(wire.model, models)
     policy = policy_for(card.id)
@@ -47,6 +48,9 @@ def to_generation_request(
             param="thinking_budget",
         )
     max_tokens = wire.max_output_tokens
+    if max_tokens is None and default_max_tokens is not None:
+        max_tokens = default_max_tokens if card.max_model_len is None else min(default_max_tokens,
+                                                                                card.max_model_len)
     if card.max_model_len is not None and max_tokens is not None and max_tokens > card.max_model_len:
         raise InvalidRequestError(
             f"max_tokens ({max_tokens}) exceeds the model's context length ({card.max_model_len}).",

@@ -44,7 +44,7 @@ from unimodel.errors import (
     UnsupportedFeatureError,
 )
 from unimodel.formats.registry import get_format
-from unimodel.protocol.events import Event
+from unimodel.protocol.events import Event, ThinkingBudgetReached
 from unimodel.protocol.openai import ModelCard, NamedToolChoice
 
 log = logging.getLogger("unimodel.local")
@@ -195,6 +195,7 @@ class LocalEngine(Engine):
                     "remove the image_url parts", param="messages")
             urls = [u for m in request.messages for u in m.image_urls()]
             images = await resolve_images(urls, allow_urls=self.allow_image_urls, client=self._http)
+            images = {url: _at_least_two_image_tokens(img, loaded.config) for url, img in images.items()}
         return await asyncio.to_thread(loaded.renderer.render, request, images)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
@@ -237,6 +238,9 @@ class LocalEngine(Engine):
                 for token in tokens:
                     for event in out.feed(token):
                         yield event
+            budget = next((h for h in hooks if isinstance(h, ThinkingBudget)), None)
+            if budget is not None and budget.forced:
+                yield ThinkingBudgetReached(out.reasoning_tokens)
             for event in out.finish(reason or "stop"):
                 yield event
         finally:
@@ -322,6 +326,20 @@ class LocalEngine(Engine):
             "image_sizes": torch.tensor([[int(i.shape[1]), int(i.shape[2])] for i in prompt.images],
                                         device=loaded.device),
         }
+
+
+def _at_least_two_image_tokens(image: Any, config: Any) -> Any:
+    """Upscale an image so small that it would become one image token.
+
+    transformers' Mistral3 ``get_image_features`` squeezes the token axis away when an image yields exactly
+    one merged patch, and then fails (a 500 from a 32x32 icon). Two tokens' worth of width avoids it.
+    """
+    vision = getattr(config, "vision_config", None)
+    patch = int(getattr(vision, "patch_size", 16) or 16) * int(getattr(config, "spatial_merge_size", 1) or 1)
+    width, height = image.size
+    if width > patch or height > patch:
+        return image
+    return image.resize((2 * patch, max(height, 1)))
 
 
 def _sampling_defaults(model: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ class ThinkingBudget:
         self._seen = 0
         self._inside = False
         self._count = 0
+        self.forced = False  # read by the engine once the sequence is done
 
     def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> None:
         for token in generated[self._seen:]:
@@ -37,6 +38,7 @@ class ThinkingBudget:
         self._seen = len(generated)
         if self._inside and self._count >= self.budget:
             force_token(logits, self.end_think_id)
+            self.forced = True
 
 
 class RepetitionPenalties:

@@ -11,8 +11,8 @@ OpenAI usage numbers. Decisions:
   dropped, and the finish reason is ``stop``.
 * ``completion_tokens`` counts every token the model produced for the answer, including the final EOS/stop
   token and the token that completed a stop string; tokens generated after that are not counted.
-* ``reasoning_tokens`` counts the tokens of the thinking block, its ``[THINK]`` and ``[/THINK]`` markers
-  included: a token counts when the parser was inside reasoning before or after it was fed.
+* ``reasoning_tokens`` counts the thinking tokens between ``[THINK]`` and ``[/THINK]``, the markers not
+  included: the same count the thinking budget is enforced on, and the upstream engine reports.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class OutputAssembler:
             events += self.parser.feed_token(token_id, "")
         else:
             events += self._text(self._stops.push(self.detok.push(token_id)), token_id)
-        if was_reasoning or self.parser.in_reasoning:
+        if was_reasoning and self.parser.in_reasoning and token_id not in self._markers:
             self.reasoning_tokens += 1
         return events
 

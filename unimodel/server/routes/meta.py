@@ -30,4 +30,7 @@ async def ready(request: Request) -> JSONResponse:
     if engine.is_ready():
         return JSONResponse({"status": "ready", "engine": engine.kind,
                              "models": [m.id for m in engine.models()]})
+    failed = request.app.state.start_error
+    if failed is not None:
+        return error_response(ServiceUnavailableError(f"the {engine.kind} engine failed to start: {failed}"))
     return error_response(ServiceUnavailableError(f"the {engine.kind} engine is not ready", retry_after=2))

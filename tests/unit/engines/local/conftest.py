@@ -33,13 +33,6 @@ def start_engine(model: str, cache_dir: Path, **kwargs: Any) -> LocalEngine:
 
 
 @pytest.fixture(scope="session")
-def tiny_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = tmp_path_factory.mktemp("unimodel-cache")
-    build_tiny_checkpoints(cache)
-    return cache
-
-
-@pytest.fixture(scope="session")
 def tiny_path(tiny_cache_dir: Path) -> Path:
     return ensure_tiny_random("tiny-random", tiny_cache_dir)
 

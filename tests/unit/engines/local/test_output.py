@@ -80,7 +80,7 @@ def test_real_ids_give_reasoning_and_content(renderer: MistralRenderer, ids: dic
     folded = fold(events)
     assert folded["reasoning"] == "Let me think: 2+2."
     assert folded["content"] == "It is 4. Ünïcödé 🎉"
-    assert folded["usage"] == Usage(7, len(tokens), len(thought) + 2)  # markers counted as reasoning
+    assert folded["usage"] == Usage(7, len(tokens), len(thought))  # thinking tokens, markers not counted
     assert folded["finish"] == Finish("stop")
     assert isinstance(events[-2], Usage)
 
