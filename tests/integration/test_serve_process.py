@@ -54,3 +54,13 @@ def test_sigterm_lets_inflight_stream_finish(scripted_upstream: ScriptedUpstream
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_model_that_does_not_load_stops_the_server_with_its_reason(tmp_path: object) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "unimodel.cli", "serve", "--model", "/nonexistent/checkpoint", "--port",
+         str(free_port())], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("unimodel: error: the engine did not start:")
+    assert "--model PATH" in last and "--engine upstream" in last
