@@ -5,6 +5,10 @@ tokens, TTFT (first byte of anything) and time to the first answer token, p50/p9
 embedded engine on `tiny-random`, started here on 127.0.0.1; or point it at any unimodel with --url.
 
     python benchmarks/reasoning_effort.py [--url http://127.0.0.1:8000/v1 --model NAME] [--requests 8]
+    python benchmarks/reasoning_effort.py --scripted-upstream   # budgets on a model that thinks 6,000 tokens
+
+tiny-random never opens its thinking, so on the default endpoint every level thinks 0 tokens; the scripted
+upstream (a vLLM stand-in whose model always thinks 6,000 tokens, one token a frame) shows the budgets.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -73,17 +78,30 @@ def main() -> None:
     ap.add_argument("--url")
     ap.add_argument("--model", default="tiny-random")
     ap.add_argument("--requests", type=int, default=8, help="requests per level")
-    ap.add_argument("--max-tokens", type=int, default=2048)
+    ap.add_argument("--max-tokens", type=int, default=8192)
+    ap.add_argument("--scripted-upstream", action="store_true",
+                    help="serve the scripted 6,000-token thinker through `unimodel serve --engine upstream`")
     args = ap.parse_args()
 
-    proc = None
+    procs: list[subprocess.Popen[bytes]] = []
     url = args.url
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
     if url is None:
         port = free_port()
-        root = Path(__file__).resolve().parent.parent
-        proc = subprocess.Popen([sys.executable, "-m", "unimodel.cli", "serve", "--engine", "local", "--model",
-                                 args.model, "--port", str(port), "--log-level", "warning"], cwd=root,
-                                env={**os.environ, "PYTHONPATH": str(root)})
+        serve = [sys.executable, "-m", "unimodel.cli", "serve", "--port", str(port), "--log-level", "warning"]
+        if args.scripted_upstream:
+            port_file = Path(tempfile.mkdtemp()) / "upstream"
+            procs.append(subprocess.Popen([sys.executable, "-m", "tests.support.scripted_upstream",
+                                           str(port_file)], cwd=root, env=env))
+            while not port_file.exists() or not port_file.read_text():
+                time.sleep(0.05)
+            serve += ["--engine", "upstream", "--upstream", port_file.read_text().strip()]
+            args.model = "bench-thinker"
+        else:
+            serve += ["--engine", "local", "--model", args.model]
+        proc = subprocess.Popen(serve, cwd=root, env=env)
+        procs.append(proc)
         url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + 300
         while True:
@@ -109,9 +127,10 @@ def main() -> None:
                       f"{pct(col['ttft'], 95) * 1e3:>10.1f}{pct(col['ttfa'], 50) * 1e3:>10.1f}"
                       f"{pct(col['ttfa'], 95) * 1e3:>10.1f}")
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ class Script:
     prompt_tokens: int = 11
     ignore_stream: bool = False  # answer one JSON body even when asked to stream
     error_frame_after: Optional[int] = None  # send an OpenAI error frame mid-stream (vLLM does this)
+    honors_effort: bool = False  # like the real model: no thinking when told reasoning_effort "none"
 
     def raw_text(self, skip_special: bool) -> str:
         if self.mode == "think-tags":
@@ -205,6 +206,8 @@ class ScriptedUpstream:
                                                                "type": "BadRequestError", "param": "messages",
                                                                "code": script.error_status}})
                     return
+                if script.honors_effort and body.get("reasoning_effort") == "none":
+                    script = Script(mode=script.mode, content=script.content, chunk_chars=script.chunk_chars)
                 if body.get("continue_final_message"):
                     # continuing a closed thinking prefix, as vLLM does: the model now only answers
                     script = Script(mode=script.mode, content=script.content, tool_calls=script.tool_calls,
@@ -251,6 +254,8 @@ def main() -> None:
     scripts = {
         "bench-plain": Script(mode="raw", content="The answer is 4. " * 8, chunk_chars=6),
         "bench-think": Script(mode="raw", reasoning="step " * 20, content="The answer is 4.", chunk_chars=6),
+        "bench-thinker": Script(mode="raw", reasoning="t " * 6000, content="The answer is 42.", chunk_chars=2,
+                                honors_effort=True),
     }
     with ScriptedUpstream(scripts) as upstream:
         port_file = sys.argv[1] if len(sys.argv) > 1 else None
