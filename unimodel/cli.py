@@ -53,6 +53,13 @@ def serve(
     allow_image_urls: Optional[bool] = typer.Option(None, "--allow-image-urls/--no-allow-image-urls",
                                                     help="Fetch http(s) image_url parts (data: URIs always work)."),
     default_max_tokens: Optional[int] = typer.Option(None, help="max_tokens for requests that give none."),
+    vllm_gpu: Optional[str] = typer.Option(None, help="vllm engine: GPU kind (default: nvidia-smi's)."),
+    vllm_gpus: Optional[int] = typer.Option(None, help="vllm engine: GPUs to use (tensor parallel)."),
+    vllm_weights: Optional[str] = typer.Option(None, help="vllm engine: bf16 | fp8 | nvfp4 | int4"),
+    vllm_kv_cache: Optional[str] = typer.Option(None, help="vllm engine: auto | bf16 | fp8"),
+    vllm_arg: Optional[List[str]] = typer.Option(None, "--vllm-arg",
+                                                 help="vllm engine: a flag to add or override, e.g. "
+                                                      "--vllm-arg=--max-num-seqs=64 (repeatable)."),
 ) -> None:
     """Serve the OpenAI-compatible endpoint."""
     settings = Settings.load(
@@ -62,6 +69,8 @@ def serve(
         max_request_bytes=max_request_bytes, shutdown_grace_s=shutdown_grace_s, log_level=log_level,
         device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
         max_queue=max_queue, allow_image_urls=allow_image_urls, default_max_tokens=default_max_tokens,
+        vllm_gpu=vllm_gpu, vllm_gpus=vllm_gpus, vllm_weights=vllm_weights, vllm_kv_cache=vllm_kv_cache,
+        vllm_args=vllm_arg or None,
     )
     run_server(settings)
 

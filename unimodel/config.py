@@ -76,6 +76,14 @@ class Settings(BaseSettings):
     allow_image_urls: bool = False
     cache_dir: Optional[Path] = None
 
+    # vllm engine (launched and supervised by us)
+    vllm_gpu: Optional[str] = None  # catalog key; default: what nvidia-smi reports
+    vllm_gpus: Optional[int] = Field(default=None, ge=1)
+    vllm_weights: Literal["bf16", "fp8", "nvfp4", "int4"] = "fp8"
+    vllm_kv_cache: Literal["auto", "bf16", "fp8"] = "auto"
+    vllm_args: list[str] = Field(default_factory=list)  # override or add flags: --vllm-arg=--max-num-seqs=64
+    vllm_port: Optional[int] = Field(default=None, ge=1, le=65535)  # the child's loopback port
+
     # upstream engine
     upstream: Optional[str] = None
     upstream_api_key: Optional[str] = None

@@ -45,4 +45,42 @@ def build_engine(settings: Settings) -> Engine:
             model_family=settings.model_family if "model_family" in settings.model_fields_set else None,
             cache_dir=settings.cache_dir,
         )
-    raise ConfigError(f"--engine {settings.engine} is not available in this build yet")
+    return _build_vllm(settings)
+
+
+def _build_vllm(settings: Settings) -> Engine:
+    """`vllm serve` with the flags `unimodel plan` computes for this machine's GPUs, then supervised."""
+    import logging
+    import shutil
+    import socket
+
+    from unimodel.engines.vllm import VllmEngine, merge_args
+    from unimodel.plan.planner import detect_gpus, make_plan
+
+    if shutil.which("vllm") is None:
+        raise ConfigError("--engine vllm needs vLLM: pip install 'unimodel[vllm]' (or use --engine upstream "
+                          "in front of a vLLM you run yourself)")
+    gpu, gpus = settings.vllm_gpu, settings.vllm_gpus
+    if gpu is None:
+        found = detect_gpus()
+        if found is None:
+            raise ConfigError("no known NVIDIA GPU found with nvidia-smi; say which with --vllm-gpu KEY "
+                              "and --vllm-gpus N (see `unimodel plan --help`)")
+        gpu, gpus = found[0].key, gpus or found[1]
+    model = settings.model or "mistral-small-4"
+    served = settings.served_model_name or model
+    port = settings.vllm_port
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+    try:
+        plan = make_plan(model, gpu, gpus or 1, settings.vllm_weights, settings.vllm_kv_cache,
+                         settings.max_model_len, served_model_name=served, port=port)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not plan.sizing.fits:
+        logging.getLogger("unimodel.vllm").warning("the plan says this does not fit: %s", plan.sizing.reason)
+    argv = merge_args(plan.vllm, settings.vllm_args)
+    return VllmEngine(argv, port=port, served_model_name=served, family=settings.model_family,
+                      parse_mode=settings.upstream_parse)
