@@ -12,37 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
+from _processes import pct, processes
 
 async def one(client: httpx.AsyncClient, url: str, model: str) -> tuple[float, float]:
     body = {"model": model, "messages": [{"role": "user", "content": "2+2?"}], "stream": True}
@@ -74,10 +47,6 @@ async def run(url: str, model: str, requests: int, concurrency: int) -> tuple[li
         return lat, requests / (time.perf_counter() - t0)
 
 
-def pct(xs: list[float], p: float) -> float:
-    return statistics.quantiles(xs, n=100, method="inclusive")[int(p) - 1] if len(xs) > 1 else xs[0]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=300)
@@ -85,23 +54,9 @@ def main() -> None:
     ap.add_argument("--model", default="bench-think")
     args = ap.parse_args()
 
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        port_file = Path(tempfile.mkdtemp()) / "upstream"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.support.scripted_upstream", str(port_file)],
-                                      cwd=ROOT, env=env))
-        while not port_file.exists() or not port_file.read_text():
-            time.sleep(0.05)
-        upstream = port_file.read_text().strip()
-        port = free_port()
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "unimodel.cli", "serve", "--engine", "upstream", "--upstream", upstream,
-             "--port", str(port), "--log-level", "warning"], cwd=ROOT, env=env))
-        gateway = f"http://127.0.0.1:{port}/v1"
-        wait_http(upstream + "/models")
-        wait_http(f"http://127.0.0.1:{port}/ready")
-
+    with processes() as started:
+        upstream = started.scripted_upstream()
+        gateway = started.unimodel("--engine", "upstream", "--upstream", upstream)
         print(f"{'mode':<12}{'path':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
         for label, conc, n in (("sequential", 1, args.requests), (f"conc {args.concurrency}", args.concurrency,
                                                                    args.requests * 2)):
@@ -112,11 +67,6 @@ def main() -> None:
             print(f"{label:<12}{'added':<10}{'':>9}{(pct(via, 50) - pct(direct, 50)) * 1e3:>9.2f}"
                   f"{(pct(via, 99) - pct(direct, 99)) * 1e3:>9.2f}   rate ratio unimodel/direct = "
                   f"{via_rps / direct_rps:.2f}")
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
+from _processes import pct, processes
 
 LEVELS = ["none", "minimal", "low", "medium", "high"]
 PROMPTS = [
@@ -33,12 +27,6 @@ PROMPTS = [
     "Write a Python function that reverses a linked list.",
     "Is 391 a prime number?",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def one(client: httpx.Client, url: str, model: str, effort: str, prompt: str, max_tokens: int) -> dict[str, float]:
@@ -69,10 +57,6 @@ def one(client: httpx.Client, url: str, model: str, effort: str, prompt: str, ma
             "ttfa": first_answer if first_answer is not None else total}
 
 
-def pct(xs: list[float], p: int) -> float:
-    return statistics.quantiles(xs, n=100, method="inclusive")[p - 1] if len(xs) > 1 else xs[0]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--url")
@@ -83,55 +67,29 @@ def main() -> None:
                     help="serve the scripted 6,000-token thinker through `unimodel serve --engine upstream`")
     args = ap.parse_args()
 
-    procs: list[subprocess.Popen[bytes]] = []
-    url = args.url
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    if url is None:
-        port = free_port()
-        serve = [sys.executable, "-m", "unimodel.cli", "serve", "--port", str(port), "--log-level", "warning"]
-        if args.scripted_upstream:
-            port_file = Path(tempfile.mkdtemp()) / "upstream"
-            procs.append(subprocess.Popen([sys.executable, "-m", "tests.support.scripted_upstream",
-                                           str(port_file)], cwd=root, env=env))
-            while not port_file.exists() or not port_file.read_text():
-                time.sleep(0.05)
-            serve += ["--engine", "upstream", "--upstream", port_file.read_text().strip()]
+    with processes() as started:
+        url = args.url
+        if url is None and args.scripted_upstream:
             args.model = "bench-thinker"
-        else:
-            serve += ["--engine", "local", "--model", args.model]
-        proc = subprocess.Popen(serve, cwd=root, env=env)
-        procs.append(proc)
-        url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(url.removesuffix("/v1") + "/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise SystemExit("the local engine did not become ready")
-            time.sleep(0.5)
-    try:
-        with httpx.Client(timeout=600) as client:
-            one(client, url, args.model, "none", PROMPTS[0], 8)  # warm-up
-            print(f"{'effort':<9}{'think p50':>10}{'think p95':>10}{'answer p50':>11}{'TTFT p50':>10}"
-                  f"{'TTFT p95':>10}{'TTFA p50':>10}{'TTFA p95':>10}   (times in ms)")
-            for level in LEVELS:
-                rows = [one(client, url, args.model, level, PROMPTS[i % len(PROMPTS)], args.max_tokens)
-                        for i in range(args.requests)]
-                col = {k: [r[k] for r in rows] for k in rows[0]}
-                print(f"{level:<9}{pct(col['thinking'], 50):>10.0f}{pct(col['thinking'], 95):>10.0f}"
-                      f"{pct(col['answer'], 50):>11.0f}{pct(col['ttft'], 50) * 1e3:>10.1f}"
-                      f"{pct(col['ttft'], 95) * 1e3:>10.1f}{pct(col['ttfa'], 50) * 1e3:>10.1f}"
-                      f"{pct(col['ttfa'], 95) * 1e3:>10.1f}")
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
+            url = started.unimodel("--engine", "upstream", "--upstream", started.scripted_upstream())
+        elif url is None:
+            url = started.unimodel("--engine", "local", "--model", args.model)
+        report(url, args)
 
+
+def report(url: str, args: argparse.Namespace) -> None:
+    with httpx.Client(timeout=600) as client:
+        one(client, url, args.model, "none", PROMPTS[0], 8)  # warm-up
+        print(f"{'effort':<9}{'think p50':>10}{'think p95':>10}{'answer p50':>11}{'TTFT p50':>10}"
+              f"{'TTFT p95':>10}{'TTFA p50':>10}{'TTFA p95':>10}   (times in ms)")
+        for level in LEVELS:
+            rows = [one(client, url, args.model, level, PROMPTS[i % len(PROMPTS)], args.max_tokens)
+                    for i in range(args.requests)]
+            col = {k: [r[k] for r in rows] for k in rows[0]}
+            print(f"{level:<9}{pct(col['thinking'], 50):>10.0f}{pct(col['thinking'], 95):>10.0f}"
+                  f"{pct(col['answer'], 50):>11.0f}{pct(col['ttft'], 50) * 1e3:>10.1f}"
+                  f"{pct(col['ttft'], 95) * 1e3:>10.1f}{pct(col['ttfa'], 50) * 1e3:>10.1f}"
+                  f"{pct(col['ttfa'], 95) * 1e3:>10.1f}")
 
 if __name__ == "__main__":
     main()
