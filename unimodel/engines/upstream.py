@@ -146,7 +146,8 @@ class UpstreamEngine(Engine):
                       continue_from: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         wire = request.wire.model_dump(mode="json", exclude_none=True, by_alias=True)
         payload = {k: v for k, v in wire.items() if k not in _OWN_FIELDS}
-        payload["messages"] = [_normalise_history(m) for m in payload["messages"]]
+        if self.parse_mode != "upstream":  # hosted APIs get the client's messages untouched
+            payload["messages"] = [_normalise_history(m) for m in payload["messages"]]
         payload["model"] = self.upstream_model or request.served_model
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
