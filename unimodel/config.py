@@ -21,6 +21,17 @@ class ConfigError(ValueError):
     """A settings problem a user can fix; the CLI prints it as one line and exits 2."""
 
 
+Effort = Literal["none", "minimal", "low", "medium", "high"]
+
+
+def _default_model_effort() -> dict[Effort, Literal["none", "high"]]:
+    return {"none": "none", "minimal": "none", "low": "high", "medium": "high", "high": "high"}
+
+
+def _default_budgets() -> dict[Effort, Optional[int]]:
+    return {"low": 1024, "medium": 4096, "high": None}
+
+
 class ReasoningPolicy(BaseModel):
     """How a served model turns the five client effort levels into what the model knows.
 
@@ -28,13 +39,10 @@ class ReasoningPolicy(BaseModel):
     A budget of ``None`` means unbounded (up to ``max_tokens``).
     """
 
-    default_effort: Literal["none", "minimal", "low", "medium", "high"] = "none"
+    default_effort: Effort = "none"
     include_reasoning: bool = True
-    model_effort: dict[Literal["none", "minimal", "low", "medium", "high"], Literal["none", "high"]] = Field(
-        default_factory=lambda: {"none": "none", "minimal": "none", "low": "high", "medium": "high",
-                                 "high": "high"})
-    budgets: dict[Literal["none", "minimal", "low", "medium", "high"], Optional[int]] = Field(
-        default_factory=lambda: {"low": 1024, "medium": 4096, "high": None})
+    model_effort: dict[Effort, Literal["none", "high"]] = Field(default_factory=_default_model_effort)
+    budgets: dict[Effort, Optional[int]] = Field(default_factory=_default_budgets)
 
     @field_validator("budgets")
     @classmethod

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, Literal, Optional
 
 import httpx
@@ -209,7 +209,8 @@ class UpstreamEngine(Engine):
         async for event in self._call(payload, self._decoder(request)):
             yield spent + event if isinstance(event, Usage) else event
 
-    async def _call(self, payload: dict[str, Any], decoder: UpstreamStreamDecoder) -> AsyncIterator[Event]:
+    async def _call(self, payload: dict[str, Any],
+                    decoder: UpstreamStreamDecoder) -> AsyncGenerator[Event, None]:
         if self._client is None:
             raise ServiceUnavailableError("the upstream engine is not started", retry_after=1)
         try:

@@ -34,7 +34,7 @@ def run_server(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        timeout_graceful_shutdown=int(round(settings.shutdown_grace_s)),
         lifespan="on",
     )
     server = uvicorn.Server(config)

@@ -8,7 +8,7 @@ so a client that leaves cancels the engine's work.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +76,7 @@ class ChatService:
         req = prepared.request
         return reasoning_applied(req.effort, req.model_effort, req.thinking_budget)
 
-    async def stream_chunks(self, prepared: PreparedChat) -> AsyncIterator[dict[str, Any]]:
+    async def stream_chunks(self, prepared: PreparedChat) -> AsyncGenerator[dict[str, Any], None]:
         """Chunk payloads; an engine failure mid-stream propagates after the chunks already made."""
         req = prepared.request
         encoder = ChunkEncoder(req.request_id, req.served_model, include_reasoning=req.include_reasoning,

@@ -44,7 +44,7 @@ class _TekkenWrapper:
         self.eos_token_id = inner.eos_id
         self.bos_token_id = inner.bos_id
         self.special_token_ids = sorted(special)
-        self.tokens = [inner.id_to_piece(i).encode() if i in special else inner.id_to_byte_piece(i)
+        self.tokens = [inner.id_to_piece(i).encode() if i in special else inner.id_to_byte_piece(i)  # type: ignore[attr-defined]  # Tekkenizer has it; the base type does not
                        for i in range(inner.n_words)]
 
     def __call__(self, text: str | bytes) -> list[int]:

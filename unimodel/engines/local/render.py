@@ -90,7 +90,7 @@ class MistralRenderer(PromptRenderer):
         special = self._inner.special_ids
         # every id's bytes (b"" for special ids), built once here (in the loading thread, ~5 µs an id):
         # streaming then costs one list lookup per token
-        self._pieces = [b"" if i in special else self._inner.id_to_byte_piece(i) for i in range(self._inner.n_words)]
+        self._pieces = [b"" if i in special else self._inner.id_to_byte_piece(i) for i in range(self._inner.n_words)]  # type: ignore[attr-defined]  # Tekkenizer has it; the base type does not
 
     def to_mistral_request(self, request: GenerationRequest, images: Mapping[str, Any] | None = None) -> Any:
         """The mistral_common ``ChatCompletionRequest`` for ``request`` (public for tests)."""
