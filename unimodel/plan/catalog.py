@@ -1,61 +1,88 @@
-"""GPU catalog: memory, memory bandwidth, low-precision support and a typical on-demand price.
+"""GPU catalog: memory, memory bandwidth, compute capability, low-precision support, typical price.
 
-Prices are typical US on-demand cloud rates per GPU-hour (late 2026, rounded; the seed guides quote
-$2.54/h for an H100 SXM5 and $3.96/h for an H200 SXM5): override with ``--price-per-gpu-hour``.
-Memory is what the board reports (GB = 10^9 bytes); bandwidth is the HBM/GDDR peak in TB/s.
+Memory is what ``nvidia-smi --query-gpu=memory.total`` reports, in MiB: that is the total vLLM multiplies by
+``--gpu-memory-utilization`` (``torch.cuda.mem_get_info``), so an "80 GB" H100 is 81,559 MiB = 85.5e9 bytes,
+not 80e9. Bandwidth is the HBM/GDDR peak in TB/s (10^12 bytes/s). Prices are typical US on-demand cloud
+rates per GPU-hour (rounded; the seed guides quote $2.54/h for an H100 SXM5 and $3.96/h for an H200 SXM5):
+override them with ``--price-per-gpu-hour``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
+
+MIB = 1 << 20
 
 
 @dataclass(frozen=True)
 class GPU:
     key: str
     name: str
-    memory_gb: float
+    memory_mib: int
     bandwidth_tbs: float
-    fp8: bool
-    fp4: bool
+    compute_capability: tuple[int, int]
     price_per_hour: float
 
     @property
     def memory_bytes(self) -> int:
-        return int(self.memory_gb * 1e9)
+        return self.memory_mib * MIB
+
+    @property
+    def fp8(self) -> bool:
+        """FP8 tensor cores (Ada 8.9, Hopper 9.0, Blackwell); Ampere runs FP8 weights as W8A16 Marlin."""
+        return self.compute_capability >= (8, 9)
+
+    @property
+    def fp4(self) -> bool:
+        """FP4 (NVFP4) tensor cores: Blackwell only; older GPUs run NVFP4 weights as W4A16 Marlin."""
+        return self.compute_capability >= (10, 0)
+
+    @property
+    def hopper(self) -> bool:
+        return self.compute_capability[0] == 9
 
 
 CATALOG: dict[str, GPU] = {g.key: g for g in (
-    GPU("h100", "NVIDIA H100 SXM5 80GB", 80.0, 3.35, True, False, 2.54),
-    GPU("h100-pcie", "NVIDIA H100 PCIe 80GB", 80.0, 2.0, True, False, 2.20),
-    GPU("h200", "NVIDIA H200 SXM5 141GB", 141.0, 4.8, True, False, 3.96),
-    GPU("b200", "NVIDIA B200 180GB", 180.0, 8.0, True, True, 6.25),
-    GPU("a100-80g", "NVIDIA A100 SXM4 80GB", 80.0, 2.04, False, False, 1.79),
-    GPU("a100-40g", "NVIDIA A100 SXM4 40GB", 40.0, 1.56, False, False, 1.29),
-    GPU("l40s", "NVIDIA L40S 48GB", 48.0, 0.864, True, False, 1.03),
-    GPU("rtx-pro-6000", "NVIDIA RTX PRO 6000 Blackwell 96GB", 96.0, 1.79, True, True, 1.89),
-    GPU("rtx-4090", "NVIDIA GeForce RTX 4090 24GB", 24.0, 1.008, True, False, 0.44),
-    GPU("rtx-5090", "NVIDIA GeForce RTX 5090 32GB", 32.0, 1.79, True, True, 0.79),
+    GPU("h100", "NVIDIA H100 SXM5 80GB", 81559, 3.35, (9, 0), 2.54),
+    GPU("h100-pcie", "NVIDIA H100 PCIe 80GB", 81559, 2.0, (9, 0), 2.20),
+    GPU("h100-nvl", "NVIDIA H100 NVL 94GB", 95830, 3.9, (9, 0), 2.80),
+    GPU("h200", "NVIDIA H200 SXM5 141GB", 143771, 4.8, (9, 0), 3.96),
+    GPU("b200", "NVIDIA B200 180GB", 183359, 8.0, (10, 0), 6.25),
+    GPU("a100-80g", "NVIDIA A100 SXM4 80GB", 81920, 2.039, (8, 0), 1.79),
+    GPU("a100-40g", "NVIDIA A100 SXM4 40GB", 40960, 1.555, (8, 0), 1.29),
+    GPU("l40s", "NVIDIA L40S 48GB", 46068, 0.864, (8, 9), 1.03),
+    GPU("rtx-pro-6000", "NVIDIA RTX PRO 6000 Blackwell 96GB", 97887, 1.792, (12, 0), 1.89),
+    GPU("rtx-4090", "NVIDIA GeForce RTX 4090 24GB", 24564, 1.008, (8, 9), 0.44),
+    GPU("rtx-5090", "NVIDIA GeForce RTX 5090 32GB", 32607, 1.792, (12, 0), 0.79),
 )}
 
-_ALIASES = {"h100-sxm": "h100", "h100-80g": "h100", "h200-sxm": "h200", "a100": "a100-80g", "4090": "rtx-4090",
-            "5090": "rtx-5090", "l40": "l40s"}
+_ALIASES = {"h100-sxm": "h100", "h100-80g": "h100", "h100-sxm5": "h100", "h200-sxm": "h200", "h200-sxm5": "h200",
+            "a100": "a100-80g", "a100-80gb": "a100-80g", "a100-40gb": "a100-40g", "4090": "rtx-4090",
+            "5090": "rtx-5090", "rtx-6000-pro": "rtx-pro-6000"}
 
 
 def find_gpu(key: str) -> GPU:
-    k = key.strip().lower().replace("_", "-")
+    """A catalog entry by key or alias; ``ValueError`` (one line, listing the keys) when unknown."""
+    k = key.strip().lower().replace("_", "-").replace(" ", "-")
     k = _ALIASES.get(k, k)
     if k not in CATALOG:
         raise ValueError(f"unknown GPU '{key}'; known: {', '.join(CATALOG)}")
     return CATALOG[k]
 
 
-def gpu_from_nvidia_name(name: str) -> GPU | None:
-    """Map an ``nvidia-smi`` product name to a catalog entry (None when not in the catalog)."""
+def gpu_from_nvidia_name(name: str, memory_mib: Optional[int] = None) -> Optional[GPU]:
+    """Map an ``nvidia-smi`` product name (and its memory, which tells the A100 40/80GB apart) to an entry.
+
+    None when the card is not in the catalog: the caller then asks the user to name one.
+    """
     n = name.upper()
-    for needle, key in (("B200", "b200"), ("H200", "h200"), ("H100 PCIE", "h100-pcie"), ("H100", "h100"),
-                        ("A100", "a100-80g" if "80GB" in n or "80G" in n else "a100-40g"), ("L40S", "l40s"),
-                        ("RTX PRO 6000", "rtx-pro-6000"), ("4090", "rtx-4090"), ("5090", "rtx-5090")):
+    if "A100" in n:
+        big = ("80GB" in n or "80G" in n) or (memory_mib is not None and memory_mib > 60000)
+        return CATALOG["a100-80g" if big else "a100-40g"]
+    for needle, key in (("B200", "b200"), ("H200", "h200"), ("H100 NVL", "h100-nvl"), ("H100 PCIE", "h100-pcie"),
+                        ("H100", "h100"), ("L40S", "l40s"), ("RTX PRO 6000", "rtx-pro-6000"), ("4090", "rtx-4090"),
+                        ("5090", "rtx-5090")):
         if needle in n:
             return CATALOG[key]
     return None

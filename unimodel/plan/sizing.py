@@ -1,87 +1,100 @@
-"""Memory, KV cache, concurrency, decode-speed bound and cost for one model on one GPU configuration.
+"""One model on one GPU configuration: memory, whether it fits and why not, a decode-speed bound, and cost.
 
-Accounted as vLLM does at start-up: ``memory × utilization − weights per rank − reserve`` is the KV pool
-of each rank; MLA's compressed KV (``kv_lora_rank + qk_rope_head_dim`` per layer) is replicated on every
-tensor-parallel rank, GQA's K and V heads are split across them. The reserve (activation peak at the
-default 8K batched tokens, CUDA graphs, NCCL buffers) is measured by vLLM's profiler at start; we take a
-typical 3 GB per GPU.
+The speed bound is memory bandwidth only: a decode step must read, on each rank, its share of the weights
+that step touches (attention, the shared expert, the routed experts the batch selects, lm_head) and the KV
+cache of every sequence in the batch. ``tokens/s ≤ batch × bandwidth ÷ bytes read per step``. Real engines
+land below it (kernels, communication, scheduling); it tells configurations apart, not what you will measure.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Optional
+from dataclasses import dataclass, field
+from typing import Optional
 
 from unimodel.plan.catalog import GPU
+from unimodel.plan.cost import HOURS_PER_MONTH, Cost, cost_of
+from unimodel.plan.memory import (
+    QUANT_BYTES, RESERVE_BYTES, KvCache, Memory, Weights, kv_bytes_per_token, memory, part_bytes, weight_bytes,
+)
 from unimodel.plan.specs import ModelSpec
 
-Weights = Literal["bf16", "fp8", "nvfp4", "int4"]
-KvCache = Literal["auto", "bf16", "fp8"]
+__all__ = ["HOURS_PER_MONTH", "QUANT_BYTES", "RESERVE_BYTES", "KvCache", "Sizing", "Weights",
+           "kv_bytes_per_token", "size", "smallest_fit", "weight_bytes"]
 
-#: bytes per parameter of a quantized linear layer, scales included
-#:   fp8: 1 byte + an fp32 scale per 128x128 block; nvfp4: 4 bits + an fp8 scale per 16 values;
-#:   int4 (AWQ/GPTQ, group 128): 4 bits + an fp16 scale and a 4-bit zero per 128 values
-QUANT_BYTES: dict[str, float] = {"bf16": 2.0, "fp8": 1.0 + 4 / (128 * 128), "nvfp4": 0.5 + 1 / 16,
-                                 "int4": 0.5 + 2.5 / 128}
-RESERVE_BYTES = 3_000_000_000
-HOURS_PER_MONTH = 730
+#: sequences decoded together for the speed bound when --concurrency is not given (and vLLM's max_num_seqs cap)
+DEFAULT_CONCURRENCY_CAP = 256
 
 
 @dataclass(frozen=True)
 class Sizing:
     gpu: GPU
     gpus: int
-    weights: Weights
-    kv_dtype: Literal["bf16", "fp8"]
     max_model_len: int
     utilization: float
-    weights_bytes: int
-    weights_bytes_per_gpu: int
-    kv_bytes_per_token: int  # one token's KV, all layers, as each rank stores it
-    kv_pool_bytes_per_gpu: int
-    kv_cache_tokens: int
-    max_concurrent_sequences: int
-    fits: bool
-    reason: Optional[str]
+    memory: Memory
+    cost: Cost
+    reason: Optional[str]  # why it does not fit; None when it does
     concurrency: int
     context_tokens: int  # for the speed bound: the average position in a full-length sequence
     decode_tok_s_batch1: float
     decode_tok_s_at_concurrency: float
-    hourly_usd: float
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def fits(self) -> bool:
+        return self.reason is None
+
+    # the memory and cost figures, flat, for the report and for callers
+    @property
+    def weights(self) -> str:
+        return self.memory.weights
+
+    @property
+    def kv_dtype(self) -> str:
+        return self.memory.kv_dtype
+
+    @property
+    def weights_bytes(self) -> int:
+        return self.memory.weights_bytes
+
+    @property
+    def weights_bytes_per_gpu(self) -> int:
+        return self.memory.weights_bytes_per_gpu
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        return self.memory.kv_bytes_per_token
+
+    @property
+    def kv_pool_bytes_per_gpu(self) -> int:
+        return max(0, self.memory.kv_pool_bytes_per_gpu)
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self.memory.kv_cache_tokens
+
+    @property
+    def max_concurrent_sequences(self) -> int:
+        return self.memory.max_concurrent_sequences
+
+    @property
+    def hourly_usd(self) -> float:
+        return self.cost.hourly_usd
 
     @property
     def monthly_usd(self) -> float:
-        return self.hourly_usd * HOURS_PER_MONTH
+        return self.cost.monthly_usd
 
 
-def weight_bytes(spec: ModelSpec, weights: Weights, tp: int) -> tuple[int, int]:
-    """(all weights, the weights one rank holds)."""
-    total = per_gpu = 0.0
-    for part in spec.parts:
-        b = part.params * (QUANT_BYTES[weights] if part.quantized else 2.0)
-        total += b
-        per_gpu += b / tp if part.split else b
-    return int(total), int(per_gpu)
-
-
-def kv_bytes_per_token(spec: ModelSpec, kv_dtype: str, tp: int) -> int:
-    """One token's KV cache as one rank stores it (MLA: replicated; GQA: this rank's heads)."""
-    elem = 1 if kv_dtype == "fp8" else 2
-    if spec.attention == "mla":
-        return (spec.kv_lora_rank + spec.qk_rope_head_dim) * spec.layers * elem
-    heads_per_rank = max(1, -(-spec.kv_heads // tp))
-    return 2 * heads_per_rank * spec.head_dim * spec.layers * elem
-
-
-def _bytes_per_step(spec: ModelSpec, weights: Weights, tp: int, batch: int, kv_per_token: int,
-                    context: int) -> float:
-    """Bytes one rank reads from memory for one decode step of ``batch`` sequences."""
+def _bytes_per_step(spec: ModelSpec, weights: str, tp: int, batch: int, kv_per_token: int, context: int) -> float:
+    """Bytes one rank reads from memory for one decode step of ``batch`` sequences at ``context`` tokens."""
     read = 0.0
     for part in spec.parts:
         if part.name in ("embeddings", "vision tower", "projector"):
             continue  # a lookup of a few rows; the vision side runs at prefill
-        b = part.params * (QUANT_BYTES[weights] if part.quantized else 2.0) / (tp if part.split else 1)
+        b = part_bytes(part.params, part.quantized, weights) / (tp if part.split else 1)
         if part.name == "routed experts" and spec.experts:
+            # distinct experts a batch selects, each token picking k of n: n (1 - (1 - k/n)^batch)
             touched = spec.experts * (1 - (1 - spec.experts_per_token / spec.experts) ** batch)
             read += b * touched / spec.experts
         else:
@@ -89,45 +102,53 @@ def _bytes_per_step(spec: ModelSpec, weights: Weights, tp: int, batch: int, kv_p
     return read + batch * context * kv_per_token
 
 
+def _reason(spec: ModelSpec, gpu: GPU, gpus: int, mem: Memory, max_model_len: int) -> Optional[str]:
+    if spec.attention_heads % gpus:
+        return (f"tensor parallelism over {gpus} GPUs needs the {spec.attention_heads} attention heads to "
+                "divide evenly; use 1, 2, 4 or 8 GPUs")
+    if spec.max_context and max_model_len > spec.max_context:
+        return f"--max-model-len {max_model_len:,} exceeds the model's context of {spec.max_context:,} tokens"
+    if mem.kv_pool_bytes_per_gpu <= 0:
+        return (f"weights take {mem.weights_bytes_per_gpu / 1e9:.1f} GB per GPU, more than the "
+                f"{mem.usable_bytes_per_gpu / 1e9:.1f} GB usable on a {gpu.name} less a "
+                f"{RESERVE_BYTES / 1e9:.0f} GB reserve; add GPUs or lower the precision")
+    if mem.max_concurrent_sequences < 1:
+        return (f"the KV cache holds {mem.kv_cache_tokens:,} tokens, less than one sequence of "
+                f"{max_model_len:,}; lower --max-model-len, use --kv-cache fp8, or add GPUs")
+    return None
+
+
+def _notes(gpu: GPU, weights: str) -> tuple[str, ...]:
+    if weights == "nvfp4" and not gpu.fp4:
+        return (f"the {gpu.name} has no FP4 tensor cores: vLLM runs NVFP4 weights through weight-only "
+                "(W4A16 Marlin) kernels, slower at prefill than on Blackwell",)
+    if weights == "fp8" and not gpu.fp8:
+        return (f"the {gpu.name} has no FP8 tensor cores: vLLM runs FP8 weights through weight-only "
+                "(W8A16 Marlin) kernels",)
+    return ()
+
+
 def size(spec: ModelSpec, gpu: GPU, gpus: int, weights: Weights, kv_cache: KvCache, max_model_len: int,
          utilization: float = 0.9, concurrency: Optional[int] = None,
          price_per_gpu_hour: Optional[float] = None) -> Sizing:
-    kv_dtype = "bf16" if kv_cache == "auto" else kv_cache
-    total, per_gpu = weight_bytes(spec, weights, gpus)
-    kv_tok = kv_bytes_per_token(spec, kv_dtype, gpus)
-    pool = int(gpu.memory_bytes * utilization) - per_gpu - RESERVE_BYTES
-    tokens = max(0, pool) // kv_tok
-    seqs = tokens // max_model_len
-    reason = None
-    if weights == "nvfp4" and not gpu.fp4:
-        reason = f"NVFP4 weights need FP4 tensor cores (Blackwell); the {gpu.name} has none"
-    elif spec.max_context and max_model_len > spec.max_context:
-        reason = f"--max-model-len {max_model_len} exceeds the model's context of {spec.max_context} tokens"
-    elif pool <= 0:
-        reason = (f"weights take {per_gpu / 1e9:.1f} GB per GPU, more than the "
-                  f"{gpu.memory_bytes * utilization / 1e9:.1f} GB usable minus a {RESERVE_BYTES / 1e9:.0f} GB "
-                  "reserve; add GPUs or lower the precision")
-    elif seqs < 1:
-        reason = (f"the KV pool holds {tokens} tokens, less than one sequence of {max_model_len}; "
-                  "lower --max-model-len, use --kv-cache fp8, or add GPUs")
-    conc = concurrency if concurrency else max(1, min(seqs, 256))
+    mem = memory(spec, gpu, gpus, weights, kv_cache, max_model_len, utilization)
+    conc = concurrency if concurrency else max(1, min(mem.max_concurrent_sequences, DEFAULT_CONCURRENCY_CAP))
     context = max(1, max_model_len // 2)
     bw = gpu.bandwidth_tbs * 1e12
-    speed1 = bw / _bytes_per_step(spec, weights, gpus, 1, kv_tok, context)
-    speed_c = conc * bw / _bytes_per_step(spec, weights, gpus, conc, kv_tok, context)
-    price = gpu.price_per_hour if price_per_gpu_hour is None else price_per_gpu_hour
-    return Sizing(gpu=gpu, gpus=gpus, weights=weights, kv_dtype=kv_dtype, max_model_len=max_model_len,
-                  utilization=utilization, weights_bytes=total, weights_bytes_per_gpu=per_gpu,
-                  kv_bytes_per_token=kv_tok, kv_pool_bytes_per_gpu=max(0, pool), kv_cache_tokens=tokens,
-                  max_concurrent_sequences=seqs, fits=reason is None, reason=reason, concurrency=conc,
-                  context_tokens=context, decode_tok_s_batch1=speed1, decode_tok_s_at_concurrency=speed_c,
-                  hourly_usd=price * gpus)
+    kv_tok = mem.kv_bytes_per_token
+    return Sizing(gpu=gpu, gpus=gpus, max_model_len=max_model_len, utilization=utilization, memory=mem,
+                  cost=cost_of(gpu, gpus, price_per_gpu_hour),
+                  reason=_reason(spec, gpu, gpus, mem, max_model_len), concurrency=conc, context_tokens=context,
+                  decode_tok_s_batch1=bw / _bytes_per_step(spec, weights, gpus, 1, kv_tok, context),
+                  decode_tok_s_at_concurrency=conc * bw / _bytes_per_step(spec, weights, gpus, conc, kv_tok,
+                                                                           context),
+                  notes=_notes(gpu, weights))
 
 
 def smallest_fit(spec: ModelSpec, gpu: GPU, weights: Weights, kv_cache: KvCache, max_model_len: int,
                  utilization: float = 0.9, price_per_gpu_hour: Optional[float] = None) -> Sizing:
     """The fewest GPUs (1, 2, 4, 8, as tensor parallelism allows) that hold the model and one sequence."""
-    last = None
+    last: Optional[Sizing] = None
     for n in (1, 2, 4, 8):
         if spec.attention_heads % n:
             continue
@@ -135,5 +156,5 @@ def smallest_fit(spec: ModelSpec, gpu: GPU, weights: Weights, kv_cache: KvCache,
                     price_per_gpu_hour=price_per_gpu_hour)
         if last.fits:
             return last
-    assert last is not None
+    assert last is not None  # n = 1 always divides
     return last
