@@ -30,6 +30,7 @@ from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.engines.upstream_stream import UpstreamStreamDecoder
 from unimodel.errors import (
     ServiceUnavailableError,
+    UnsupportedFeatureError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamStatusError,
@@ -178,6 +179,8 @@ class UpstreamEngine(Engine):
         upstream continues from an assistant prefix holding the thinking so far, closed, and answers. vLLM's
         ``thinking_token_budget`` is not used: it cannot be relied on in Mistral tokenizer mode.
         """
+        if request.wire.logprobs:  # not carried through our events yet: refuse rather than drop silently
+            raise UnsupportedFeatureError("logprobs are not supported through unimodel yet", param="logprobs")
         budget = request.thinking_budget
         decoder = self._decoder(request)
         first = self._call(self.build_payload(request), decoder)
