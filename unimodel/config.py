@@ -154,15 +154,5 @@ class Settings(BaseSettings):
         prefix = "UNIMODEL_"
         return {k[len(prefix):].lower() for k in os.environ if k.startswith(prefix)}
 
-    @property
-    def effective_default_max_tokens(self) -> Optional[int]:
-        """``default_max_tokens``, or 256 for the random-weight demo models, whose gibberish would otherwise
-        run to the end of a 32K context before it stops."""
-        from unimodel.models import is_tiny_random
-
-        if self.default_max_tokens is None and self.model and is_tiny_random(self.model):
-            return 256
-        return self.default_max_tokens
-
     def reasoning_for(self, served_model: str) -> ReasoningPolicy:
         return self.reasoning_per_model.get(served_model, self.reasoning)

@@ -208,6 +208,11 @@ def _assert_error(resp: httpx.Response, status: int, etype: str | None = None, p
     ({"model": "raw-plain", "messages": MSG, "response_format": {"type": "xml"}}, "response_format.type"),
     ({"model": "raw-plain", "messages": MSG, "reasoning_effort": "none", "thinking_budget": 10},
      "thinking_budget"),
+    ({"model": "raw-plain", "messages": MSG, "seed": 2**70}, "seed"),
+    ({"model": "raw-plain", "messages": [{"role": "user", "content": [{"type": "audio", "data": "x"}]}]},
+     "messages[0].content[0]"),
+    ({"model": "raw-plain", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "messages[0].content[0].image_url.url"),
 ])
 def test_bad_requests_are_400(gateway: LiveServer, body: Any, param: str | None) -> None:
     _assert_error(_post(gateway, body), 400, "invalid_request_error", param)

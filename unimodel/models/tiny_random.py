@@ -33,7 +33,7 @@ from typing import Any
 TINY_RANDOM_NAMES: tuple[str, ...] = ("tiny-random", "tiny-random-vision")
 
 #: bump when the recipe changes: it is part of the cache directory's name, so old builds are never reused
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: generation_config caps the gibberish at 256 new tokens
 MARKER_FILE = "unimodel_tiny_random.json"
 SEED = 20260301
 
@@ -189,7 +189,8 @@ def build_checkpoint(directory: Path, *, vision: bool) -> None:
             model = Mistral4ForCausalLM(text_config)
     model = model.to(torch.bfloat16)
     model.save_pretrained(directory)  # type: ignore[operator]
-    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=11).save_pretrained(directory)
+    # random weights rarely emit EOS: without a cap a request would run to the end of the 32K context
+    GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=11, max_new_tokens=256).save_pretrained(directory)
     marker = {
         "name": "tiny-random-vision" if vision else "tiny-random",
         "recipe": RECIPE_VERSION,

@@ -6,7 +6,7 @@ are kept as extras and passed through to an upstream. Responses are built from n
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -35,7 +35,8 @@ class ImagePart(_Open):
     image_url: ImageURL
 
 
-ContentPart = Union[TextPart, ImagePart]
+# tagged by "type", so an unknown part type is one clear error rather than one per union member
+ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
 
 
 class FunctionCall(_Open):
@@ -138,7 +139,7 @@ class ChatCompletionRequest(_Open):
     temperature: Optional[float] = Field(default=None, ge=0.0, le=2.0)
     top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
     stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a 64-bit seed, as vLLM takes
     n: int = Field(default=1, ge=1, le=1)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)

@@ -52,7 +52,7 @@ def create_app(settings: Settings, engine: Engine,
     app.state.settings = settings
     app.state.engine = engine
     app.state.start_error = None
-    app.state.chat = ChatService(engine, settings.reasoning_for, settings.effective_default_max_tokens)
+    app.state.chat = ChatService(engine, settings.reasoning_for, settings.default_max_tokens)
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(meta.router)

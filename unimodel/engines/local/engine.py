@@ -269,7 +269,8 @@ class LocalEngine(Engine):
             raise InvalidRequestError("stop_token_ids must be a list of integers", param="stop_token_ids")
         stop_ids.update(extra_ids)
         room = self.loaded.max_model_len - prompt_len
-        max_new = min(request.max_tokens, room) if request.max_tokens is not None else room
+        wanted = request.max_tokens if request.max_tokens is not None else self._defaults["max_new_tokens"]
+        max_new = min(wanted, room) if wanted is not None else room
         return SamplingParams(max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p),
                               top_k=max(0, top_k), seed=wire.seed, stop_token_ids=frozenset(stop_ids))
 
@@ -343,11 +344,15 @@ def _at_least_two_image_tokens(image: Any, config: Any) -> Any:
 
 
 def _sampling_defaults(model: Any) -> dict[str, Any]:
-    """The checkpoint's own sampling defaults when its generation_config samples; else OpenAI's (1.0, 1.0)."""
+    """The checkpoint's own defaults: sampling when its generation_config samples (else OpenAI's 1.0, 1.0),
+    and its ``max_new_tokens`` for requests that give no max_tokens (else up to the context length)."""
     cfg = getattr(model, "generation_config", None)
+    max_new = getattr(cfg, "max_new_tokens", None)
+    out: dict[str, Any] = {"temperature": 1.0, "top_p": 1.0, "top_k": 0,
+                           "max_new_tokens": max_new if isinstance(max_new, int) and max_new > 0 else None}
     if cfg is not None and getattr(cfg, "do_sample", False):
-        return {"temperature": cfg.temperature or 1.0, "top_p": cfg.top_p or 1.0, "top_k": cfg.top_k or 0}
-    return {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+        out.update(temperature=cfg.temperature or 1.0, top_p=cfg.top_p or 1.0, top_k=cfg.top_k or 0)
+    return out
 
 
 def _cache_factory(loaded: LoadedModel) -> Any:

@@ -33,7 +33,8 @@ def decode_image(data: bytes, where: str) -> Any:
         image = Image.open(io.BytesIO(data))
         image.load()
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise InvalidRequestError(f"{where} is not a readable image: {exc}", param="messages") from exc
+        raise InvalidRequestError(f"{where} is not a readable image (PNG, JPEG, WebP or GIF)",
+                                  param="messages") from exc
     return image
 
 
