@@ -36,6 +36,7 @@ from unimodel.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
+from unimodel.formats.base import ModelFormat
 from unimodel.formats.registry import get_format
 from unimodel.protocol.events import Event, Finish, ReasoningDelta, ThinkingBudgetReached, Usage
 from unimodel.protocol.openai import ModelCard
@@ -168,9 +169,11 @@ class UpstreamEngine(Engine):
             payload["add_generation_prompt"] = False
         return payload
 
+    def _format_for(self, request: GenerationRequest) -> ModelFormat:
+        return self._formats.get(request.served_model, self.format)
+
     def _decoder(self, request: GenerationRequest) -> UpstreamStreamDecoder:
-        fmt = self._formats.get(request.served_model, self.format)
-        return UpstreamStreamDecoder(fmt, parse_content=self.parse_mode != "upstream")
+        return UpstreamStreamDecoder(self._format_for(request), parse_content=self.parse_mode != "upstream")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         """One upstream call; with a thinking budget, two spliced into one response.
@@ -205,8 +208,8 @@ class UpstreamEngine(Engine):
             yield spent
             yield Finish("length")
             return
-        fmt = self._formats.get(request.served_model, self.format)
-        payload = self.build_payload(request, continue_from=fmt.closed_thinking_message("".join(reasoning)))
+        prefix = self._format_for(request).closed_thinking_message("".join(reasoning))
+        payload = self.build_payload(request, continue_from=prefix)
         if remaining is not None:
             payload["max_tokens"] = remaining
         async for event in self._call(payload, self._decoder(request)):

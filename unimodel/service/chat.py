@@ -28,6 +28,7 @@ class PreparedChat:
     request: GenerationRequest
     events: AsyncIterator[Event]
     first: list[Event]
+    applied: dict[str, Any]  # the reasoning settings applied, known before the first token
 
 
 class ChatService:
@@ -54,7 +55,8 @@ class ChatService:
         except BaseException:
             await _close(events)
             raise
-        return PreparedChat(request, events, first)
+        applied = reasoning_applied(request.effort, request.model_effort, request.thinking_budget)
+        return PreparedChat(request, events, first, applied)
 
     async def complete(self, prepared: PreparedChat) -> tuple[ChatCompletion, dict[str, Any]]:
         """The whole response, and the reasoning that was applied (for headers and the body)."""
@@ -70,18 +72,12 @@ class ChatService:
                                     builder.truncated)
         return builder.completion(req.request_id, req.served_model), applied
 
-    @staticmethod
-    def applied_upfront(prepared: PreparedChat) -> dict[str, Any]:
-        """What is known before the first token: for the headers of a stream."""
-        req = prepared.request
-        return reasoning_applied(req.effort, req.model_effort, req.thinking_budget)
-
     async def stream_chunks(self, prepared: PreparedChat) -> AsyncGenerator[dict[str, Any], None]:
         """Chunk payloads; an engine failure mid-stream propagates after the chunks already made."""
         req = prepared.request
         encoder = ChunkEncoder(req.request_id, req.served_model, include_reasoning=req.include_reasoning,
                                include_usage=req.wire.wants_usage_in_stream,
-                               applied=self.applied_upfront(prepared))
+                               applied=prepared.applied)
         try:
             yield encoder.first()
             for event in prepared.first:

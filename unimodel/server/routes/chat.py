@@ -47,10 +47,9 @@ async def chat_completions(request: Request) -> Response:
     service: ChatService = request.app.state.chat
     prepared = await service.prepare(wire, request_id=None)
     if wire.stream:
-        applied = service.applied_upfront(prepared)
         return StreamingResponse(_sse(service, prepared), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                                          REASONING_HEADER: reasoning_header(applied)})
+                                          REASONING_HEADER: reasoning_header(prepared.applied)})
     completion, applied = await _complete_unless_disconnected(request, service, prepared)
     body = completion.model_dump(mode="json")
     body["unimodel_reasoning"] = applied
