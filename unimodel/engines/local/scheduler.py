@@ -48,6 +48,14 @@ log = logging.getLogger("unimodel.local")
 StopReason = Literal["stop", "length"]
 
 
+def cache_kwarg(model: Any) -> str:
+    """The forward's name for the KV cache argument: ``cache`` from transformers 5.24 (where
+    ``past_key_values`` is deprecated, to be removed in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 class LogitsHook(Protocol):
     """Per-request logic run on a row's logits (float32, 1-D, vocab) before sampling; may edit them in place."""
 
@@ -168,6 +176,7 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and metrics)
         self._flushes: dict[int, Callable[[], None]] = {}
+        self._cache_kwarg = cache_kwarg(model)
 
     # ---- any thread ------------------------------------------------------------------------------------
 
@@ -301,11 +310,12 @@ class BatchScheduler:
             positions[i, width - n:] = torch.arange(n)
             seq.generator = seq.params.new_generator()
         mask = mask.to(self.device)
+        cache = self._new_cache()  # filled in place by the forward
         out = self.model(
             input_ids=ids.to(self.device),
             attention_mask=mask,
             position_ids=positions.to(self.device),
-            past_key_values=self._new_cache(),
+            **{self._cache_kwarg: cache},
             use_cache=True,
             logits_to_keep=1,
             **group[0].prefill_inputs,
@@ -316,7 +326,6 @@ class BatchScheduler:
             seq.prefill_inputs = {}  # images are no longer needed
         if not keep:
             return
-        cache = out.past_key_values
         if len(keep) < len(group):
             index = torch.tensor(keep, device=self.device)
             mask = mask.index_select(0, index)
@@ -335,7 +344,7 @@ class BatchScheduler:
             input_ids=torch.tensor(batch.last, dtype=torch.long, device=self.device)[:, None],
             attention_mask=mask,
             position_ids=torch.tensor(batch.positions, dtype=torch.long, device=self.device)[:, None],
-            past_key_values=batch.cache,
+            **{self._cache_kwarg: batch.cache},
             use_cache=True,
         )
         batch.mask = mask
