@@ -17,8 +17,16 @@ wrapping a ``mistral4`` text model and a Pixtral vision tower. Where each number
   119.4B in all (published: 119B) and 6.63B used per token counting embeddings and lm_head (published: 6.5B;
   Mistral's docs say ~6B, or ~8B with embeddings). Instantiating transformers' model from this dict on the
   meta device gives the same count to the parameter (see the tests).
+- Checked against the NVFP4 checkpoint: it quantizes the routed and shared experts only and keeps all
+  attention, router, norms, embeddings, lm_head and the vision side in BF16 (a conversion script for its
+  consolidated layout maps ``experts.*.w{1,2,3}.{weight_packed,weight_scale,weight_global_scale,
+  input_global_scale}`` and loads ``wq_a``/``wq_b``/``wkv_a_with_mqa``/``wkv_b``/``wo`` as plain BF16
+  ``.weight``); at 4.5 bits a parameter for the experts that is 70.80 GB, what the hub lists (70.8 GB,
+  ~66 GiB on disk). Quantizing the attention as well, as this planner first did, came to 69.35 GB.
 - Not confirmed from the real file: ``intermediate_size`` (12288, unused: there are no dense layers), token
-  ids, and which small tensors (norms, router) the FP8 checkpoint keeps in BF16 — we assume BF16, the usual.
+  ids, and the FP8 checkpoint's ignore list beyond the recipe's (vision tower, projector, lm_head): we keep
+  norms, router and embeddings in BF16, the usual, and MLA's ``q_a_proj``/``kv_a_proj_with_mqa`` too, as
+  Mistral's FP8 ignore list for Mistral Large 3 (the same MLA layout) does.
 
 The other entries are the four single-purpose servers the seed guides price against it (their published
 ``config.json`` shapes) and the Mistral Small 3.x family (24B, GQA), which the tests use as the GQA case.

@@ -2,6 +2,11 @@
 
 ``register(app)`` adds the command to a typer app (the CLI's, or a test's). Bad input (an unknown GPU, zero
 GPUs, a negative length, a config that is not a decoder, ...) ends with one line on stderr and exit code 2.
+A plan that does not fit is printed (why it does not, no launch command) and exits 1, ``--json`` included.
+
+The printed ``vllm serve`` command is for a separate GPU host: it listens on every interface
+(``--host 0.0.0.0``) on port 8001, so it does not clash with the gateway's 8000 when both run on one box,
+and the plan says how to point unimodel at it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from typing import Optional
 
 import typer
 
+from unimodel.plan.launch import REMOTE_HOST, REMOTE_SGLANG_PORT, REMOTE_VLLM_PORT
 from unimodel.plan.planner import make_plan
 from unimodel.plan.report import render
 
@@ -32,18 +38,35 @@ def register(app: typer.Typer) -> None:
         kv_cache: str = typer.Option("auto", help="auto (= the model's BF16) | bf16 | fp8"),
         max_model_len: Optional[int] = typer.Option(
             None, help="Context length to plan for (default: the model's, at most 262144)."),
-        gpu_memory_utilization: float = typer.Option(0.9, help="Share of GPU memory vLLM may use."),
+        gpu_memory_utilization: Optional[float] = typer.Option(
+            None, help="Share of CUDA's GPU memory vLLM may use (default: vLLM's recipe's, 0.8 for "
+                       "mistral-small-4; else vLLM's 0.9)."),
+        reserve_gb: Optional[float] = typer.Option(
+            None, help="Non-KV memory per GPU, in GB: activations, non-torch memory, CUDA graphs (an estimate; "
+                       "default 10, for a MoE + vision model)."),
+        max_num_seqs: Optional[int] = typer.Option(
+            None, help="vLLM's --max-num-seqs (default: the recipe's, 128 for mistral-small-4; else vLLM's)."),
+        attention_backend: Optional[str] = typer.Option(
+            None, help="Pin vLLM's --attention-backend (default: vLLM chooses, as its recipe now does)."),
+        port: int = typer.Option(REMOTE_VLLM_PORT, help="Port of the printed vllm serve command (the gateway "
+                                                        "keeps 8000)."),
         concurrency: Optional[int] = typer.Option(
-            None, help="Sequences decoded together (default: what fits, at most 256)."),
+            None, help="Sequences in the decode-speed bound (default: the full-length ones that fit)."),
         price_per_gpu_hour: Optional[float] = typer.Option(None, help="USD per GPU-hour (default: the catalog's)."),
         compare_four: bool = typer.Option(False, "--compare-four",
                                           help="Also price four single-purpose servers sized the same way."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Size the hardware from the model's config.json, price it, and print the vLLM/SGLang command."""
+        if not 1 <= port <= 65535:
+            _fail(f"--port must be in 1..65535, not {port}")
         try:
             result = make_plan(model, gpu, gpus, weights, kv_cache, max_model_len,  # type: ignore[arg-type]
-                               gpu_memory_utilization, concurrency, price_per_gpu_hour, compare_four)
+                               utilization=gpu_memory_utilization, concurrency=concurrency,
+                               price_per_gpu_hour=price_per_gpu_hour, compare_four=compare_four,
+                               port=port, host=REMOTE_HOST, sglang_port=REMOTE_SGLANG_PORT,
+                               reserve_bytes=None if reserve_gb is None else int(reserve_gb * 1e9),
+                               max_num_seqs=max_num_seqs, attention_backend=attention_backend)
         except ValueError as exc:  # SpecError included
             _fail(str(exc))
             return
@@ -51,3 +74,5 @@ def register(app: typer.Typer) -> None:
             typer.echo(json.dumps(result.to_dict(), indent=2))
         else:
             render(result)
+        if not result.fits:
+            raise typer.Exit(1)

@@ -2,20 +2,32 @@
 
 Mistral checkpoints are served in Mistral's own format (``params.json``, ``consolidated*.safetensors``,
 ``tekken.json``): tokenizer, config and load format ``mistral``, Mistral's tool-call parser, and its reasoning
-parser for the models that think. Attention backend for MLA models, from vLLM's backends: FlashAttention-MLA
-(``FLASH_ATTN_MLA``, Mistral Small 4's model card) runs on Hopper only and only with a BF16 KV cache;
-everything else (FP8 KV cache, Blackwell, where the card's NVFP4 recipe uses it, Ampere, Ada) gets
-``TRITON_MLA``. FlashMLA and the Blackwell CUTLASS/FlashInfer MLA kernels are built for DeepSeek's
-512 + 64 latent, not Small 4's 256 + 64. GQA models keep vLLM's own choice.
+parser for the models that think. vLLM's recipe for Small 4 leaves the three format flags out: since vLLM
+PR #28659 (November 2025, well before the recipe's vLLM >= 0.20) ``auto`` picks ``mistral`` when those files
+exist. We keep them: the same choice made explicit, which also holds on older vLLMs and on repositories that
+carry both layouts.
+
+The rest follows vLLM's recipe for Mistral Small 4 (vllm-project/recipes,
+``models/mistralai/Mistral-Small-4-119B-2603.yaml``; the FP8 and the NVFP4 commands are the same):
+``--max-num-seqs 128 --max-num-batched-tokens 16384 --gpu-memory-utilization 0.8``, and no attention
+backend: the recipe pinned ``FLASH_ATTN_MLA`` (FP8) and ``TRITON_MLA`` (NVFP4) until it found vLLM's own
+choice faster (recipes PR #666), so a backend is passed only when asked for. Models without a recipe get
+vLLM's defaults (``--gpu-memory-utilization 0.9``, and ``--max-num-seqs`` left out: 1024 on GPUs of 70 GiB
+and more that are not A100s, 256 on the others).
+
+``--max-num-seqs`` caps how many sequences run at once, not how long they are: most requests are far shorter
+than ``--max-model-len``, so it is not set to the number of full-length sequences the KV cache holds; when
+the cache runs out, vLLM preempts (and later recomputes) the newest sequences.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from unimodel.plan.builtin import BUILTIN, HUB_IDS
-from unimodel.plan.sizing import DEFAULT_CONCURRENCY_CAP, Sizing
+from unimodel.plan.sizing import Sizing
 from unimodel.plan.specs import ModelSpec
 
 #: published checkpoints of the built-in flagship by weight precision (FP8 is the reference one)
@@ -25,6 +37,36 @@ _MISTRAL_NAMES = ("mistral", "magistral", "devstral", "ministral", "pixtral", "c
 _THINKERS = ("mistral-small-4", "magistral")
 #: pre-quantized checkpoints need no --quantization flag: vLLM reads the method from the checkpoint
 _PREQUANTIZED = {("mistral-small-4", "fp8"), ("mistral-small-4", "nvfp4")}
+
+#: vLLM's default --gpu-memory-utilization
+VLLM_DEFAULT_UTILIZATION = 0.9
+#: where the printed commands listen: every interface of a separate GPU host, on ports that do not clash with
+#: the gateway's 8000 (vLLM's and SGLang's own default)
+REMOTE_HOST = "0.0.0.0"
+REMOTE_VLLM_PORT = 8001
+REMOTE_SGLANG_PORT = 30000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The serving flags of vLLM's recipe for a model (its source in ``source``)."""
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    gpu_memory_utilization: float
+    source: str
+
+
+RECIPES: dict[str, Recipe] = {
+    "mistral-small-4": Recipe(128, 16384, 0.8, "vLLM's recipe for Mistral Small 4"),
+}
+
+
+def recipe_for(model: str) -> Optional[Recipe]:
+    """The recipe of a built-in model, or of a hub id or path that names Small 4's checkpoints."""
+    if model in RECIPES:
+        return RECIPES[model]
+    name = model.lower()
+    return RECIPES["mistral-small-4"] if "mistral-small-4-119b" in name else None
 
 
 def checkpoint_for(model: str, weights: str) -> str:
@@ -42,10 +84,17 @@ def is_mistral(model: str) -> bool:
     return model not in BUILTIN and path.is_dir() and (path / "params.json").is_file()
 
 
-def attention_backend(spec: ModelSpec, sizing: Sizing) -> Optional[str]:
-    if spec.attention != "mla":
-        return None
-    return "FLASH_ATTN_MLA" if sizing.gpu.hopper and sizing.kv_dtype == "bf16" else "TRITON_MLA"
+def attention_backend_notes(spec: ModelSpec, sizing: Sizing, backend: Optional[str]) -> tuple[str, ...]:
+    """What to know about a requested ``--attention-backend`` (vLLM itself refuses one it cannot run)."""
+    if not backend:
+        return ()
+    b = backend.upper()
+    if b == "FLASH_ATTN_MLA" and not sizing.gpu.hopper:
+        return (f"--attention-backend FLASH_ATTN_MLA is FlashAttention 3's MLA kernel, built for Hopper: the "
+                f"{sizing.gpu.name} cannot run it; leave the backend to vLLM",)
+    if b.endswith("_MLA") and spec.attention != "mla":
+        return (f"--attention-backend {backend} is an MLA backend and this model uses GQA attention",)
+    return ()
 
 
 def quantization_flag(model: str, weights: str) -> Optional[str]:
@@ -56,7 +105,8 @@ def quantization_flag(model: str, weights: str) -> Optional[str]:
 
 
 def vllm_argv(spec: ModelSpec, sizing: Sizing, model: str, *, served_model_name: Optional[str] = None,
-              host: str = "127.0.0.1", port: int = 8000) -> list[str]:
+              host: str = "127.0.0.1", port: int = 8000, attention_backend: Optional[str] = None,
+              max_num_batched_tokens: Optional[int] = None) -> list[str]:
     argv = ["vllm", "serve", checkpoint_for(model, sizing.weights)]
     if is_mistral(model):
         argv += ["--tokenizer-mode", "mistral", "--config-format", "mistral", "--load-format", "mistral"]
@@ -66,14 +116,16 @@ def vllm_argv(spec: ModelSpec, sizing: Sizing, model: str, *, served_model_name:
     argv += ["--tensor-parallel-size", str(sizing.gpus), "--max-model-len", str(sizing.max_model_len),
              "--gpu-memory-utilization", str(sizing.utilization), "--kv-cache-dtype",
              "fp8" if sizing.kv_dtype == "fp8" else "auto"]
-    backend = attention_backend(spec, sizing)
-    if backend:
-        argv += ["--attention-backend", backend]
+    if attention_backend:
+        argv += ["--attention-backend", attention_backend]
     quant = quantization_flag(model, sizing.weights)
     if quant:
         argv += ["--quantization", quant]
-    argv += ["--max-num-seqs", str(max(1, min(sizing.concurrency, 4 * DEFAULT_CONCURRENCY_CAP))),
-             "--served-model-name", served_model_name or model, "--host", host, "--port", str(port)]
+    if max_num_batched_tokens:
+        argv += ["--max-num-batched-tokens", str(max_num_batched_tokens)]
+    if sizing.max_num_seqs:
+        argv += ["--max-num-seqs", str(sizing.max_num_seqs)]
+    argv += ["--served-model-name", served_model_name or model, "--host", host, "--port", str(port)]
     return argv
 
 
@@ -93,6 +145,7 @@ def sglang_argv(spec: ModelSpec, sizing: Sizing, model: str, *, served_model_nam
     quant = quantization_flag(model, sizing.weights)
     if quant:
         argv += ["--quantization", quant]
-    argv += ["--max-running-requests", str(max(1, min(sizing.concurrency, 4 * DEFAULT_CONCURRENCY_CAP))),
-             "--served-model-name", served_model_name or model, "--host", host, "--port", str(port)]
+    if sizing.max_num_seqs:
+        argv += ["--max-running-requests", str(sizing.max_num_seqs)]
+    argv += ["--served-model-name", served_model_name or model, "--host", host, "--port", str(port)]
     return argv

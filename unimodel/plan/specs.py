@@ -4,8 +4,13 @@ Counted from the architecture (MLA or GQA attention, dense or MoE MLP with route
 embeddings, vision tower and projector), never typed in. Each part also says
 
 - whether FP8/NVFP4/INT4 checkpoints quantize it (the linear layers of the language model) or keep it in
-  BF16 (embeddings, lm_head, norms, router, vision tower, projector) — the rule Mistral Small 4's FP8
-  checkpoint follows for the vision side and lm_head, and the usual one for the rest;
+  BF16 (embeddings, lm_head, norms, router, vision tower, projector), and, for MLA attention, in which of
+  those formats it stays BF16 all the same (``bf16_in``). That follows Mistral Small 4's published
+  checkpoints: the NVFP4 one (``compressed-tensors``, made with llm-compressor) quantizes the MoE experts
+  only, routed and shared, and keeps every attention projection in BF16; the FP8 ones keep the low-rank
+  down-projections ``q_a_proj``/``kv_a_proj_with_mqa`` in BF16 (Mistral's FP8 ignore list for its MLA
+  models: the 320-row ``kv_a_proj_with_mqa`` is not a multiple of the 128x128 FP8 block, and vLLM fuses
+  ``q_a_proj`` with it). GQA models are quantized whole, as vLLM's online ``--quantization fp8`` does;
 - whether tensor parallelism splits it or every rank holds a copy (vLLM replicates MLA's down-projections
   ``q_a_proj``/``kv_a_proj_with_mqa``, the norms and the router);
 - which fraction of it each token uses (routed experts: k / n; the vision side: none, it runs at prefill).
@@ -35,6 +40,10 @@ class Part:
     quantized: bool  # low precision in a quantized checkpoint (False: stays BF16)
     split: bool  # sharded across tensor-parallel ranks (False: replicated on each)
     active: float = 1.0  # fraction used for each token (routed experts: k / n); 0 for the vision side
+    bf16_in: tuple[str, ...] = ()  # quantized, except in these weight formats, where checkpoints keep it BF16
+
+    def stays_bf16(self, weights: str) -> bool:
+        return not self.quantized or weights in self.bf16_in
 
 
 @dataclass(frozen=True)
@@ -158,8 +167,10 @@ def _attention_parts(text: dict[str, Any]) -> list[Part]:
         rope, nope, v = text["qk_rope_head_dim"], text["qk_nope_head_dim"], text["v_head_dim"]
         q_up = qr * heads * (nope + rope) if qr else h * heads * (nope + rope)  # q_b_proj (or q_proj)
         return [
-            Part("attention (split)", n_layers * (q_up + kvr * heads * (nope + v) + heads * v * h), True, True),
-            Part("attention (replicated)", n_layers * ((h * qr if qr else 0) + h * (kvr + rope)), True, False),
+            Part("attention (split)", n_layers * (q_up + kvr * heads * (nope + v) + heads * v * h), True, True,
+                 bf16_in=("nvfp4",)),
+            Part("attention (replicated)", n_layers * ((h * qr if qr else 0) + h * (kvr + rope)), True, False,
+                 bf16_in=("fp8", "nvfp4")),
             Part("norms", n_layers * (2 * h + qr + kvr) + h, False, False),
         ]
     kv, hd = text.get("num_key_value_heads") or heads, text.get("head_dim") or h // heads

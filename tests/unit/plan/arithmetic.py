@@ -20,8 +20,10 @@ def small_4_by_hand() -> dict[str, int]:
     vision = (24 * (4 * 1024 * 1024 + 3 * 1024 * 4096 + 2 * 1024)  # Pixtral: attention, gated MLP, 2 norms
               + 3 * 14 * 14 * 1024 + 1024)                         # patch conv, ln_pre
     projector = 1024 + (4 * 1024) * 1024 + 1024 * H + H * H         # norm, 2x2 patch merger, linear_1, linear_2
+    replicated = LAYERS * (H * Q_LORA + H * (KV_LORA + ROPE))  # q_a_proj, kv_a_proj_with_mqa
     return {
         "attention": attention,
+        "attention_replicated": replicated,
         "routed": LAYERS * EXPERTS * expert,
         "shared": LAYERS * SHARED * expert,
         "router": LAYERS * H * EXPERTS,

@@ -14,8 +14,14 @@ from unimodel.plan.planner import detect_gpus, plan_for_this_machine
 
 def test_catalog_entries() -> None:
     h100, h200, b200, a100 = (find_gpu(k) for k in ("h100", "h200", "b200", "a100-80g"))
-    assert h100.memory_bytes == 81_559 * 2**20  # nvidia-smi's MiB: 85.5e9 bytes, not 80e9
-    assert h200.memory_bytes == 143_771 * 2**20
+    # CUDA's total (torch.cuda.mem_get_info), which vLLM multiplies by --gpu-memory-utilization; not
+    # nvidia-smi's memory.total (81,559 MiB for an H100), which counts what the driver keeps
+    assert h100.memory_bytes == int(79.19 * 2**30) and h100.memory_mib == 81_559
+    assert h200.memory_bytes == int(139.81 * 2**30) and b200.memory_bytes == int(178.35 * 2**30)
+    assert all(g.memory_bytes < g.memory_mib * 2**20 for g in CATALOG.values())
+    # vLLM's default --max-num-seqs for `vllm serve`: 1024 from 70 GiB up, except on A100s; else 256
+    assert (h100.vllm_default_max_num_seqs, h200.vllm_default_max_num_seqs) == (1024, 1024)
+    assert (a100.vllm_default_max_num_seqs, find_gpu("l40s").vllm_default_max_num_seqs) == (256, 256)
     assert (h100.fp8, h100.fp4, h100.hopper) == (True, False, True)
     assert (b200.fp8, b200.fp4, b200.hopper) == (True, True, False)
     assert (a100.fp8, a100.fp4) == (False, False)
