@@ -3,132 +3,222 @@
 Hand-written: rendering uses mistral_common, but nothing parses Mistral output *incrementally* from raw text
 and from token ids alike (mistral_common's ``experimental.tools`` parses finished token lists only).
 
-Grammar accepted (liberally)::
+Meant to give the final message vLLM gives with ``--reasoning-parser mistral --tool-call-parser mistral``,
+streamed or not. Grammar accepted (liberally)::
 
-    [ [THINK] reasoning [/THINK] ] ( answer | [ text ] call+ )
-    call := [TOOL_CALLS] name [ARGS] {json}               v11+ (several follow each other, or several names
-          | [TOOL_CALLS] name [CALL_ID] id [ARGS] {json}     after one [TOOL_CALLS] if a name follows "}")
+    [ text ] [ [THINK] reasoning [/THINK] ] [ text ] call*
+    call := [TOOL_CALLS] name [ARGS] {json}                  v11+; several in a row, or several names after
+          | [TOOL_CALLS] name [CALL_ID] id [ARGS] {json}         one [TOOL_CALLS] when "[ARGS]" follows a name
+          | [TOOL_CALLS] name {json}                         the same as decoded by a server that dropped
+                                                             [ARGS] (older vLLM, vLLM's own tests)
           | [TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]      v3-v7 JSON list (or one object)
 
-A ``[THINK]`` that never closes leaves everything as reasoning. ``</s>`` text at the very end is dropped.
-Content is passed on exactly as the model wrote it (whitespace-only content before or after tool calls is
-dropped). Text after a call is held until it can no longer be a function name (``[A-Za-z0-9_.-]``, optional
-surrounding whitespace) or the output ends, then it is content.
+Reasoning: the first ``[THINK]`` opens it wherever it comes before a tool call; the text before it and after
+``[/THINK]`` is content, joined. A ``[THINK]`` that never closes leaves the rest as reasoning.
 
-Trade-off: each tool call is buffered until its JSON value is complete and :func:`json.loads` accepts it, and
-only then emitted as ``ToolCallStart``, one ``ToolCallArgsDelta`` and ``ToolCallEnd``. A client therefore sees
-a call's arguments at once rather than character by character, but malformed JSON, or output cut inside a
-call, comes back as plain content (the section's raw text, markers included) with finish reason "stop" or
-"length" -- never a half call or a crash -- and the streamed result always equals the non-streamed one.
-Arguments written as strict JSON are passed on verbatim; JSON with raw control characters in strings is
-re-serialised.
+Tool calls: a name is whatever the model wrote up to ``[ARGS]``, ``[CALL_ID]`` or ``{`` (whitespace around it
+dropped); an id after ``[CALL_ID]`` is kept when it is one word, else one is made. From there the section
+*is* a call, as in vLLM: its arguments are the JSON value that follows, verbatim when it is a strict JSON
+object (re-serialised when it has raw control characters in strings), else the text as written -- malformed
+JSON, a non-object, or, when the output ends first (``max_tokens``, a stop string), the arguments received
+so far. The finish reason is then ``tool_calls`` (or ``length``: a cut-off
+call comes back as a call, like OpenAI's). Text after a call's value is dropped, as vLLM does, unless
+``[ARGS]`` makes it the next call's name.
+
+Never shown as markers: every Mistral control token (``CONTROL_TOKEN_NAMES``: ``[CALL_ID]``, ``[IMG]``,
+``[/INST]``, ``[MODEL_SETTINGS]``...) is dropped wherever it carries no meaning here (outside a JSON value),
+so a stray ``[/THINK]`` or a second ``[THINK]`` never reaches the client; ``[brackets]`` of other words are
+text. A ``[TOOL_CALLS]`` section that is not a call (no name before the end, an empty name, v3-v7 JSON that
+does not parse) loses its marker and its text is content -- before any call; after one, such text is dropped
+like other text after a call. ``</s>`` text at the very end is dropped. Content is passed on exactly as the
+model wrote it (whitespace-only content before tool calls or thinking is dropped).
+
+Trade-off: each call is emitted when its JSON value is complete (or the output ends): a client sees its
+arguments at once rather than character by character, and the streamed result always equals the
+non-streamed one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import re
 from collections.abc import Callable, Mapping
 
 from unimodel.formats.base import ModelFormat
 from unimodel.formats.jsonscan import JsonValueScanner, arguments_text, calls_from_json
-from unimodel.formats.streaming import MarkerStreamParser
+from unimodel.formats.streaming import CONTENT, MarkerStreamParser
 
 THINK, END_THINK, TOOL_CALLS, ARGS, CALL_ID, EOS = "[THINK]", "[/THINK]", "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]", "</s>"
 
-_NAME_PREFIX = re.compile(r"\s*[A-Za-z0-9_.\-]*\s*")
-_ID_PREFIX = re.compile(r"\s*[A-Za-z0-9_\-]*\s*")
+#: the bracketed special tokens of Mistral tokenizers (mistral_common's ``SpecialTokens``; a test keeps this
+#: list equal to it). ``<s>``, ``</s>``, ``<unk>``, ``<pad>`` are left out: they are also HTML-like text.
+CONTROL_TOKEN_NAMES: tuple[str, ...] = (
+    "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]",
+    "[TOOL_CALLS]", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]", "[ARGS]", "[CALL_ID]", "[AUDIO]", "[BEGIN_AUDIO]", "[TRANSCRIBE]",
+    "[THINK]", "[/THINK]", "[STREAMING_PAD]", "[STREAMING_WORD]", "[NEXT_AUDIO_TEXT]", "[REPEAT_AUDIO_TEXT]",
+    "[MODEL_SETTINGS]", "[/MODEL_SETTINGS]",
+)
 
-# tool-call states
-_NAME, _CALL_ID, _ARGS, _LEGACY, _AFTER = "name", "call_id", "args", "legacy", "after"
+# tool-call states: the name; the id after [CALL_ID]; the arguments' JSON value (before it starts, markers are
+# still read); arguments that do not start as JSON; a v3-v7 JSON value; after a call
+_NAME, _CALL_ID, _ARGS, _RAW_ARGS, _LEGACY, _AFTER = "name", "call_id", "args", "raw_args", "legacy", "after"
+_NAMING = (ARGS, CALL_ID, TOOL_CALLS, EOS)
+
+
+def _without_eos(text: str) -> str:
+    return text[: -len(EOS)] if text.endswith(EOS) else text
+
+
+def _call_id(text: str) -> str | None:
+    """The id the model wrote after ``[CALL_ID]``, or None (one is made) when it is empty or not one word."""
+    words = text.split()
+    return words[0] if len(words) == 1 else None
 
 
 class MistralParser(MarkerStreamParser):
     open_think, close_think, tool_start = THINK, END_THINK, TOOL_CALLS
     eos_markers = (EOS,)
     markers = (THINK, END_THINK, TOOL_CALLS, ARGS, CALL_ID, EOS)
+    ignored_markers = CONTROL_TOKEN_NAMES
+    think_anywhere = True
     _first_section_state = _NAME
 
     _name = ""
     _call_id: str | None = None
 
+    # --- the driver's hooks -----------------------------------------------------------------------------
+
+    def _start_section(self, marker: str) -> None:
+        self._state, self._cand, self._raw, self._scanner = _NAME, "", "", JsonValueScanner()
+
     def _section_markers(self) -> tuple[str, ...]:
-        if self._state in (_NAME, _AFTER):
-            return (ARGS, CALL_ID, TOOL_CALLS, EOS)
-        if self._state == _CALL_ID:
+        state = self._state
+        if state in (_NAME, _AFTER):
+            return _NAMING
+        if state == _CALL_ID:
             return (ARGS, TOOL_CALLS, EOS)
+        if state == _RAW_ARGS or (state == _ARGS and not self._scanner.started):
+            return (TOOL_CALLS, EOS)
         return ()  # inside JSON nothing is a marker: "[ARGS]" may sit in a string
 
     def _section_text(self, text: str) -> str:
         state = self._state
+        if state == _NAME:
+            return self._name_text(text)
+        if state == _CALL_ID:
+            return self._until_brace(text, self._begin_args_after_id)
         if state == _ARGS:
-            return self._json_text(text, "{", self._on_arguments)
+            return self._args_text(text)
         if state == _LEGACY:
-            return self._json_text(text, "[{", self._on_legacy)
-        buf = self._cand + text
-        end = (_ID_PREFIX if state == _CALL_ID else _NAME_PREFIX).match(buf).end()  # type: ignore[union-attr]
-        if end == len(buf):
-            self._cand = buf
-            if state != _AFTER:
-                self._raw += text
-            return ""
-        if state == _AFTER:
-            self._leave_after_call()
-            return text
-        cut = end - len(self._cand)
-        self._raw += text[:cut]
-        if state == _NAME and not buf[:end].strip() and buf[end] in "[{":
-            self._state, self._scanner = _LEGACY, JsonValueScanner()
-        else:
-            self._abort()
-        return text[cut:]
+            return self._legacy_text(text)
+        if state == _RAW_ARGS:
+            self._raw += text
+        else:  # _AFTER: dropped, unless [ARGS] makes it the next call's name
+            self._cand += text
+        return ""
 
     def _section_marker(self, marker: str) -> None:
+        state = self._state
         if marker == TOOL_CALLS:
-            if self._state == _AFTER:
-                self._leave_after_call()
-            else:
-                self._abort()
+            self._end_section()
             self._start_section(marker)
-            return
-        if self._state == _AFTER:  # a name right after the previous call's "}"
-            self._raw, self._state = self._cand, _NAME
-        value = self._cand.strip()
-        self._raw += marker
-        self._cand = ""
-        if self._state == _NAME:
-            if not value:
-                self._abort()
-                return
-            self._name, self._call_id = value, None
-        else:
-            self._call_id = value or None
-        self._state = _ARGS if marker == ARGS else _CALL_ID
-        self._scanner = JsonValueScanner()
+        elif state in (_NAME, _AFTER) and marker in (ARGS, CALL_ID):
+            name, self._cand = self._cand.strip(), ""
+            if name:
+                self._name, self._call_id = name, None
+                self._state, self._scanner = (_ARGS if marker == ARGS else _CALL_ID), JsonValueScanner()
+            elif state == _NAME:
+                self._not_a_call("")
+        elif state == _CALL_ID and marker == ARGS:
+            self._begin_args_after_id()
+        # any other marker means nothing here and is dropped
 
     def _end_section(self) -> None:
-        if self._state == _AFTER:
-            self._leave_after_call()
-        else:
-            self._abort()
+        """At the end of output or at the next ``[TOOL_CALLS]``: what the section holds so far."""
+        state = self._state
+        if state == _NAME:
+            self._not_a_call(self._cand)
+        elif state == _LEGACY:
+            self._not_a_call(_without_eos(self._scanner.value))
+        elif state == _CALL_ID:
+            self._call_id = _call_id(self._cand)
+            self._call("")
+        elif state == _ARGS:
+            self._call(_without_eos(self._scanner.value).strip())
+        elif state == _RAW_ARGS:
+            self._call(self._raw.strip())
+        else:  # _AFTER
+            self._cand = ""
 
-    def _on_arguments(self, value: str) -> bool:
-        arguments = arguments_text(value)
-        if arguments is None:
-            return False
-        self._emit_call(self._name, arguments, self._call_id)
-        self._state = _AFTER
-        return True
+    # --- the states ---------------------------------------------------------------------------------------
 
-    def _on_legacy(self, value: str) -> bool:
-        calls = calls_from_json(value)
+    def _name_text(self, text: str) -> str:
+        if not self._cand or self._cand.isspace():
+            body = text.lstrip()
+            if body[:1] in ("[", "{"):  # nothing named: a v3-v7 JSON list or object
+                self._state, self._cand = _LEGACY, ""
+                return body
+        return self._until_brace(text, self._begin_args_after_name)
+
+    def _until_brace(self, text: str, at_brace: Callable[[], None]) -> str:
+        """Gather name or id text (in ``_cand``) up to a ``{``, which starts the arguments."""
+        i = text.find("{")
+        if i < 0:
+            self._cand += text
+            return ""
+        self._cand += text[:i]
+        at_brace()
+        return text[i:]
+
+    def _begin_args_after_name(self) -> None:
+        self._name, self._call_id = self._cand.strip(), None
+        self._cand, self._state, self._scanner = "", _ARGS, JsonValueScanner()
+
+    def _begin_args_after_id(self) -> None:
+        self._call_id = _call_id(self._cand)
+        self._cand, self._state, self._scanner = "", _ARGS, JsonValueScanner()
+
+    def _args_text(self, text: str) -> str:
+        if not self._scanner.started:
+            text = text.lstrip()
+            if not text:
+                return ""
+            if text[0] not in "{[":
+                self._state, self._raw = _RAW_ARGS, ""
+                return text
+        end = self._scanner.feed(text)
+        if end is None:
+            return ""
+        self._call(self._scanner.value)
+        return text[end:]
+
+    def _legacy_text(self, text: str) -> str:
+        end = self._scanner.feed(text)
+        if end is None:
+            return ""
+        calls = calls_from_json(self._scanner.value)
         if calls is None:
-            return False
-        for name, arguments, call_id in calls:
-            self._emit_call(name, arguments, call_id)
-        self._state = _AFTER
-        return True
+            self._not_a_call(self._scanner.value)
+        else:
+            for name, arguments, call_id in calls:
+                self._emit_call(name, arguments, call_id)
+            self._state, self._cand = _AFTER, ""
+        return text[end:]
+
+    def _call(self, value: str) -> None:
+        """The current call, its arguments ``value`` as written: a strict JSON object verbatim, else raw."""
+        self._emit_call(self._name, arguments_text(value) or value, self._call_id)
+        self._state, self._cand, self._raw = _AFTER, "", ""
+
+    def _not_a_call(self, text: str) -> None:
+        """The section is no call: its marker is dropped and its text is content (dropped after a call)."""
+        self._cand, self._raw = "", ""
+        if self._n_calls:
+            self._state = _AFTER
+        else:
+            self._state = CONTENT
+            self._content(text.lstrip())
 
 
 class MistralFormat(ModelFormat):

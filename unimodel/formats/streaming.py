@@ -8,28 +8,35 @@ serving layer and differ by version.) The driver is two layers:
   current state are found by text; the longest suffix of the input that could still start one of them is held
   back and released as text as soon as it cannot. With ``feed_token`` only the special ids given in
   ``special_ids`` are markers; all other token text is literal. A marker that is not active in the current
-  state (e.g. ``[THINK]`` after the answer began) counts as its own literal text.
+  state (e.g. ``[THINK]`` after the answer began in ``think-tags``) counts as its own literal text; an active
+  one that means nothing in the state (see ``ignored_markers`` below) is dropped.
 * A state machine: ``content`` and ``reasoning`` here, the tool-call states in each family's subclass. A text
   handler consumes a piece and returns what it did not consume when it changed state; the lexer re-reads that
   rest under the new state's markers. Every handler gives the same result however its input is cut, so a
   generation folds to the same message whether it is fed whole, in any chunks, or token by token.
 
-Policies shared by both families:
+Policies shared by both families (each family can widen the first two, see its class attributes):
 
 * An opening think marker counts only before any answer text or tool call (leading whitespace before it is
-  dropped); later it is literal text, so reasoning always comes before content.
+  dropped); later it is literal text, so reasoning always comes before content. A family with
+  ``think_anywhere`` lets the first one count wherever it comes before a tool call (the content before and
+  after the thinking is joined; reasoning events may then follow content events).
+* A family's ``ignored_markers`` are recognised in text wherever markers are (not inside a JSON value) and
+  dropped; its own markers are then also dropped in states that do not use them (both by text and by id).
+  Without ``ignored_markers`` a marker out of place is its own literal text.
 * Content that is only whitespace and is followed by a tool call, or that trails tool calls at the end, is
   dropped. Otherwise content is passed on exactly, except that ``strip_answer_ws`` families drop the leading
   whitespace of the answer after the closing think marker.
 * End-of-sequence text (``</s>`` and the like) leaked by an upstream is dropped when it ends the output and
   kept as literal text otherwise (``<s>...</s>`` is also HTML). A special EOS id is always dropped.
-* Tool calls are buffered until complete (see the family modules for the trade-off); a tool-call section that
-  is malformed or cut off is emitted as content: its raw text, markers included.
+* Tool calls are buffered until complete (see the family modules for the trade-off). What a family does with
+  a tool-call section that is malformed or cut off is its own choice (see its module).
 """
 
 from __future__ import annotations
 
 import functools
+import re
 
 from collections.abc import Callable, Mapping
 from typing import ClassVar
@@ -51,13 +58,22 @@ CONTENT = "content"
 REASONING = "reasoning"
 
 
+@functools.lru_cache(maxsize=64)
+def _marker_pattern(markers: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(re.escape(m) for m in sorted(markers, key=len, reverse=True)))
+
+
 def _find_first(text: str, markers: tuple[str, ...]) -> tuple[int, str | None]:
-    best, found = len(text), None
-    for m in markers:
-        i = text.find(m, 0, best + len(m) - 1)
-        if i != -1 and i < best:
-            best, found = i, m
-    return best, found
+    if not markers:
+        return len(text), None
+    m = _marker_pattern(markers).search(text)
+    return (m.start(), m.group()) if m else (len(text), None)
+
+
+@functools.lru_cache(maxsize=64)
+def _with_ignored(own: tuple[str, ...], ignored: tuple[str, ...]) -> tuple[str, ...]:
+    """A state's markers and, when it has any, the family's ignored ones (a state with none is a JSON value)."""
+    return own + tuple(m for m in ignored if m not in own) if own else ()
 
 
 @functools.lru_cache(maxsize=32)
@@ -89,6 +105,10 @@ class MarkerStreamParser(OutputParser):
     eos_markers: ClassVar[tuple[str, ...]]
     markers: ClassVar[tuple[str, ...]]  # every marker the family knows, eos included
     strip_answer_ws: ClassVar[bool] = False
+    #: the first opening think marker counts wherever it comes before a tool call (not only before content)
+    think_anywhere: ClassVar[bool] = False
+    #: marker texts recognised and dropped outside JSON values (control tokens no state gives a meaning)
+    ignored_markers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -200,14 +220,18 @@ class MarkerStreamParser(OutputParser):
 
     def _active(self) -> tuple[str, ...]:
         if self._state == REASONING:
-            return (self.close_think, *self.eos_markers)
-        if self._state == CONTENT:
+            own: tuple[str, ...] = (self.close_think, *self.eos_markers)
+        elif self._state == CONTENT:
             opening = (self.open_think,) if self._may_open_think() else ()
-            return (self.tool_start, *opening, *self.eos_markers)
-        return self._section_markers()
+            own = (self.tool_start, *opening, *self.eos_markers)
+        else:
+            own = self._section_markers()
+        return _with_ignored(own, self.ignored_markers)
 
     def _may_open_think(self) -> bool:
-        return not (self._think_seen or self._content_started or self._n_calls)
+        if self._think_seen or self._n_calls:
+            return False
+        return self.think_anywhere or not self._content_started
 
     def _on_text(self, text: str) -> str:
         if self._state == CONTENT:
@@ -221,15 +245,18 @@ class MarkerStreamParser(OutputParser):
         return self._section_text(text)
 
     def _marker(self, marker: str) -> None:
+        """An active marker; one that means nothing in the current state is dropped."""
         if marker in self.eos_markers:
             self._eos_held += marker
         elif self._state == REASONING:
-            self._state = CONTENT
-            self._drop_ws = self.strip_answer_ws
-        elif self._state == CONTENT and marker == self.open_think:
-            self._state, self._think_seen, self._ws_hold = REASONING, True, ""
+            if marker == self.close_think:
+                self._state = CONTENT
+                self._drop_ws = self.strip_answer_ws
         elif self._state == CONTENT:
-            self._start_section(marker)
+            if marker == self.open_think and self._may_open_think():
+                self._state, self._think_seen, self._ws_hold = REASONING, True, ""
+            elif marker == self.tool_start:
+                self._start_section(marker)
         else:
             self._section_marker(marker)
 
@@ -264,11 +291,10 @@ class MarkerStreamParser(OutputParser):
 
     def _emit_call(self, name: str, arguments: str, call_id: str | None) -> None:
         index = self._n_calls
-        self._out += [
-            ToolCallStart(index, call_id or self._new_id(), name),
-            ToolCallArgsDelta(index, arguments),
-            ToolCallEnd(index),
-        ]
+        self._out.append(ToolCallStart(index, call_id or self._new_id(), name))
+        if arguments:  # "" only for a call cut off before its arguments began
+            self._out.append(ToolCallArgsDelta(index, arguments))
+        self._out.append(ToolCallEnd(index))
         self._n_calls += 1
         self._ws_hold, self._drop_ws, self._content_started = "", False, False
         self._raw, self._cand = "", ""

@@ -30,7 +30,11 @@ def counter_ids() -> Callable[[], str]:
 
 
 def fold(events: Iterable[Event]) -> dict[str, Any]:
-    """The final message the events describe; asserts the ordering rules of ``unimodel.protocol.events``."""
+    """The final message the events describe; asserts the ordering rules of ``unimodel.protocol.events``.
+
+    Reasoning may follow content (Mistral's thinking counts wherever it starts: text before it is content,
+    streamed at once), never a tool call.
+    """
     events = list(events)
     reasoning, content = [], []
     calls: list[dict[str, str]] = []
@@ -42,7 +46,7 @@ def fold(events: Iterable[Event]) -> dict[str, Any]:
             assert ev.text, "empty delta"
             assert open_call is None, "delta inside a tool call"
         if isinstance(ev, ReasoningDelta):
-            assert not content and not calls, "reasoning after the answer began"
+            assert not calls, "reasoning after a tool call"
             reasoning.append(ev.text)
         elif isinstance(ev, ContentDelta):
             content.append(ev.text)

@@ -53,34 +53,40 @@ CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
      msg("Let me check.\n", calls=[("call_0", "lookup", '{"q": "x"}')], finish="tool_calls"), True),
     ("whitespace-before-call-dropped", "[THINK]x[/THINK]\n\n[TOOL_CALLS]f[ARGS]{}", "stop",
      msg(reasoning="x", calls=[("call_0", "f", "{}")], finish="tool_calls"), True),
-    ("text-after-call", "[TOOL_CALLS]f[ARGS]{} Done.", "stop",
-     msg(" Done.", calls=[("call_0", "f", "{}")], finish="tool_calls"), True),
-    ("word-after-call", "[TOOL_CALLS]f[ARGS]{}Done", "stop",
-     msg("Done", calls=[("call_0", "f", "{}")], finish="tool_calls"), True),
-    ("malformed-json", '[TOOL_CALLS]f[ARGS]{"a": 1,}', "stop", msg('[TOOL_CALLS]f[ARGS]{"a": 1,}'), True),
+    # the issue "fidelity" changed these: text after a call is dropped, a named call stays a call whatever its
+    # arguments (as vLLM), a section that is no call loses its marker (see also test_mistral_fidelity.py)
+    ("text-after-call-dropped", "[TOOL_CALLS]f[ARGS]{} Done.", "stop",
+     msg(calls=[("call_0", "f", "{}")], finish="tool_calls"), True),
+    ("word-after-call-dropped", "[TOOL_CALLS]f[ARGS]{}Done", "stop",
+     msg(calls=[("call_0", "f", "{}")], finish="tool_calls"), True),
+    ("malformed-json-is-a-call", '[TOOL_CALLS]f[ARGS]{"a": 1,}', "stop",
+     msg(calls=[("call_0", "f", '{"a": 1,}')], finish="tool_calls"), True),
     ("malformed-json-then-text", 'Hi [TOOL_CALLS]f[ARGS]{"a": tru} ok', "stop",
-     msg('Hi [TOOL_CALLS]f[ARGS]{"a": tru} ok'), True),
-    ("args-not-object", "[TOOL_CALLS]f[ARGS][1, 2]", "stop", msg("[TOOL_CALLS]f[ARGS][1, 2]"), True),
-    ("args-nan", '[TOOL_CALLS]f[ARGS]{"a": NaN}', "stop", msg('[TOOL_CALLS]f[ARGS]{"a": NaN}'), True),
-    ("bad-name", "[TOOL_CALLS]not a name[ARGS]{}", "stop", msg("[TOOL_CALLS]not a name[ARGS]{}"), True),
-    ("empty-name", "[TOOL_CALLS][ARGS]{}", "stop", msg("[TOOL_CALLS][ARGS]{}"), True),
-    ("prose-after-marker", "[TOOL_CALLS]I cannot do that.", "stop", msg("[TOOL_CALLS]I cannot do that."), True),
+     msg("Hi ", calls=[("call_0", "f", '{"a": tru}')], finish="tool_calls"), True),
+    ("args-not-object", "[TOOL_CALLS]f[ARGS][1, 2]", "stop",
+     msg(calls=[("call_0", "f", "[1, 2]")], finish="tool_calls"), True),
+    ("args-nan", '[TOOL_CALLS]f[ARGS]{"a": NaN}', "stop",
+     msg(calls=[("call_0", "f", '{"a": NaN}')], finish="tool_calls"), True),
+    ("free-form-name", "[TOOL_CALLS]not a name[ARGS]{}", "stop",
+     msg(calls=[("call_0", "not a name", "{}")], finish="tool_calls"), True),
+    ("empty-name-no-call", "[TOOL_CALLS][ARGS]{}", "stop", msg("{}"), True),
+    ("prose-after-marker", "[TOOL_CALLS]I cannot do that.", "stop", msg("I cannot do that."), True),
     ("good-then-malformed", '[TOOL_CALLS]f[ARGS]{"a": 1}[TOOL_CALLS]g[ARGS]{"b" 2}', "stop",
-     msg('[TOOL_CALLS]g[ARGS]{"b" 2}', calls=[("call_0", "f", '{"a": 1}')], finish="tool_calls"), True),
+     msg(calls=[("call_0", "f", '{"a": 1}'), ("call_1", "g", '{"b" 2}')], finish="tool_calls"), True),
     ("cut-in-thinking", "[THINK]I am thinking about", "length", msg(reasoning="I am thinking about",
                                                                      finish="length"), True),
     ("cut-in-args", '[THINK]r[/THINK][TOOL_CALLS]f[ARGS]{"a": "unfini', "length",
-     msg('[TOOL_CALLS]f[ARGS]{"a": "unfini', "r", finish="length"), True),
-    ("cut-in-name", "[TOOL_CALLS]get_wea", "length", msg("[TOOL_CALLS]get_wea", finish="length"), True),
+     msg(reasoning="r", calls=[("call_0", "f", '{"a": "unfini')], finish="length"), True),
+    ("cut-in-name", "[TOOL_CALLS]get_wea", "length", msg("get_wea", finish="length"), True),
     ("cut-in-second-call", "[TOOL_CALLS]f[ARGS]{}[TOOL_CALLS]g[ARGS]{", "length",
-     msg("[TOOL_CALLS]g[ARGS]{", calls=[("call_0", "f", "{}")], finish="length"), True),
+     msg(calls=[("call_0", "f", "{}"), ("call_1", "g", "{")], finish="length"), True),
     ("partial-marker-at-end", "See [THIN", "stop", msg("See [THIN"), True),
     ("partial-marker-alone", "[THIN", "stop", msg("[THIN"), True),
     ("marker-lookalike", "[THINKING] [TOOL_CALL] [ARG] </s", "stop", msg("[THINKING] [TOOL_CALL] [ARG] </s"), True),
-    ("inactive-markers-literal", "use [ARGS] or [CALL_ID] or [/THINK] here", "stop",
-     msg("use [ARGS] or [CALL_ID] or [/THINK] here"), True),
-    ("think-after-content-literal", "a[THINK]b[/THINK]c", "stop", msg("a[THINK]b[/THINK]c"), True),
-    ("second-think-literal", "[THINK]r[/THINK]a[THINK]b", "stop", msg("a[THINK]b", "r"), True),
+    ("inactive-markers-dropped", "use [ARGS] or [CALL_ID] or [/THINK] here", "stop", msg("use  or  or  here"),
+     True),
+    ("think-after-content", "a[THINK]b[/THINK]c", "stop", msg("ac", "b"), True),
+    ("second-think-dropped", "[THINK]r[/THINK]a[THINK]b", "stop", msg("ab", "r"), True),
     ("whitespace-before-think", "\n [THINK]r[/THINK]a", "stop", msg("a", "r"), True),
     ("eos-stripped", "Done.</s>", "stop", msg("Done."), True),
     ("eos-after-call", "[TOOL_CALLS]f[ARGS]{}</s>", "stop",
@@ -92,12 +98,12 @@ CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
      msg(calls=[("call_0", "f", '{"a": 1}'), ("abc123XYZ", "g", '{"b": 2}')], finish="tool_calls"), True),
     ("legacy-object", '[TOOL_CALLS] {"name": "f", "arguments": {"s": "[ARGS]"}}', "stop",
      msg(calls=[("call_0", "f", '{"s": "[ARGS]"}')], finish="tool_calls"), True),
-    ("legacy-malformed", '[TOOL_CALLS][{"nam": "f"}]', "stop", msg('[TOOL_CALLS][{"nam": "f"}]'), True),
-    ("legacy-empty", "[TOOL_CALLS][]", "stop", msg("[TOOL_CALLS][]"), True),
+    ("legacy-malformed", '[TOOL_CALLS][{"nam": "f"}]', "stop", msg('[{"nam": "f"}]'), True),
+    ("legacy-empty", "[TOOL_CALLS][]", "stop", msg("[]"), True),
     ("call-id", '[TOOL_CALLS]f[CALL_ID]a1B2c3D4e[ARGS]{"x": 1}[TOOL_CALLS]g[CALL_ID]Z9y8X7w6v[ARGS]{}', "stop",
      msg(calls=[("a1B2c3D4e", "f", '{"x": 1}'), ("Z9y8X7w6v", "g", "{}")], finish="tool_calls"), True),
-    ("call-id-bad", "[TOOL_CALLS]f[CALL_ID]not ok[ARGS]{}", "stop", msg("[TOOL_CALLS]f[CALL_ID]not ok[ARGS]{}"),
-     True),
+    ("call-id-not-one-word", "[TOOL_CALLS]f[CALL_ID]not ok[ARGS]{}", "stop",
+     msg(calls=[("call_0", "f", "{}")], finish="tool_calls"), True),
     ("raw-newline-in-string", '[TOOL_CALLS]f[ARGS]{"code": "a\nb"}', "stop",
      msg(calls=[("call_0", "f", '{"code": "a\\nb"}')], finish="tool_calls"), True),
     ("unicode", "[THINK]café ☕[/THINK]Ünïcode 👍 [TOOL_CALLS]f[ARGS]{\"t\": \"日本\"}", "stop",
@@ -153,9 +159,9 @@ def test_special_ids_inside_json_and_eos_id() -> None:
         calls=[("call_0", "get_weather", '{"city": "[ARGS]"}')], finish="tool_calls")
 
 
-def test_eos_id_dropped_anywhere_special_think_late_is_literal() -> None:
-    toks = tokens(["a", "</s>", "b", "[THINK]"], SPECIAL_IDS)
-    assert fold(feed_tokens(FMT, toks, special_ids=SPECIAL_IDS)) == msg("ab[THINK]")
+def test_eos_id_dropped_anywhere_special_think_late_opens_reasoning() -> None:
+    toks = tokens(["a", "</s>", "b", "[THINK]", "r", "[/THINK]", "c", "[THINK]", "[CALL_ID]"], SPECIAL_IDS)
+    assert fold(feed_tokens(FMT, toks, special_ids=SPECIAL_IDS)) == msg("abc", "r")
 
 
 def test_without_special_ids_everything_is_text() -> None:
@@ -168,12 +174,14 @@ def test_without_special_ids_everything_is_text() -> None:
 
 def test_holds_back_only_a_possible_marker() -> None:
     p = FMT.new_parser()
-    assert p.feed_text("[TH") == []  # at the start "[THINK]" may still come
+    assert p.feed_text("[TH") == []  # "[THINK]" may still come
     assert p.feed_text("E") == [ContentDelta("[THE")]
-    assert p.feed_text(" [TH") == [ContentDelta(" [TH")]  # after content only "[TOOL_CALLS]" can
-    assert p.feed_text(" [TO") == [ContentDelta(" ")]
+    assert p.feed_text(" [TH") == [ContentDelta(" ")]  # also after content
+    assert p.feed_text("x [TO") == [ContentDelta("[THx ")]
     assert p.feed_text("P]") == [ContentDelta("[TOP]")]
-    assert p.feed_text("[/THINK]") == [ContentDelta("[/THINK]")]
+    assert p.feed_text("[/THINK] [b") == [ContentDelta(" [b")]  # a stray "[/THINK]" is dropped
+    assert p.feed_text("[IM") == []
+    assert p.feed_text("G]") == []
 
 
 def test_reasoning_streams_and_in_reasoning() -> None:
