@@ -1,34 +1,48 @@
-"""Images: the vision variant sees them, text-only models refuse them, URL fetching follows the rules."""
+"""Images: the vision variant sees them, and only data: URIs under the shared limits reach the engine.
+
+Fetching image URLs is the gateway's job (tests/unit/images/test_fetch.py, tests/unit/gateway/test_images.py).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
+import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
 from unimodel.engines.base import GenerationRequest
+from tests.support.requests import gen_request
 from unimodel.engines.local import LocalEngine
-from unimodel.engines.local.images import MAX_IMAGE_BYTES, resolve_images
-from unimodel.errors import InvalidRequestError, UnsupportedFeatureError
+from unimodel.engines.local.images import resolve_images
+from unimodel.errors import InvalidRequestError
+from unimodel.images.decode import ImageLimits
 from unimodel.models import ensure_tiny_random
 from unimodel.protocol.events import ContentDelta, Event, Finish, Usage
-from unimodel.protocol.openai import ChatCompletionRequest
+from unimodel.protocol.openai import ChatCompletionRequest, Message
 
 from .conftest import start_engine
 
-PUBLIC = "http://93.184.216.34"  # an IP literal: no DNS needed, and it is a global address
+PUBLIC = "http://93.184.216.34"  # an IP literal: nothing would need DNS, and it is a global address
 
 
 def png(color: str = "red", size: tuple[int, int] = (100, 60)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color=color).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A few dozen bytes of PNG declaring ``width``x``height`` pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def data_uri(color: str) -> str:
@@ -39,13 +53,13 @@ def image_request(url: str, max_tokens: int = 12) -> GenerationRequest:
     wire = ChatCompletionRequest(model="v", temperature=0.0, max_tokens=max_tokens, messages=[{
         "role": "user", "content": [{"type": "text", "text": "What is this?"},
                                     {"type": "image_url", "image_url": {"url": url}}]}])
-    return GenerationRequest("r", "v", wire, max_tokens)
+    return gen_request("r", "v", wire, max_tokens)
 
 
 def text_request(content: str, max_tokens: int = 12) -> GenerationRequest:
     wire = ChatCompletionRequest(model="v", temperature=0.0, max_tokens=max_tokens,
                                  messages=[{"role": "user", "content": content}])
-    return GenerationRequest("r", "v", wire, max_tokens)
+    return gen_request("r", "v", wire, max_tokens)
 
 
 async def collect(engine: LocalEngine, req: GenerationRequest) -> list[Event]:
@@ -80,40 +94,39 @@ async def test_image_and_text_requests_batch_as_if_alone(vision: LocalEngine) ->
     assert [text(e) for e in together] == alone
 
 
-async def test_image_urls_are_off_by_default(vision: LocalEngine) -> None:
-    with pytest.raises(UnsupportedFeatureError, match="allow-image-urls") as err:
+async def test_an_image_url_reaching_the_engine_is_a_400(vision: LocalEngine) -> None:
+    with pytest.raises(InvalidRequestError, match="fetched by the gateway") as err:
         await collect(vision, image_request(f"{PUBLIC}/cat.png"))
+    assert err.value.status_code == 400 and err.value.param == "messages[0].content[1]"
+
+
+async def test_a_decompression_bomb_reaching_the_engine_is_a_400(vision: LocalEngine) -> None:
+    bomb = "data:image/png;base64," + base64.b64encode(png_declaring(20000, 20000)).decode()
+    with pytest.raises(InvalidRequestError, match="pixels") as err:
+        await collect(vision, image_request(bomb))
+    assert err.value.param == "messages[0].content[1]"
+
+
+def user_images(*urls: str) -> list[Message]:
+    return [Message.model_validate({"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": u}} for u in urls]})]
+
+
+async def test_resolve_images_decodes_each_distinct_data_uri_once() -> None:
+    red, blue = data_uri("red"), data_uri("blue")
+    got = await resolve_images(user_images(red, blue, red))
+    assert list(got) == [red, blue] and all(img.size == (100, 60) for img in got.values())
+
+
+async def test_resolve_images_applies_the_shared_limits() -> None:
+    with pytest.raises(InvalidRequestError, match="3 images; at most 2") as err:
+        await resolve_images(user_images(data_uri("red"), data_uri("red"), data_uri("red")), ImageLimits(max_images=2))
     assert err.value.param == "messages"
-
-
-async def test_fetch_follows_the_rules() -> None:
-    big = b"x" * (MAX_IMAGE_BYTES + 1)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/ok.png":
-            return httpx.Response(200, content=png())
-        if request.url.path == "/redirect-private":
-            return httpx.Response(302, headers={"location": "http://127.0.0.1/ok.png"})
-        if request.url.path == "/redirect-ok":
-            return httpx.Response(302, headers={"location": "/ok.png"})
-        if request.url.path == "/big":
-            return httpx.Response(200, content=big)
-        if request.url.path == "/not-an-image":
-            return httpx.Response(200, content=b"hello")
-        return httpx.Response(404)
-
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        got = await resolve_images([f"{PUBLIC}/ok.png", f"{PUBLIC}/redirect-ok"], allow_urls=True, client=client)
-        assert all(img.size == (100, 60) for img in got.values())
-        for path, match in [("/redirect-private", "non-public"), ("/big", "larger"),
-                            ("/not-an-image", "not a readable image"), ("/missing", "status 404")]:
-            with pytest.raises(InvalidRequestError, match=match):
-                await resolve_images([f"{PUBLIC}{path}"], allow_urls=True, client=client)
-        for url in ("http://127.0.0.1/x.png", "http://10.0.0.7/x.png", "http://[::1]/x.png", "ftp://x/y.png"):
-            with pytest.raises(InvalidRequestError):
-                await resolve_images([url], allow_urls=True, client=client)
+    with pytest.raises(InvalidRequestError, match="larger than 100 bytes"):
+        await resolve_images(user_images(data_uri("red")), ImageLimits(max_bytes=100))
 
 
 async def test_bad_data_uri_is_a_400() -> None:
-    with pytest.raises(InvalidRequestError, match="not a readable image"):
-        await resolve_images(["data:image/png;base64," + base64.b64encode(b"nope").decode()], allow_urls=False)
+    with pytest.raises(InvalidRequestError, match="not a readable image") as err:
+        await resolve_images(user_images(data_uri("red"), "data:image/png;base64," + base64.b64encode(b"no").decode()))
+    assert err.value.param == "messages[0].content[1]"

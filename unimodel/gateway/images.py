@@ -1,0 +1,146 @@
+"""One image policy for every engine, applied before any engine sees a request.
+
+Every ``image_url`` part is checked here: the number of images per request, ``data:`` URIs parsed and fully
+decoded under :class:`~unimodel.images.decode.ImageLimits` (so a decompression bomb is a 400 here, not a 500
+in an engine), and http(s) URLs either refused (the default; ``--allow-image-urls`` turns them on) or fetched
+by the gateway itself with :class:`~unimodel.images.fetch.SafeImageFetcher` and passed on as ``data:`` URIs,
+so no upstream ever fetches a client's URL. Decoding runs in worker threads, one image at a time per request (at most one
+decoded image alive per request); fetches run concurrently under their own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from unimodel.errors import InvalidRequestError, UnsupportedFeatureError
+from unimodel.images.decode import ImageLimits, parse_data_uri, validate_image
+from unimodel.images.fetch import SafeImageFetcher
+from unimodel.protocol.openai import ImagePart, Message
+from unimodel.service.pipeline import Call, Stage
+
+_T = TypeVar("_T")
+
+
+class ImageFetcher(Protocol):
+    """What :func:`inline_images` needs of a fetcher (:class:`SafeImageFetcher`, or a fake in tests)."""
+
+    async def fetch(self, url: str, where: str) -> tuple[str, bytes]: ...
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """Whether image URLs are fetched (else refused), and the limits every image of a request is held to."""
+
+    allow_urls: bool = False
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    fetch_timeout_s: float = 10.0
+    max_redirects: int = 3
+
+    def new_fetcher(self) -> SafeImageFetcher:
+        """A :class:`SafeImageFetcher` with this policy's limits, deadline and redirect cap."""
+        return SafeImageFetcher(limits=self.limits, timeout_s=self.fetch_timeout_s,
+                                max_redirects=self.max_redirects)
+
+
+def _image_parts(messages: list[Message]) -> list[tuple[int, int, ImagePart]]:
+    return [(i, j, part) for i, m in enumerate(messages) if isinstance(m.content, list)
+            for j, part in enumerate(m.content) if isinstance(part, ImagePart)]
+
+
+async def inline_images(messages: list[Message], policy: ImagePolicy,
+                        fetcher: ImageFetcher | None = None) -> list[Message]:
+    """``messages`` with every image checked and every http(s) image URL replaced by a ``data:`` URI.
+
+    Returns new :class:`Message` objects where a URL was replaced and leaves the input untouched; when no
+    part changes (no images, or only valid ``data:`` URIs) it returns ``messages`` itself. ``fetcher``
+    defaults to ``policy.new_fetcher()``. Raises a 400 naming the part (``messages[i].content[j]``).
+    """
+    parts = _image_parts(messages)
+    if not parts:
+        return messages
+    limits = policy.limits
+    if len(parts) > limits.max_images:
+        raise InvalidRequestError(f"the request has {len(parts)} images; at most {limits.max_images} are "
+                                  "allowed per request", param="messages")
+    to_fetch: dict[str, str] = {}  # url → where (the first part that names it)
+    data_uris: dict[str, str] = {}
+    for i, j, part in parts:
+        url, where = part.image_url.url, f"messages[{i}].content[{j}]"
+        scheme = url.split(":", 1)[0].strip().lower() if ":" in url else ""
+        if scheme == "data":
+            data_uris.setdefault(url, where)
+        elif scheme in ("http", "https"):
+            if not policy.allow_urls:
+                raise UnsupportedFeatureError(
+                    f"{where}: image URLs are turned off on this server (--allow-image-urls turns them on); send "
+                    "the image as a data: URI", param=where)
+            to_fetch.setdefault(url, where)
+        else:
+            raise InvalidRequestError(f"{where}: an image_url must be a data: URI or an http(s) URL", param=where)
+
+    for url, where in data_uris.items():
+        await asyncio.to_thread(_check_data_uri, url, where, limits)
+    if not to_fetch:
+        return messages
+
+    active = fetcher if fetcher is not None else policy.new_fetcher()
+    fetched = await _all_or_nothing([active.fetch(url, where) for url, where in to_fetch.items()])
+    inlined: dict[str, str] = {}
+    for (url, where), (_, data) in zip(to_fetch.items(), fetched):
+        mime = await asyncio.to_thread(validate_image, data, where, limits)  # the bytes decide the type
+        inlined[url] = f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+    return _with_urls_replaced(messages, inlined)
+
+
+def _check_data_uri(url: str, where: str, limits: ImageLimits) -> None:
+    _, data = parse_data_uri(url, where, limits)
+    validate_image(data, where, limits)
+
+
+async def _all_or_nothing(calls: list[Awaitable[_T]]) -> list[_T]:
+    """Run ``calls`` concurrently; on the first failure cancel the rest and raise that failure."""
+    tasks = [asyncio.ensure_future(c) for c in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _with_urls_replaced(messages: list[Message], inlined: dict[str, str]) -> list[Message]:
+    out: list[Message] = []
+    for message in messages:
+        if not isinstance(message.content, list) or not any(
+                isinstance(p, ImagePart) and p.image_url.url in inlined for p in message.content):
+            out.append(message)
+            continue
+        content = [
+            p.model_copy(update={"image_url": p.image_url.model_copy(update={"url": inlined[p.image_url.url]})})
+            if isinstance(p, ImagePart) and p.image_url.url in inlined else p
+            for p in message.content
+        ]
+        out.append(message.model_copy(update={"content": content}))
+    return out
+
+
+class ImagePolicyStage(Stage):
+    """The pipeline stage: every request's images go through :func:`inline_images` before any engine."""
+
+    name = "images"
+
+    def __init__(self, policy: ImagePolicy, fetcher: ImageFetcher | None = None) -> None:
+        self.policy = policy
+        self.fetcher = fetcher or policy.new_fetcher()
+
+    async def enter(self, call: Call) -> None:
+        request = call.generation
+        messages = await inline_images(request.messages, self.policy, self.fetcher)
+        if messages is not request.messages:
+            call.request = dataclasses.replace(request, messages=messages)
