@@ -19,6 +19,7 @@ import statistics
 import time
 
 from unimodel.engines.base import GenerationRequest
+from tests.support.requests import gen_request
 from unimodel.engines.local import LocalEngine
 from unimodel.protocol.events import ContentDelta, ReasoningDelta, Usage
 from unimodel.protocol.openai import ChatCompletionRequest
@@ -30,7 +31,7 @@ def make_request(i: int, tokens: int, model: str) -> GenerationRequest:
     words = " ".join(PROMPT_WORDS[(i + k) % len(PROMPT_WORDS)] for k in range(8 + i % 7))
     wire = ChatCompletionRequest(model=model, messages=[{"role": "user", "content": f"Story {i}: {words}"}],
                                  temperature=0.0, max_tokens=tokens)
-    return GenerationRequest(request_id=f"bench-{i}", served_model=model, wire=wire, max_tokens=tokens)
+    return gen_request(request_id=f"bench-{i}", served_model=model, wire=wire, max_tokens=tokens)
 
 
 async def one_stream(engine: LocalEngine, req: GenerationRequest) -> tuple[int, float]:

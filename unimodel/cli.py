@@ -49,10 +49,24 @@ def serve(
     dtype: Optional[str] = typer.Option(None, help="local engine: auto | bfloat16 | float16 | float32"),
     max_model_len: Optional[int] = typer.Option(None, help="Context length (default: the model's)."),
     max_num_seqs: Optional[int] = typer.Option(None, help="local engine: sequences decoded together."),
-    max_queue: Optional[int] = typer.Option(None, help="local engine: waiting requests before 503."),
+    max_queue: Optional[int] = typer.Option(None, help="local engine: requests waiting beyond the free slots "
+                                                       "before 503."),
+    queue_timeout_s: Optional[float] = typer.Option(None, "--queue-timeout",
+                                                    help="local engine: seconds a request may wait for a slot "
+                                                         "(then 503 with Retry-After)."),
+    unknown_fields: Optional[str] = typer.Option(None, help="drop | reject: request fields unimodel does not "
+                                                            "know (reject: 400 naming the field)."),
+    upstream_extra_field: Optional[List[str]] = typer.Option(None, "--upstream-extra-field",
+                                                             help="A request field forwarded to the upstream "
+                                                                  "as-is (repeatable)."),
     allow_image_urls: Optional[bool] = typer.Option(None, "--allow-image-urls/--no-allow-image-urls",
                                                     help="Fetch http(s) image_url parts (data: URIs always work)."),
     default_max_tokens: Optional[int] = typer.Option(None, help="max_tokens for requests that give none."),
+    max_json_depth: Optional[int] = typer.Option(None, help="Deepest JSON nesting a request may have (64)."),
+    max_images_per_request: Optional[int] = typer.Option(None, help="Images one request may carry (8)."),
+    max_image_bytes: Optional[int] = typer.Option(None, help="Largest image, in bytes (10 MiB)."),
+    max_image_pixels: Optional[int] = typer.Option(None, help="Largest image, in pixels (40,000,000)."),
+    image_fetch_timeout_s: Optional[float] = typer.Option(None, help="Deadline of one image URL fetch (10 s)."),
     vllm_gpu: Optional[str] = typer.Option(None, help="vllm engine: GPU kind (default: nvidia-smi's)."),
     vllm_gpus: Optional[int] = typer.Option(None, help="vllm engine: GPUs to use (tensor parallel)."),
     vllm_weights: Optional[str] = typer.Option(None, help="vllm engine: bf16 | fp8 | nvfp4 | int4"),
@@ -68,7 +82,11 @@ def serve(
         served_model_name=served_model_name, api_keys=api_key or None,
         max_request_bytes=max_request_bytes, shutdown_grace_s=shutdown_grace_s, log_level=log_level,
         device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-        max_queue=max_queue, allow_image_urls=allow_image_urls, default_max_tokens=default_max_tokens,
+        max_queue=max_queue, queue_timeout_s=queue_timeout_s, unknown_fields=unknown_fields,
+        upstream_extra_fields=upstream_extra_field or None, allow_image_urls=allow_image_urls,
+        max_json_depth=max_json_depth, max_images_per_request=max_images_per_request,
+        max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels,
+        image_fetch_timeout_s=image_fetch_timeout_s, default_max_tokens=default_max_tokens,
         vllm_gpu=vllm_gpu, vllm_gpus=vllm_gpus, vllm_weights=vllm_weights, vllm_kv_cache=vllm_kv_cache,
         vllm_args=vllm_arg or None,
     )

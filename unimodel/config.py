@@ -13,6 +13,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from unimodel.images.decode import ImageLimits
+
 EngineKind = Literal["local", "upstream", "vllm"]
 UpstreamParse = Literal["auto", "upstream", "gateway"]
 
@@ -74,13 +76,23 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     default_max_tokens: Optional[int] = Field(default=None, ge=1)  # None: up to the context length
+    # request validation: unknown top-level fields are dropped, or refused with a 400; an allowlist goes upstream
+    unknown_fields: Literal["drop", "reject"] = "drop"
+    upstream_extra_fields: list[str] = Field(default_factory=list)
+    max_json_depth: int = Field(default=64, ge=8, le=512)
+    # images, for every engine: URLs are fetched by the gateway (public addresses only) and passed on inline
+    max_images_per_request: int = Field(default=8, ge=0, le=256)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=1024)
+    image_fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
     # local engine
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_model_len: Optional[int] = Field(default=None, ge=16)
     max_num_seqs: int = Field(default=16, ge=1)
-    max_queue: int = Field(default=64, ge=0)
+    max_queue: int = Field(default=64, ge=0)  # requests waiting beyond the free slots; more → 503
+    queue_timeout_s: float = Field(default=60.0, gt=0)  # longest wait for a slot, then 503 with Retry-After
     allow_image_urls: bool = False
     cache_dir: Optional[Path] = None
 
@@ -153,6 +165,11 @@ class Settings(BaseSettings):
 
         prefix = "UNIMODEL_"
         return {k[len(prefix):].lower() for k in os.environ if k.startswith(prefix)}
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(max_bytes=self.max_image_bytes, max_pixels=self.max_image_pixels,
+                           max_images=self.max_images_per_request)
 
     def reasoning_for(self, served_model: str) -> ReasoningPolicy:
         return self.reasoning_per_model.get(served_model, self.reasoning)

@@ -97,7 +97,7 @@ def test_budget_holds_and_answer_follows(client: openai.OpenAI, upstream: Script
         prefix = cont["messages"][-1]
         assert prefix["role"] == "assistant" and prefix["reasoning"] == prefix["reasoning_content"]
         assert prefix["reasoning"].count("t") == thinking_tokens
-        assert got["usage"].prompt_tokens == 11 + 111  # summed over both calls
+        assert got["usage"].prompt_tokens == 11  # the request's prompt: not the continuation's (11 + 100) too
     else:
         assert len(calls) == 1
 

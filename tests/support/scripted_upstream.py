@@ -41,6 +41,8 @@ class Script:
     ignore_stream: bool = False  # answer one JSON body even when asked to stream
     error_frame_after: Optional[int] = None  # send an OpenAI error frame mid-stream (vLLM does this)
     honors_effort: bool = False  # like the real model: no thinking when told reasoning_effort "none"
+    error_headers: dict[str, str] = field(default_factory=dict)  # sent with error_status, e.g. Retry-After
+    continuous_usage: bool = True  # honour stream_options.continuous_usage_stats (usage in every frame)
 
     def raw_text(self, skip_special: bool) -> str:
         if self.mode == "think-tags":
@@ -81,6 +83,8 @@ class _QuietServer(ThreadingHTTPServer):
 class ScriptedUpstream:
     def __init__(self, scripts: Optional[dict[str, Script]] = None, port: int = 0) -> None:
         self.scripts: dict[str, Script] = dict(scripts or {})
+        # GET /v1/models: None answers the scripted models; else (status, raw body bytes), for probe tests
+        self.models_answer: Optional[tuple[int, bytes]] = None
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
         self._server = _QuietServer(("127.0.0.1", port), self._handler_class())
@@ -126,7 +130,7 @@ class ScriptedUpstream:
         finish = script.finish_reason or ("tool_calls" if script.tool_calls and script.mode == "parsed"
                                           else "stop")
         out.append(chunk({}, finish))
-        if (body.get("stream_options") or {}).get("continuous_usage_stats"):  # vLLM's usage in every frame
+        if script.continuous_usage and (body.get("stream_options") or {}).get("continuous_usage_stats"):
             for i, fr in enumerate(out):
                 fr["usage"] = {"prompt_tokens": script.prompt_tokens, "completion_tokens": i,
                                "total_tokens": script.prompt_tokens + i}
@@ -172,16 +176,21 @@ class ScriptedUpstream:
                 # small SSE writes must not wait for delayed ACKs (Nagle), or latency figures mean nothing
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-            def _json(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
+            def _json(self, status: int, payload: Any, headers: Optional[dict[str, str]] = None,
+                      raw: Optional[bytes] = None) -> None:
+                data = raw if raw is not None else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
 
             def do_GET(self) -> None:
-                if self.path.rstrip("/") == "/v1/models":
+                if self.path.rstrip("/") == "/v1/models" and upstream.models_answer is not None:
+                    self._json(upstream.models_answer[0], None, raw=upstream.models_answer[1])
+                elif self.path.rstrip("/") == "/v1/models":
                     self._json(200, {"object": "list", "data": [{"id": m, "object": "model", "max_model_len": 32768}
                                                                  for m in upstream.scripts]})
                 elif self.path == "/health":
@@ -204,14 +213,16 @@ class ScriptedUpstream:
                 if script.error_status:
                     self._json(script.error_status, {"error": {"message": script.error_message,
                                                                "type": "BadRequestError", "param": "messages",
-                                                               "code": script.error_status}})
+                                                               "code": script.error_status}},
+                               script.error_headers)
                     return
                 if script.honors_effort and body.get("reasoning_effort") == "none":
                     script = Script(mode=script.mode, content=script.content, chunk_chars=script.chunk_chars)
                 if body.get("continue_final_message"):
                     # continuing a closed thinking prefix, as vLLM does: the model now only answers
                     script = Script(mode=script.mode, content=script.content, tool_calls=script.tool_calls,
-                                    chunk_chars=script.chunk_chars, prompt_tokens=script.prompt_tokens + 100)
+                                    chunk_chars=script.chunk_chars, prompt_tokens=script.prompt_tokens + 100,
+                                    report_usage=script.report_usage, continuous_usage=script.continuous_usage)
                 if not body.get("stream") or script.ignore_stream:
                     self._json(200, upstream.whole(script, body, model))
                     return

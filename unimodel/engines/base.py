@@ -8,21 +8,68 @@ validated form of a wire request, never raw JSON.
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from unimodel.protocol.events import Event
-from unimodel.protocol.openai import ChatCompletionRequest, Message, ModelCard
+from unimodel.protocol.openai import Message, ModelCard, ResponseFormat, Tool, ToolChoice
 
 ModelEffort = Literal["none", "high"]
 
 
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """How tokens are picked, as the client asked (``None``: the engine's or the model's default).
+
+    A closed set: the standard OpenAI fields plus vLLM's documented extensions. ``upstream_extra`` holds only
+    the fields an operator allowlisted with ``upstream_extra_fields``, forwarded as-is to an upstream and
+    ignored by the embedded engine.
+    """
+
+    temperature: Optional[float] = None
+    top_p: Optional[float] = None
+    top_k: Optional[int] = None
+    min_p: Optional[float] = None
+    seed: Optional[int] = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    presence_penalty: Optional[float] = None
+    frequency_penalty: Optional[float] = None
+    repetition_penalty: Optional[float] = None
+    min_tokens: Optional[int] = None
+    ignore_eos: Optional[bool] = None
+    include_stop_str_in_output: Optional[bool] = None
+    logit_bias: Optional[Mapping[str, float]] = None
+    logprobs: Optional[bool] = None
+    top_logprobs: Optional[int] = None
+    upstream_extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def fields_set(self) -> dict[str, Any]:
+        """The options the client set, by their wire names (for an upstream payload)."""
+        out: dict[str, Any] = {}
+        for name in _SAMPLING_WIRE_FIELDS:
+            value = getattr(self, name)
+            if value is None or value == ():
+                continue
+            out[name] = list(value) if isinstance(value, tuple) else dict(value) if isinstance(value, Mapping) \
+                else value
+        return out
+
+
+_SAMPLING_WIRE_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "stop", "stop_token_ids",
+                         "presence_penalty", "frequency_penalty", "repetition_penalty", "min_tokens", "ignore_eos",
+                         "include_stop_str_in_output", "logit_bias", "logprobs", "top_logprobs")
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A validated chat request, resolved against the served model.
+    """A validated chat request, resolved against the served model: the only thing engines see.
 
-    ``wire`` keeps the client's request (with its pass-through extras) for engines that forward it.
+    It is a closed type (TGI's rule): no raw wire request rides along, so an engine forwards exactly these
+    fields and nothing a client slipped in. ``max_tokens`` is the client's own limit (already checked against
+    the context length); ``default_max_tokens`` is the server's fallback when the client gave none, which an
+    engine that knows the prompt length clamps to the room the prompt leaves.
     ``effort`` is the level the client asked for (or the served model's default); ``model_effort`` is what
     the model itself is told (Mistral knows ``none`` and ``high``; ``None``: tell it nothing).
     ``thinking_budget`` (tokens, ``None`` = unbounded) is enforced by the engine: at the budget the thinking
@@ -31,17 +78,23 @@ class GenerationRequest:
 
     request_id: str
     served_model: str
-    wire: ChatCompletionRequest
-    max_tokens: Optional[int]
+    messages: list[Message]
+    max_tokens: Optional[int] = None
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    tools: Optional[list[Tool]] = None
+    tool_choice: Optional[ToolChoice] = None
+    parallel_tool_calls: Optional[bool] = None
+    response_format: Optional[ResponseFormat] = None
+    user: Optional[str] = None
+    default_max_tokens: Optional[int] = None
     effort: str = "none"
     model_effort: Optional[ModelEffort] = None
     thinking_budget: Optional[int] = None
     include_reasoning: bool = True
-    extra: dict[str, object] = field(default_factory=dict)
 
     @property
-    def messages(self) -> list[Message]:
-        return self.wire.messages
+    def image_count(self) -> int:
+        return sum(len(m.image_urls()) for m in self.messages)
 
 
 class Engine(abc.ABC):

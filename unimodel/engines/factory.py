@@ -41,7 +41,8 @@ def build_engine(settings: Settings) -> Engine:
             max_model_len=settings.max_model_len,
             max_num_seqs=settings.max_num_seqs,
             max_queue=settings.max_queue,
-            allow_image_urls=settings.allow_image_urls,
+            queue_timeout_s=settings.queue_timeout_s,
+            image_limits=settings.image_limits,
             model_family=settings.model_family if "model_family" in settings.model_fields_set else None,
             cache_dir=settings.cache_dir,
         )

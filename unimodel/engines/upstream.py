@@ -19,21 +19,24 @@ Parse modes (``--upstream-parse``):
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from datetime import datetime, timezone
 from typing import Any, Literal, Optional
 
 import httpx
 
 from unimodel.engines.base import Engine, GenerationRequest
-from unimodel.engines.upstream_stream import UpstreamStreamDecoder
+from unimodel.engines.upstream_stream import UpstreamStreamDecoder, status_error
 from unimodel.errors import (
     ServiceUnavailableError,
+    UnimodelError,
     UnsupportedFeatureError,
     UpstreamConnectionError,
     UpstreamError,
-    UpstreamStatusError,
     UpstreamTimeoutError,
 )
 from unimodel.formats.base import ModelFormat
@@ -45,9 +48,6 @@ log = logging.getLogger("unimodel.upstream")
 
 ParseMode = Literal["auto", "upstream", "gateway"]
 
-# our request extensions that upstreams must not see (we enforce or resolve them ourselves)
-_OWN_FIELDS = {"route", "include_reasoning", "thinking_budget", "reasoning_effort", "model", "stream",
-               "stream_options"}
 
 
 class UpstreamEngine(Engine):
@@ -68,6 +68,7 @@ class UpstreamEngine(Engine):
         read_timeout_s: float = 600.0,
         max_connections: int = 256,
         probe_interval_s: float = 5.0,
+        count_tokens: Optional[Callable[[str], int]] = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.upstream_model = upstream_model or served_model_name
@@ -87,6 +88,8 @@ class UpstreamEngine(Engine):
         self._probe_task: Optional[asyncio.Task[None]] = None
         self._ready = False
         self._discovered: dict[str, Optional[int]] = {}  # model id → max_model_len (vLLM reports it)
+        self._count_tokens = count_tokens  # our tokenizer, for upstreams that report no usage
+        self._probe_failure: Optional[str] = None  # why the last probe said not ready (logged on change)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -118,44 +121,88 @@ class UpstreamEngine(Engine):
         return [ModelCard(id=m, max_model_len=n) for m, n in self._discovered.items()]
 
     async def probe(self) -> bool:
-        """Ask the upstream for its models; ready when it answers 200."""
-        assert self._client is not None
+        """Ask the upstream for its models: ready when it answers 200 with a JSON object (its ``data`` list,
+        when well-formed, gives the models). Any other answer or failure is "not ready"; never raises, but
+        for cancellation."""
         try:
-            resp = await self._client.get(f"{self.base_url}/models", headers=self._headers,
-                                          timeout=self._timeout.connect)
-            ok = resp.status_code == 200
-            if ok:
-                data = resp.json().get("data", [])
-                self._discovered = {
-                    str(m["id"]): m["max_model_len"] if isinstance(m.get("max_model_len"), int) else None
-                    for m in data if isinstance(m, dict) and "id" in m
-                }
-        except (httpx.HTTPError, ValueError, AttributeError):
-            ok = False
-        if ok != self._ready:
-            log.info("upstream %s is %s", self.base_url, "ready" if ok else "not ready")
+            ok, why = await self._probe_once()
+        except Exception as exc:  # a probe must never die of an upstream's odd answer
+            ok, why = False, f"probe failed: {type(exc).__name__}"
+            log.warning("probing upstream %s failed unexpectedly", self.base_url, exc_info=True)
+        if ok != self._ready or (not ok and why != self._probe_failure):
+            log.info("upstream %s is %s", self.base_url, "ready" if ok else f"not ready ({why})")
+        self._probe_failure = None if ok else why
         self._ready = ok
         return ok
 
+    async def _probe_once(self) -> tuple[bool, str]:
+        if self._client is None:
+            return False, "not started"
+        try:
+            resp = await self._client.get(f"{self.base_url}/models", headers=self._headers,
+                                          timeout=self._timeout.connect)
+        except httpx.HTTPError as exc:
+            return False, type(exc).__name__
+        if resp.status_code != 200:
+            return False, f"HTTP {resp.status_code}"
+        try:
+            body = resp.json()
+        except ValueError:  # not JSON, or not UTF-8
+            return False, "the models list is not JSON"
+        if not isinstance(body, dict):
+            return False, "the models list is not a JSON object"
+        data = body.get("data")
+        discovered: dict[str, Optional[int]] = {}
+        for m in data if isinstance(data, list) else []:
+            if not isinstance(m, dict) or not isinstance(m.get("id"), (str, int)) or isinstance(m["id"], bool):
+                continue
+            limit = m.get("max_model_len")
+            discovered[str(m["id"])] = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+        self._discovered = discovered
+        return True, ""
+
     async def _probe_loop(self) -> None:
         while True:
-            await asyncio.sleep(self._probe_interval_s if self._ready else min(1.0, self._probe_interval_s))
-            await self.probe()
+            try:
+                await asyncio.sleep(self._probe_interval_s if self._ready else min(1.0, self._probe_interval_s))
+                await self.probe()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never a dead loop: /ready would go on saying what it last knew
+                self._ready = False
+                log.exception("the upstream probe loop failed; it goes on")
+                await asyncio.sleep(min(1.0, self._probe_interval_s))
 
     # ---- generation ------------------------------------------------------------------------------------
 
     def build_payload(self, request: GenerationRequest,
                       continue_from: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-        wire = request.wire.model_dump(mode="json", exclude_none=True, by_alias=True)
-        payload = {k: v for k, v in wire.items() if k not in _OWN_FIELDS}
+        """The upstream's request, built field by field from the validated request (an allowlist: nothing the
+        client sent beyond the typed fields and the operator's ``upstream_extra_fields`` goes out)."""
+        messages = [m.model_dump(mode="json", exclude_none=True, by_alias=True) for m in request.messages]
         if self.parse_mode != "upstream":  # hosted APIs get the client's messages untouched
-            payload["messages"] = [_normalise_history(m) for m in payload["messages"]]
+            messages = [_normalise_history(m) for m in messages]
+        payload: dict[str, Any] = dict(request.sampling.upstream_extra)
+        payload.update(request.sampling.fields_set())
         payload["model"] = self.upstream_model or request.served_model
+        payload["messages"] = messages
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
-        if request.max_tokens is not None:
-            payload.pop("max_completion_tokens", None)
-            payload["max_tokens"] = request.max_tokens
+        if request.tools:
+            payload["tools"] = [t.model_dump(mode="json", exclude_none=True, by_alias=True) for t in request.tools]
+        if request.tool_choice is not None:
+            payload["tool_choice"] = request.tool_choice if isinstance(request.tool_choice, str) \
+                else request.tool_choice.model_dump(mode="json", exclude_none=True)
+        if request.parallel_tool_calls is not None:
+            payload["parallel_tool_calls"] = request.parallel_tool_calls
+        if request.response_format is not None:
+            payload["response_format"] = request.response_format.model_dump(mode="json", exclude_none=True,
+                                                                            by_alias=True)
+        if request.user is not None:
+            payload["user"] = request.user
+        max_tokens = request.max_tokens if request.max_tokens is not None else request.default_max_tokens
+        if max_tokens is not None:
+            payload["max_tokens"] = max_tokens
         if request.model_effort is not None:
             payload["reasoning_effort"] = request.model_effort
         if self.parse_mode != "upstream":
@@ -182,7 +229,7 @@ class UpstreamEngine(Engine):
         upstream continues from an assistant prefix holding the thinking so far, closed, and answers. vLLM's
         ``thinking_token_budget`` is not used: it cannot be relied on in Mistral tokenizer mode.
         """
-        if request.wire.logprobs:  # not carried through our events yet: refuse rather than drop silently
+        if request.sampling.logprobs:  # not carried through our events yet: refuse rather than drop silently
             raise UnsupportedFeatureError("logprobs are not supported through unimodel yet", param="logprobs")
         budget = request.thinking_budget
         decoder = self._decoder(request)
@@ -203,22 +250,24 @@ class UpstreamEngine(Engine):
         used = decoder.reasoning_tokens
         spent = decoder.usage_so_far()
         yield ThinkingBudgetReached(used)
-        remaining = None if request.max_tokens is None else request.max_tokens - spent.completion_tokens
+        prefix = self._format_for(request).closed_thinking_message("".join(reasoning))
+        payload = self.build_payload(request, continue_from=prefix)
+        limit = payload.get("max_tokens")  # what the first call was allowed, thinking included
+        remaining = limit - spent.completion_tokens if isinstance(limit, int) else None
         if remaining is not None and remaining <= 0:  # no room left for an answer: say so, never go silent
             yield spent
             yield Finish("length")
             return
-        prefix = self._format_for(request).closed_thinking_message("".join(reasoning))
-        payload = self.build_payload(request, continue_from=prefix)
         if remaining is not None:
             payload["max_tokens"] = remaining
         async for event in self._call(payload, self._decoder(request)):
-            yield spent + event if isinstance(event, Usage) else event
+            yield _continued(spent, event) if isinstance(event, Usage) else event
 
     async def _call(self, payload: dict[str, Any],
                     decoder: UpstreamStreamDecoder) -> AsyncGenerator[Event, None]:
         if self._client is None:
             raise ServiceUnavailableError("the upstream engine is not started", retry_after=1)
+        decoder.set_counting(self._count_tokens, lambda: _prompt_text(payload))
         try:
             async with self._client.stream(
                 "POST", f"{self.base_url}/chat/completions", json=payload, headers=self._headers
@@ -235,14 +284,51 @@ class UpstreamEngine(Engine):
                 async for line in resp.aiter_lines():
                     for event in decoder.sse_line(line):
                         yield event
+        # the client gets our words; where the upstream is and what went wrong on the wire go to our log
         except httpx.TimeoutException as exc:
+            log.warning("upstream %s timed out: %s", self.base_url, type(exc).__name__)
             raise UpstreamTimeoutError(f"the upstream did not answer in time ({type(exc).__name__})") from exc
         except httpx.ConnectError as exc:
-            raise UpstreamConnectionError(f"cannot connect to the upstream at {self.base_url}: {exc}") from exc
+            log.warning("cannot connect to the upstream at %s: %s", self.base_url, exc)
+            raise UpstreamConnectionError("cannot connect to the upstream") from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"the upstream connection failed: {type(exc).__name__}: {exc}") from exc
+            log.warning("the connection to upstream %s failed: %s: %s", self.base_url, type(exc).__name__, exc)
+            raise UpstreamError("the upstream connection failed") from exc
         for event in decoder.close():
             yield event
+
+
+def _continued(spent: Usage, more: Usage) -> Usage:
+    """Usage over a call cut at the thinking budget and its continuation: the prompt is the request's (the
+    continuation's prompt re-reads it with the thinking), the output is the thinking plus the answer."""
+    return Usage(prompt_tokens=spent.prompt_tokens,
+                 completion_tokens=spent.completion_tokens + more.completion_tokens,
+                 reasoning_tokens=spent.reasoning_tokens + more.reasoning_tokens,
+                 estimated=spent.estimated or more.estimated)
+
+
+def _prompt_text(payload: dict[str, Any]) -> str:
+    """The prompt of an upstream call as plain text, to count when the upstream reports no usage."""
+    parts: list[str] = []
+    for m in payload.get("messages") or []:
+        if not isinstance(m, dict):
+            continue
+        content = m.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+        for key in ("reasoning_content", "reasoning"):
+            if isinstance(m.get(key), str):
+                parts.append(m[key])
+                break
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function") if isinstance(call, dict) else None
+            if isinstance(fn, dict):
+                parts.extend(str(fn.get(k) or "") for k in ("name", "arguments"))
+    if payload.get("tools"):
+        parts.append(json.dumps(payload["tools"], ensure_ascii=False))
+    return "\n".join(parts)
 
 
 def _normalise_history(message: dict[str, Any]) -> dict[str, Any]:
@@ -259,17 +345,20 @@ def _json_body(resp: httpx.Response) -> dict[str, Any]:
     try:
         body = resp.json()
     except ValueError as exc:
+        log.warning("the upstream answered with a body that is not JSON: %r", resp.content[:200])
         raise UpstreamError("the upstream answered with a body that is not JSON") from exc
     if not isinstance(body, dict):
+        log.warning("the upstream answered with JSON that is not an object: %r", resp.content[:200])
         raise UpstreamError("the upstream answered with JSON that is not an object")
     return body
 
 
-def _status_error(resp: httpx.Response) -> UpstreamStatusError:
+def _status_error(resp: httpx.Response) -> UnimodelError:
+    """Our error for an upstream's error status (see :func:`status_error` for what the client is told)."""
     message, param, code, etype = f"the upstream answered HTTP {resp.status_code}", None, None, None
     try:
         body = json.loads(resp.content or b"null")
-    except ValueError:
+    except ValueError:  # not JSON, or not UTF-8
         body = None
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict):
@@ -281,7 +370,27 @@ def _status_error(resp: httpx.Response) -> UpstreamStatusError:
         message = body["message"]  # vLLM's older flat error shape
     elif isinstance(err, str):
         message = err
-    if resp.status_code >= 500:
-        message = f"upstream error {resp.status_code}: {message}"
-    return UpstreamStatusError(message, upstream_status=resp.status_code, param=param, code=code,
-                               error_type=etype)
+    return status_error(resp.status_code, message, param=param, code=code, error_type=etype,
+                        retry_after=_retry_after(resp.headers), body=resp.text)
+
+
+def _retry_after(headers: httpx.Headers) -> Optional[float]:
+    """``Retry-After`` in seconds, from seconds or an HTTP-date (or OpenAI's ``retry-after-ms``)."""
+    value = headers.get("retry-after", "").strip()
+    if value:
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = (when - datetime.now(timezone.utc)).total_seconds()
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        ms = float(headers.get("retry-after-ms", ""))
+    except ValueError:
+        return None
+    return max(0.0, ms / 1000) if math.isfinite(ms) else None

@@ -8,16 +8,25 @@ Reasoning tokens: taken from the upstream's ``usage.completion_tokens_details.re
 reports them; otherwise counted as the streamed frames that carried thinking text (vLLM, SGLang and
 llama.cpp send one token a frame; the ``[THINK]``/``[/THINK]`` markers are not counted), and for a
 non-streamed body estimated as characters / 4.
+
+Prompt and completion tokens: the upstream's ``usage``. Where it reports none, they are counted with our
+tokenizer when the engine has one (``count_tokens``), else estimated (completion: streamed frames, or
+characters / 4 of a whole body; prompt: characters / 4 of the messages sent), and the usage is marked
+``estimated``.
+
+Error messages: what the upstream says about the client's own request (a 4xx) is passed on; anything else
+(its internals, its view of our credentials) only reaches our log, and the client gets our own short text.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
-from unimodel.errors import UpstreamError, UpstreamStatusError
+from unimodel.errors import RateLimitError, UnimodelError, UpstreamError, UpstreamStatusError
 from unimodel.formats.base import ModelFormat, OutputParser, new_call_id
 from unimodel.protocol.events import (
     ContentDelta,
@@ -30,6 +39,10 @@ from unimodel.protocol.events import (
     ToolCallStart,
     Usage,
 )
+
+log = logging.getLogger("unimodel.upstream")
+
+CREDENTIALS_REFUSED = "the upstream refused the gateway's credentials; check --upstream-api-key"
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
@@ -60,6 +73,18 @@ class UpstreamStreamDecoder:
         self._reasoning_frames = 0
         self._saw_any = False
         self._thinking_field_open = False  # the upstream's own reasoning field is streaming
+        self._streamed = False
+        self._reasoning_text: list[str] = []  # for counting when the upstream reports no usage
+        self._answer_text: list[str] = []
+        self._count_tokens: Optional[Callable[[str], int]] = None
+        self._prompt_text: Optional[Callable[[], str]] = None
+
+    def set_counting(self, count_tokens: Optional[Callable[[str], int]],
+                     prompt_text: Optional[Callable[[], str]]) -> None:
+        """How to count usage the upstream does not report: a tokenizer (or None: estimate), and the prompt
+        as text (asked for only when needed)."""
+        self._count_tokens = count_tokens
+        self._prompt_text = prompt_text
 
     # ---- input --------------------------------------------------------------------------------------
 
@@ -73,19 +98,23 @@ class UpstreamStreamDecoder:
         try:
             frame = json.loads(data)
         except ValueError as exc:
-            raise UpstreamError(f"the upstream sent a malformed stream frame: {data[:200]!r}") from exc
+            log.warning("the upstream sent a malformed stream frame: %r", data[:200])
+            raise UpstreamError("the upstream sent a malformed stream frame") from exc
         if not isinstance(frame, dict):
+            log.warning("the upstream sent a stream frame that is not an object: %r", data[:200])
             raise UpstreamError("the upstream sent a stream frame that is not an object")
+        self._streamed = True
         return self._frame(frame)
 
     def _frame(self, frame: dict[str, Any]) -> list[Event]:
-        if "error" in frame:
+        if frame.get("error") is not None:
             _raise_embedded_error(frame["error"])
         self._saw_any = True
         if isinstance(frame.get("usage"), dict):
             self._usage = frame["usage"]
         out: list[Event] = []
-        for choice in frame.get("choices") or []:
+        choices = frame.get("choices")
+        for choice in choices if isinstance(choices, list) else []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
@@ -97,12 +126,14 @@ class UpstreamStreamDecoder:
 
     def whole_response(self, body: dict[str, Any]) -> list[Event]:
         """An upstream that answered with one ``chat.completion`` body."""
-        if "error" in body:
+        if body.get("error") is not None:
             _raise_embedded_error(body["error"])
         choices = body.get("choices") or []
         if not choices or not isinstance(choices[0], dict):
             raise UpstreamError("the upstream answered without choices")
         message = choices[0].get("message") or {}
+        if not isinstance(message, dict):
+            raise UpstreamError("the upstream answered with a message that is not an object")
         out = self._delta(message, streamed=False)
         self._finish = choices[0].get("finish_reason") or "stop"
         if isinstance(body.get("usage"), dict):
@@ -127,7 +158,8 @@ class UpstreamStreamDecoder:
                 out.append(ContentDelta(content))
             else:
                 out.extend(self._renumber(self.parser.feed_text(content)))
-        for call in delta.get("tool_calls") or []:
+        calls = delta.get("tool_calls")
+        for call in calls if isinstance(calls, list) else []:
             if isinstance(call, dict):
                 out.extend(self._upstream_call(call))
         # thinking tokens: frames that carried thinking text (markers alone are not thinking)
@@ -137,12 +169,26 @@ class UpstreamStreamDecoder:
         elif not streamed:
             chars = sum(len(e.text) for e in out if isinstance(e, ReasoningDelta))
             self._reasoning_frames += math.ceil(chars / 4)
+        self._keep_text(out)
         return out
 
+    def _keep_text(self, events: Iterable[Event]) -> None:
+        for e in events:
+            if isinstance(e, ReasoningDelta):
+                self._reasoning_text.append(e.text)
+            elif isinstance(e, (ContentDelta, ToolCallArgsDelta)):
+                self._answer_text.append(e.text)
+            elif isinstance(e, ToolCallStart):
+                self._answer_text.append(e.name)
+
     def _upstream_call(self, call: dict[str, Any]) -> list[Event]:
-        key = call.get("index", len(self._upstream_calls))
-        state = self._upstream_calls.setdefault(int(key), _UpstreamCall())
-        fn = call.get("function") or {}
+        key = call.get("index")
+        if not isinstance(key, int) or isinstance(key, bool):
+            key = len(self._upstream_calls)
+        state = self._upstream_calls.setdefault(key, _UpstreamCall())
+        fn = call.get("function")
+        if not isinstance(fn, dict):
+            fn = {}
         if call.get("id") and state.id is None:
             state.id = str(call["id"])
         if fn.get("name") and state.name is None:
@@ -208,6 +254,7 @@ class UpstreamStreamDecoder:
             out.append(ToolCallEnd(state.index))
         tail = self._renumber(self.parser.finish(reason)) if self.parser else [Finish(reason)]
         out.extend(tail[:-1])
+        self._keep_text(out)
         final = tail[-1]
         assert isinstance(final, Finish)
         if any(s.index is not None for s in self._upstream_calls.values()) and final.reason == "stop":
@@ -218,20 +265,73 @@ class UpstreamStreamDecoder:
 
     def _usage_event(self) -> Usage:
         u = self._usage or {}
-        details = u.get("completion_tokens_details") or {}
-        reasoning = details.get("reasoning_tokens") if isinstance(details, dict) else None
-        completion = u.get("completion_tokens")
-        return Usage(
-            prompt_tokens=int(u.get("prompt_tokens") or 0),
-            completion_tokens=int(completion) if completion is not None else self._frames,
-            reasoning_tokens=int(reasoning) if reasoning is not None else self._reasoning_frames,
-        )
+        details = u.get("completion_tokens_details")
+        prompt = _count(u.get("prompt_tokens"))
+        completion = _count(u.get("completion_tokens"))
+        reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
+        estimated = prompt is None or completion is None
+        if prompt is None:
+            prompt = self._count_text(self._prompt_text()) if self._prompt_text is not None else 0
+        if completion is None:
+            if self._count_tokens is not None or not self._streamed:
+                completion = self._count_text("".join(self._reasoning_text)) + self._count_text(
+                    "".join(self._answer_text))
+            else:
+                completion = self._frames  # one token a frame
+        if reasoning is None:
+            if self._usage is None and self._count_tokens is not None:
+                reasoning = self._count_text("".join(self._reasoning_text))
+            else:
+                reasoning = self._reasoning_frames
+            if estimated:
+                reasoning = min(reasoning, completion)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, reasoning_tokens=reasoning,
+                     estimated=estimated)
+
+    def _count_text(self, text: str) -> int:
+        if not text:
+            return 0
+        if self._count_tokens is not None:
+            try:
+                return max(0, int(self._count_tokens(text)))
+            except Exception:  # a tokenizer failing must not fail the response: estimate instead
+                log.warning("counting tokens failed; estimating from characters", exc_info=True)
+        return math.ceil(len(text) / 4)
+
+
+def _count(value: Any) -> Optional[int]:
+    """A token count as the upstream reported it, or None when it is absent or not a count."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if value >= 0 else None
+    if isinstance(value, float) and math.isfinite(value) and value >= 0:
+        return int(value)
+    return None
+
+
+def status_error(status: int, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
+                 error_type: Optional[str] = None, retry_after: Optional[float] = None,
+                 body: Optional[str] = None) -> UnimodelError:
+    """Our error for an upstream's error status. Only a 4xx about the client's own request passes the
+    upstream's message on; what the upstream said (``body``, else ``message``) is always logged."""
+    client_fault = 400 <= status < 500 and status not in (401, 403, 429)
+    log.log(logging.INFO if client_fault else logging.WARNING, "the upstream answered %d: %s", status,
+            (body or message)[:2000])
+    if status in (401, 403):  # the gateway's own credentials: never the client's fault, never its business
+        return UpstreamError(CREDENTIALS_REFUSED)
+    if status == 429:
+        return RateLimitError("the upstream is rate limiting requests; retry later", retry_after=retry_after)
+    if client_fault:
+        return UpstreamStatusError(message, upstream_status=status, param=param, code=code, error_type=error_type)
+    return UpstreamStatusError(f"the upstream failed (HTTP {status})", upstream_status=status)
 
 
 def _raise_embedded_error(err: Any) -> None:
+    """An error object inside a stream frame or a 200 body (vLLM sends these when it fails mid-way)."""
     if isinstance(err, dict):
         message = str(err.get("message") or "the upstream reported an error")
         code = err.get("code")
-        status = code if isinstance(code, int) and 400 <= code < 600 else 502
-        raise UpstreamStatusError(message, upstream_status=status)
-    raise UpstreamError(f"the upstream reported an error: {err}")
+        status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600 else 502
+        param = err.get("param") if isinstance(err.get("param"), str) else None
+        raise status_error(status, message, param=param)
+    log.warning("the upstream reported an error: %r", str(err)[:2000])
+    raise UpstreamError("the upstream reported an error")

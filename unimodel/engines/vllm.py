@@ -5,16 +5,34 @@ polls its ``/health`` until it answers, restarts it with exponential backoff whe
 get 503 with ``Retry-After``), and on shutdown sends SIGTERM to the group, then SIGKILL after a grace period.
 Requests go through an :class:`UpstreamEngine` pointed at the child. Written by hand: it is a small asyncio
 process supervisor, and no library does this job without bringing its own daemon.
+
+Hardening:
+
+* The child's output is read in chunks and split into lines here, never with ``readline`` (which gives up on
+  a line over its 64 KiB limit, after which nobody drains the pipe and vLLM blocks on its next write). A line
+  over :data:`MAX_LOG_LINE` bytes is logged cut, with a marker saying how much was cut.
+* The supervision task is watched: if it dies of a bug it is logged and run again with backoff, adopting the
+  child if it still runs (a healthy vLLM is not restarted for our bug).
+* No orphans. When the child (vLLM's API server) exits, what is left of its process group (its workers,
+  holding GPU memory and our pipe) is killed. And on Linux the child asks the kernel for SIGTERM when its
+  parent dies (``PR_SET_PDEATHSIG``), so even a SIGKILLed gateway leaves no vLLM behind. The kernel sends that
+  signal when the *thread* that forked the child exits, not the process: we fork from the event loop's
+  thread (``asyncio.create_subprocess_exec`` runs ``fork`` there, never in an executor), which lives as long as
+  the engine, so the signal comes exactly when the gateway goes. A gateway that ran its loop in a short-lived
+  thread would see vLLM stopped when that thread ends, never leaked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
+import re
 import signal
+import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Optional
 
 import httpx
@@ -26,6 +44,11 @@ from unimodel.protocol.events import Event
 from unimodel.protocol.openai import ModelCard
 
 log = logging.getLogger("unimodel.vllm")
+
+READ_CHUNK = 65536  # bytes read from the child's output at a time
+MAX_LOG_LINE = 16384  # bytes of one line of the child's output that reach our log
+_PR_SET_PDEATHSIG = 1
+_LINE_END = re.compile(rb"[\r\n]")  # progress bars end their lines with \r
 
 
 def merge_args(planned: Sequence[str], overrides: Sequence[str]) -> list[str]:
@@ -72,12 +95,14 @@ class VllmEngine(Engine):
         backoff_max_s: float = 60.0,
         stop_grace_s: float = 30.0,
         env: Optional[dict[str, str]] = None,
+        count_tokens: Optional[Callable[[str], int]] = None,
     ) -> None:
         self.argv = list(argv)
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
         self.upstream = UpstreamEngine(f"{self.base}/v1", served_model_name=served_model_name,
-                                       family=family, parse_mode=parse_mode)  # type: ignore[arg-type]
+                                       family=family, parse_mode=parse_mode,  # type: ignore[arg-type]
+                                       count_tokens=count_tokens)
         self.served_model_name = served_model_name
         self.health_timeout_s = health_timeout_s
         self.backoff_initial_s = backoff_initial_s
@@ -85,7 +110,9 @@ class VllmEngine(Engine):
         self.stop_grace_s = stop_grace_s
         self.env = env
         self.restarts = 0
+        self.supervisor_failures = 0
         self._proc: Optional[asyncio.subprocess.Process] = None
+        self._pump: Optional[asyncio.Task[None]] = None
         self._ready = asyncio.Event()
         self._stopping = False
         self._supervisor: Optional[asyncio.Task[None]] = None
@@ -98,7 +125,7 @@ class VllmEngine(Engine):
     async def start(self) -> None:
         await self.upstream.start()
         log.info("launching: %s", " ".join(self.argv))
-        self._supervisor = asyncio.create_task(self._supervise(), name="vllm-supervisor")
+        self._supervisor = asyncio.create_task(self._watch(), name="vllm-supervisor")
 
     async def wait_ready(self, timeout: float) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
@@ -122,35 +149,50 @@ class VllmEngine(Engine):
         await self._terminate()
         if self._supervisor is not None:
             self._supervisor.cancel()
-            try:
-                await self._supervisor
-            except asyncio.CancelledError:
-                pass
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        await self._terminate()  # a child launched while we were stopping
+        await self._finish_pump()
         await self.upstream.aclose()
 
     # ---- supervision -------------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Run the supervision; if it dies of an unexpected error, log it and run it again, with backoff."""
+        backoff = self.backoff_initial_s
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self._supervise()
+                return
+            except Exception:
+                if time.monotonic() - started > 300:
+                    backoff = self.backoff_initial_s  # a rare failure after a long run: no long wait
+                self.supervisor_failures += 1
+                self._ready.clear()
+                self._next_start_at = time.monotonic() + backoff
+                log.exception("the vLLM supervisor failed (%d so far); restarting it in %.1fs",
+                              self.supervisor_failures, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.backoff_max_s)
 
     async def _supervise(self) -> None:
         backoff = self.backoff_initial_s
         while not self._stopping:
             started = time.monotonic()
-            try:
-                self._proc = await asyncio.create_subprocess_exec(
-                    *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True, env={**os.environ, **(self.env or {})},
-                )
-            except OSError as exc:
-                log.error("cannot launch %s: %s", self.argv[0], exc)
-                self._proc = None
-            if self._proc is not None:
-                pump = asyncio.create_task(self._pump_logs(self._proc))
-                if await self._wait_healthy(self._proc):
-                    log.info("vLLM is ready on %s (pid %d)", self.base, self._proc.pid)
+            proc = self._proc
+            if proc is None or proc.returncode is not None:
+                proc = await self._launch()
+            else:
+                log.info("supervising the running vLLM again (pid %d)", proc.pid)
+            if proc is not None:
+                if await self._wait_healthy(proc):
+                    log.info("vLLM is ready on %s (pid %d)", self.base, proc.pid)
                     self._ready.set()
                     await self.upstream.probe()
-                code = await self._proc.wait()
+                code = await proc.wait()
                 self._ready.clear()
-                await pump
+                _kill_group(proc.pid)  # its workers, if any outlived it
+                await self._finish_pump()
                 if self._stopping:
                     return
                 log.warning("vLLM exited with code %s", code)
@@ -161,6 +203,22 @@ class VllmEngine(Engine):
             log.info("restarting vLLM in %.1fs (restart %d)", backoff, self.restarts)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.backoff_max_s)
+
+    async def _launch(self) -> Optional[asyncio.subprocess.Process]:
+        await self._finish_pump()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, **(self.env or {})}, preexec_fn=_die_with_parent(),
+            )
+        except OSError as exc:
+            log.error("cannot launch %s: %s", self.argv[0], exc)
+            return None
+        self._proc = proc
+        assert proc.stdout is not None
+        self._pump = asyncio.create_task(_pump_logs(proc.stdout), name="vllm-log")
+        return proc
 
     async def _wait_healthy(self, proc: asyncio.subprocess.Process) -> bool:
         deadline = time.monotonic() + self.health_timeout_s
@@ -177,10 +235,20 @@ class VllmEngine(Engine):
             await self._terminate()
         return False
 
-    async def _pump_logs(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            log.info("[vllm] %s", raw.decode(errors="replace").rstrip())
+    async def _finish_pump(self) -> None:
+        """Wait for the reader of an exited child's output; cut it loose if something still holds the pipe."""
+        pump, self._pump = self._pump, None
+        if pump is None:
+            return
+        try:
+            await asyncio.wait({pump}, timeout=5.0)
+        except asyncio.CancelledError:
+            pump.cancel()
+            raise
+        if not pump.done():
+            log.warning("vLLM's output is still open after it exited; no longer reading it")
+            pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
 
     async def _terminate(self) -> None:
         proc = self._proc
@@ -194,8 +262,85 @@ class VllmEngine(Engine):
             await asyncio.wait_for(proc.wait(), self.stop_grace_s)
         except asyncio.TimeoutError:
             log.warning("vLLM did not stop in %.0fs; killing it", self.stop_grace_s)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(proc.pid)
             await proc.wait()
+        _kill_group(proc.pid)
+
+
+async def _pump_logs(stream: asyncio.StreamReader) -> None:
+    """Copy the child's output into our log until it closes. Reads whatever is there, so the pipe never
+    fills, whatever the length of a line."""
+    lines = LineSplitter(MAX_LOG_LINE)
+    try:
+        while chunk := await stream.read(READ_CHUNK):
+            for line in lines.feed(chunk):
+                log.info("[vllm] %s", line)
+        for line in lines.flush():
+            log.info("[vllm] %s", line)
+    except Exception:  # reading a pipe should never fail; if it does, say so rather than die silently
+        log.exception("reading vLLM's output failed")
+
+
+class LineSplitter:
+    """Bytes in, complete lines out (a newline or a carriage return ends one; blank lines are dropped), each
+    cut at ``limit`` bytes with a marker saying how much was cut. Holds at most ``limit`` bytes, whatever comes
+    in."""
+
+    def __init__(self, limit: int = MAX_LOG_LINE) -> None:
+        self.limit = limit
+        self._head = bytearray()
+        self._cut = 0
+
+    def feed(self, chunk: bytes) -> list[str]:
+        out: list[str] = []
+        start = 0
+        for end in _LINE_END.finditer(chunk):
+            self._take(chunk[start:end.start()])
+            out.append(self._line())
+            start = end.end()
+        self._take(chunk[start:])
+        return [line for line in out if line]
+
+    def flush(self) -> list[str]:
+        line = self._line()
+        return [line] if line else []
+
+    def _take(self, piece: bytes) -> None:
+        room = self.limit - len(self._head)
+        self._head += piece[:room]
+        self._cut += max(0, len(piece) - room)
+
+    def _line(self) -> str:
+        text = self._head.decode(errors="replace").rstrip()
+        if self._cut:
+            text += f" ... [line cut: {self._cut} more bytes]"
+        self._head.clear()
+        self._cut = 0
+        return text
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of a child's process group (its workers), if anything."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _die_with_parent() -> Optional[Callable[[], None]]:
+    """A ``preexec_fn`` that makes the child get SIGTERM when the thread that forks it exits (Linux only;
+    see the module's notes). ``prctl`` is looked up here, before the fork, so the child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the gateway died before prctl took effect: nobody would signal us
+            os._exit(1)
+
+    return preexec

@@ -4,7 +4,8 @@ An engine's output is a stream of these, independent of the model family and of 
 into ``chat.completion.chunk`` frames or folds them into one ``chat.completion`` (``service/assemble.py``),
 so a streamed and a non-streamed response are built from the very same events.
 
-Order guarantees an engine gives: reasoning deltas come before content deltas of the same answer; a tool call
+Order guarantees an engine gives: reasoning deltas usually come before content deltas, but text a model
+writes before its ``[THINK]`` arrives first, as content (as vLLM's Mistral parser does); a tool call
 is ``ToolCallStart`` → one or more ``ToolCallArgsDelta`` → ``ToolCallEnd`` with increasing ``index``;
 ``Usage`` (at most once) and ``Finish`` (exactly once, last) close the stream.
 """
@@ -47,9 +48,13 @@ class ToolCallEnd:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts of one response. ``estimated``: some count is ours, not the engine's (an upstream that
+    reported no usage was counted with our tokenizer, or estimated from characters and frames)."""
+
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int = 0
+    estimated: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -60,6 +65,7 @@ class Usage:
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
+            self.estimated or other.estimated,
         )
 
 

@@ -1,7 +1,12 @@
 """OpenAI chat-completions wire models (pydantic), with the extensions listed in DESIGN.md.
 
-Requests accept every standard field; fields we do not model (``top_k``, ``min_p``, ``repetition_penalty`` …)
-are kept as extras and passed through to an upstream. Responses are built from neutral events elsewhere.
+Requests accept every standard field and vLLM's documented sampling extensions (``top_k``, ``min_p``,
+``repetition_penalty``, ``min_tokens``, ``ignore_eos``, ``stop_token_ids`` …), each typed and bounded. Unknown
+top-level fields are kept as pydantic extras only so that validation can drop them, refuse them
+(``unknown_fields: reject``) or forward an operator's allowlist (``upstream_extra_fields``): nothing unknown
+reaches an engine by accident. Unknown fields inside messages, parts and tools are ignored. Every size and
+count a client controls is bounded here (see the ``MAX_*`` constants). Responses are built from neutral events
+elsewhere.
 """
 
 from __future__ import annotations
@@ -14,10 +19,23 @@ ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
 REASONING_EFFORTS: tuple[str, ...] = ("none", "minimal", "low", "medium", "high")
 
 
-class _Open(BaseModel):
-    """Accepts and keeps unknown fields (clients send vendor extensions we must not reject)."""
+MAX_MESSAGES = 4096
+MAX_TOOLS = 256
+MAX_CONTENT_PARTS = 512
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 1000
+MAX_STOP_TOKEN_IDS = 256
+MAX_LOGIT_BIAS = 1024
+MAX_NAME_CHARS = 256
+#: below this a temperature makes logits / temperature overflow; it is treated as greedy (vLLM's epsilon)
+GREEDY_TEMPERATURE = 1e-5
 
-    model_config = ConfigDict(extra="allow")
+
+class _Open(BaseModel):
+    """Ignores unknown fields of nested objects (clients send vendor extensions we must not reject, and must
+    not forward unchecked)."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class TextPart(_Open):
@@ -52,9 +70,9 @@ class ToolCall(_Open):
 
 class Message(_Open):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Optional[Union[str, list[ContentPart]]] = None
-    name: Optional[str] = None
-    tool_calls: Optional[list[ToolCall]] = None
+    content: Optional[Union[str, Annotated[list[ContentPart], Field(max_length=MAX_CONTENT_PARTS)]]] = None
+    name: Optional[str] = Field(default=None, max_length=MAX_NAME_CHARS)
+    tool_calls: Optional[Annotated[list[ToolCall], Field(max_length=MAX_TOOLS)]] = None
     tool_call_id: Optional[str] = None
     reasoning: Optional[str] = None
     reasoning_content: Optional[str] = None
@@ -129,9 +147,12 @@ class StreamOptions(_Open):
     include_usage: Optional[bool] = None
 
 
-class ChatCompletionRequest(_Open):
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1)
+class ChatCompletionRequest(BaseModel):
+    # extras are kept here (and only here) so that validation can drop, refuse or allowlist them
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     max_tokens: Optional[int] = Field(default=None, ge=1)
@@ -145,8 +166,9 @@ class ChatCompletionRequest(_Open):
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
-    user: Optional[str] = None
-    tools: Optional[list[Tool]] = None
+    logit_bias: Optional[dict[str, float]] = Field(default=None, max_length=MAX_LOGIT_BIAS)
+    user: Optional[str] = Field(default=None, max_length=MAX_NAME_CHARS)
+    tools: Optional[list[Tool]] = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Optional[ToolChoice] = None
     parallel_tool_calls: Optional[bool] = None
     response_format: Optional[ResponseFormat] = None
@@ -154,14 +176,33 @@ class ChatCompletionRequest(_Open):
     reasoning_effort: Optional[ReasoningEffort] = None
     thinking_budget: Optional[int] = Field(default=None, ge=1)
     include_reasoning: Optional[bool] = None
-    route: Optional[str] = None
+    route: Optional[str] = Field(default=None, max_length=MAX_NAME_CHARS)
+    # vLLM's documented sampling extensions (typed, so an upstream gets exactly these and nothing unchecked)
+    top_k: Optional[int] = Field(default=None, ge=-1, le=2**31 - 1)
+    min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: Optional[float] = Field(default=None, gt=0.0, le=2.0)
+    min_tokens: Optional[int] = Field(default=None, ge=0, le=2**31 - 1)
+    ignore_eos: Optional[bool] = None
+    stop_token_ids: Optional[list[int]] = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
+    include_stop_str_in_output: Optional[bool] = None
 
     @field_validator("stop")
     @classmethod
     def _stop_limit(cls, v: Union[str, list[str], None]) -> Union[str, list[str], None]:
-        if isinstance(v, list) and len(v) > 16:
-            raise ValueError("at most 16 stop sequences")
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences")
+        if any(len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValueError(f"a stop sequence may be at most {MAX_STOP_CHARS} characters long")
+        if any(not s for s in stops):
+            raise ValueError("a stop sequence may not be empty")
         return v
+
+    @field_validator("temperature")
+    @classmethod
+    def _underflow(cls, v: Optional[float]) -> Optional[float]:
+        # logits / 1e-300 overflow to inf and sampling turns into NaN: such a temperature means greedy
+        return 0.0 if v is not None and v < GREEDY_TEMPERATURE else v
 
     @model_validator(mode="after")
     def _check_tools(self) -> "ChatCompletionRequest":

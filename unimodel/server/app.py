@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Optional
 
@@ -12,16 +12,39 @@ from fastapi import FastAPI
 
 from unimodel.config import Settings
 from unimodel.engines.base import Engine
+from unimodel.gateway.auth import ApiKeyAuth
+from unimodel.gateway.images import ImagePolicy, ImagePolicyStage
 from unimodel.server import errors
 from unimodel.server.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
 from unimodel.server.routes import chat, meta
 from unimodel.service.chat import ChatService
+from unimodel.service.observer import AccessLog, Observer, Observers
+from unimodel.service.parse import ParseStage
+from unimodel.service.pipeline import Pipeline, Stage
+from unimodel.service.validate import ValidateStage
 
 log = logging.getLogger("unimodel.server")
 
 
+def build_stages(settings: Settings, engine: Engine) -> list[Stage]:
+    """The chat pipeline's stages, in the order of the architecture page."""
+    return [
+        ApiKeyAuth(settings.api_keys),
+        ParseStage(settings.max_json_depth),
+        ValidateStage(engine.models, settings.reasoning_for, settings.default_max_tokens,
+                      unknown_fields=settings.unknown_fields, upstream_extra_fields=settings.upstream_extra_fields),
+        ImagePolicyStage(image_policy(settings)),
+    ]
+
+
+def image_policy(settings: Settings) -> ImagePolicy:
+    return ImagePolicy(allow_urls=settings.allow_image_urls, limits=settings.image_limits,
+                       fetch_timeout_s=settings.image_fetch_timeout_s)
+
+
 def create_app(settings: Settings, engine: Engine,
-               on_start_failure: Optional[Callable[[BaseException], None]] = None) -> FastAPI:
+               on_start_failure: Optional[Callable[[BaseException], None]] = None,
+               observers: Sequence[Observer] = ()) -> FastAPI:
     """The app; the engine starts in the background so ``/health`` answers and ``/ready`` says 503 while a
     model loads. A start failure is logged, kept for ``/ready``, and handed to ``on_start_failure`` (the CLI
     shuts the server down with the error)."""
@@ -52,7 +75,9 @@ def create_app(settings: Settings, engine: Engine,
     app.state.settings = settings
     app.state.engine = engine
     app.state.start_error = None
-    app.state.chat = ChatService(engine, settings.reasoning_for, settings.default_max_tokens)
+    stages = build_stages(settings, engine)
+    app.state.chat = ChatService(engine, Pipeline(stages), Observers([AccessLog(), *observers]))
+    app.state.models_pipeline = Pipeline([s for s in stages if isinstance(s, ApiKeyAuth)])
     errors.install(app)
     app.include_router(chat.router)
     app.include_router(meta.router)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from unimodel.errors import RequestTooLargeError
+from unimodel.service.context import request_id_from
 
 
 class RequestIdMiddleware:
@@ -20,8 +20,8 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), None)
-        rid = (rid or uuid.uuid4().hex)[:128]
+        rid = request_id_from(next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"),
+                                   None))
         scope.setdefault("state", {})["request_id"] = rid
 
         async def send_with_id(message: Message) -> None:

@@ -1,93 +1,196 @@
-"""HTTP-free serving logic for chat completions: validate, call the engine, build the response.
+"""HTTP-free serving logic for chat completions: run the pipeline, call the engine, build the response.
 
-The server calls :meth:`ChatService.prepare` (all client errors surface here, before any byte is sent), then
-either :meth:`ChatService.complete` or :meth:`ChatService.stream_chunks`. Engine iterators are always closed,
-so a client that leaves cancels the engine's work.
+The server makes a :class:`~unimodel.service.pipeline.Call` and calls :meth:`ChatService.prepare` (every
+stage's ``enter`` runs and the engine's first event is pulled, so every refusal surfaces here, before any byte
+is sent), then either :meth:`ChatService.complete` or :meth:`ChatService.stream`. Whatever happens next, the
+request ends exactly once in :meth:`ChatService._end`: the engine iterator is closed (a client that leaves
+cancels the engine's work), the stages' ``exit`` hooks run, and the observers see the finished context.
+Mid-stream failures become an OpenAI-shaped error frame here, not in the route.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
-from unimodel.config import ReasoningPolicy
-from unimodel.engines.base import Engine, GenerationRequest
-from unimodel.errors import ServiceUnavailableError
-from unimodel.protocol.events import Event
-from unimodel.protocol.openai import ChatCompletion, ChatCompletionRequest
-from unimodel.service.assemble import ChunkEncoder, CompletionBuilder, reasoning_applied
-from unimodel.service.validate import to_generation_request
+from unimodel.engines.base import Engine
+from unimodel.errors import UnimodelError
+from unimodel.protocol.events import (
+    ContentDelta,
+    Event,
+    Finish,
+    ReasoningDelta,
+    ThinkingBudgetReached,
+    ToolCallStart,
+    Usage,
+)
+from unimodel.protocol.openai import ChatCompletion
+from unimodel.protocol.sse import DONE, frame
+from unimodel.service.assemble import ChunkEncoder, CompletionBuilder, reasoning_applied, reasoning_header
+from unimodel.service.context import CLIENT_CLOSED
+from unimodel.service.observer import Observers
+from unimodel.service.pipeline import Call, Pipeline, Stage
 
 log = logging.getLogger("unimodel.chat")
 
+REASONING_HEADER = "X-Unimodel-Reasoning"
 
-@dataclass
+
+class ClientClosedError(UnimodelError):
+    """The client left before the answer was complete (recorded as 499; nobody is there to read it)."""
+
+    status_code = CLIENT_CLOSED
+    error_type = "client_closed"
+    code = "client_closed"
+
+
+@dataclass(eq=False)
 class PreparedChat:
-    request: GenerationRequest
+    call: Call
+    entered: list[Stage]
     events: AsyncIterator[Event]
     first: list[Event]
-    applied: dict[str, Any]  # the reasoning settings applied, known before the first token
 
 
 class ChatService:
-    def __init__(self, engine: Engine,
-                 policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy(),
-                 default_max_tokens: int | None = None) -> None:
+    def __init__(self, engine: Engine, pipeline: Pipeline, observers: Optional[Observers] = None) -> None:
         self.engine = engine
-        self.policy_for = policy_for
-        self.default_max_tokens = default_max_tokens
+        self.pipeline = pipeline
+        self.observers = observers or Observers()
 
-    async def prepare(self, wire: ChatCompletionRequest, request_id: str | None = None) -> PreparedChat:
-        """Validate and start generation, pulling the first event so that refusals raise here."""
-        models = self.engine.models()
-        if not models:
-            raise ServiceUnavailableError("no model is being served yet: the engine is not ready",
-                                          retry_after=2)
-        request = to_generation_request(wire, models, self.policy_for, request_id, self.default_max_tokens)
-        events = aiter(self.engine.generate(request))
+    async def prepare(self, call: Call) -> PreparedChat:
+        """Run the stages and start generation, pulling the first event so that refusals raise here."""
+        try:
+            entered = await self.pipeline.enter(call)
+        except BaseException as exc:  # the pipeline already released the stages it had entered
+            self._observe(call, exc)
+            raise
+        events: Optional[AsyncIterator[Event]] = None
         first: list[Event] = []
         try:
-            first.append(await anext(events))
-        except StopAsyncIteration:
-            pass
-        except BaseException:
-            await _close(events)
+            events = aiter(self.pipeline.generate(call, self.engine.generate))
+            try:
+                first.append(await anext(events))
+            except StopAsyncIteration:
+                pass
+        except BaseException as exc:
+            await self._end(call, entered, events, exc)
             raise
-        applied = reasoning_applied(request.effort, request.model_effort, request.thinking_budget)
-        return PreparedChat(request, events, first, applied)
+        request = call.generation
+        call.ctx.reasoning = reasoning_applied(request.effort, request.model_effort, request.thinking_budget)
+        call.response_headers[REASONING_HEADER] = reasoning_header(call.ctx.reasoning)
+        for event in first:
+            self._track(call, event)
+        return PreparedChat(call, entered, events, first)
 
-    async def complete(self, prepared: PreparedChat) -> tuple[ChatCompletion, dict[str, Any]]:
-        """The whole response, and the reasoning that was applied (for headers and the body)."""
-        req = prepared.request
-        builder = CompletionBuilder(include_reasoning=req.include_reasoning)
+    async def complete(self, prepared: PreparedChat) -> dict[str, Any]:
+        """The whole response body (with ``unimodel_reasoning``); headers are in ``call.response_headers``."""
+        call, request = prepared.call, prepared.call.generation
+        builder = CompletionBuilder(include_reasoning=request.include_reasoning)
+        error: Optional[BaseException] = None
         try:
             builder.add_all(prepared.first)
             async for event in prepared.events:
+                self._track(call, event)
                 builder.add(event)
+        except BaseException as exc:
+            error = exc
+            raise
         finally:
-            await _close(prepared.events)
-        applied = reasoning_applied(req.effort, req.model_effort, req.thinking_budget, builder.usage,
+            await self._end(call, prepared.entered, prepared.events, error)
+        applied = reasoning_applied(request.effort, request.model_effort, request.thinking_budget, builder.usage,
                                     builder.truncated)
-        return builder.completion(req.request_id, req.served_model), applied
+        call.ctx.reasoning = applied
+        call.response_headers[REASONING_HEADER] = reasoning_header(applied)
+        completion: ChatCompletion = builder.completion(request.request_id, request.served_model)
+        body = completion.model_dump(mode="json")
+        body["unimodel_reasoning"] = applied
+        return body
 
-    async def stream_chunks(self, prepared: PreparedChat) -> AsyncGenerator[dict[str, Any], None]:
-        """Chunk payloads; an engine failure mid-stream propagates after the chunks already made."""
-        req = prepared.request
-        encoder = ChunkEncoder(req.request_id, req.served_model, include_reasoning=req.include_reasoning,
-                               include_usage=req.wire.wants_usage_in_stream,
-                               applied=prepared.applied)
+    async def stream(self, prepared: PreparedChat) -> AsyncGenerator[bytes, None]:
+        """SSE frames to ``[DONE]``; a failure mid-stream ends it with an error frame, never a hang."""
+        call, request = prepared.call, prepared.call.generation
+        wire = call.wire
+        encoder = ChunkEncoder(request.request_id, request.served_model, include_reasoning=request.include_reasoning,
+                               include_usage=bool(wire and wire.wants_usage_in_stream),
+                               applied=call.ctx.reasoning)
+        error: Optional[BaseException] = None
         try:
-            yield encoder.first()
+            yield frame(encoder.first())
             for event in prepared.first:
                 for chunk in encoder.encode(event):
-                    yield chunk
+                    yield frame(chunk)
             async for event in prepared.events:
+                self._track(call, event)
                 for chunk in encoder.encode(event):
-                    yield chunk
+                    yield frame(chunk)
+        except UnimodelError as exc:
+            error = exc
+            log.warning("stream %s failed: %s", call.ctx.request_id, exc.message)
+            yield frame(exc.to_dict())
+        except Exception as exc:
+            error = exc
+            log.exception("stream %s failed", call.ctx.request_id)
+            yield frame(UnimodelError("The server had an internal error; it is logged.").to_dict())
+        except BaseException as exc:  # cancelled or closed: the client left
+            error = exc
+            raise
         finally:
-            await _close(prepared.events)
+            await self._end(call, prepared.entered, prepared.events, error)
+        yield DONE
+
+    # ---- bookkeeping --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _track(call: Call, event: Event) -> None:
+        ctx = call.ctx
+        if isinstance(event, (ContentDelta, ToolCallStart)):
+            if ctx.first_answer_at is None:
+                ctx.first_answer_at = time.perf_counter()
+                if ctx.first_token_at is None:
+                    ctx.first_token_at = ctx.first_answer_at
+        elif isinstance(event, ReasoningDelta):
+            if ctx.first_token_at is None:
+                ctx.first_token_at = time.perf_counter()
+        elif isinstance(event, Usage):
+            ctx.usage = event if ctx.usage is None else ctx.usage + event
+        elif isinstance(event, Finish):
+            ctx.finish_reason = event.reason
+        elif isinstance(event, ThinkingBudgetReached):
+            ctx.reasoning["truncated"] = True
+
+    async def _end(self, call: Call, entered: Sequence[Stage], events: Optional[AsyncIterator[Event]],
+                   error: Optional[BaseException]) -> None:
+        """Close the engine iterator, release the stages, tell the observers: once per request."""
+        if call.ctx.observed:
+            return
+        if error is None and call.ctx.finish_reason is None:
+            error = ClientClosedError("the client closed the connection before the answer was complete")
+        try:
+            if events is not None:
+                await _close(events)
+        except Exception:
+            log.exception("closing the engine stream of %s failed", call.ctx.request_id)
+        finally:
+            await self.pipeline.exit(call, entered, error)
+            self._observe(call, error)
+
+    def _observe(self, call: Call, error: Optional[BaseException]) -> None:
+        ctx = call.ctx
+        ctx.finished_at = time.perf_counter()
+        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+            error = ClientClosedError("the client closed the connection before the answer was complete")
+        if isinstance(error, UnimodelError):
+            ctx.status, ctx.error_type, ctx.error_message = error.status_code, error.code, error.message
+        elif error is not None:
+            ctx.status, ctx.error_type, ctx.error_message = 500, "internal_error", type(error).__name__
+        if "truncated" not in ctx.reasoning and ctx.reasoning:
+            ctx.reasoning["truncated"] = False
+        self.observers.request_finished(ctx)
 
 
 async def _close(events: AsyncIterator[Event]) -> None:

@@ -3,18 +3,29 @@
 Model resolution and the reasoning-effort mapping live here: the model knows ``none`` and ``high``; clients
 may send ``minimal``/``low``/``medium`` too, which map onto them with a thinking budget, by the served
 model's :class:`ReasoningPolicy` (DESIGN.md). Engines enforce the budget.
+
+Unknown top-level fields are dropped (logged at debug), or refused with a 400 naming the field when the
+operator sets ``unknown_fields: reject``; fields named in ``upstream_extra_fields`` are kept, as-is, for an
+upstream.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
-
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Literal
 
 from unimodel.config import ReasoningPolicy
-from unimodel.engines.base import GenerationRequest
-from unimodel.errors import InvalidRequestError, ModelNotFoundError
+from unimodel.engines.base import GenerationRequest, SamplingOptions
+from unimodel.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
 from unimodel.protocol.openai import ChatCompletionRequest, ModelCard
+from unimodel.service.pipeline import Call, Stage
+
+log = logging.getLogger("unimodel.validate")
+
+UnknownFields = Literal["drop", "reject"]
+
 
 def new_request_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
@@ -36,7 +47,11 @@ def to_generation_request(
     policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy(),
     request_id: str | None = None,
     default_max_tokens: int | None = None,
+    *,
+    unknown_fields: UnknownFields = "drop",
+    upstream_extra_fields: Collection[str] = (),
 ) -> GenerationRequest:
+    extra = _extra_fields(wire, unknown_fields, upstream_extra_fields)
     card = resolve_model(wire.model, models)
     policy = policy_for(card.id)
     effort = wire.reasoning_effort or policy.default_effort
@@ -48,9 +63,8 @@ def to_generation_request(
             param="thinking_budget",
         )
     max_tokens = wire.max_output_tokens
-    if max_tokens is None and default_max_tokens is not None:
-        max_tokens = default_max_tokens if card.max_model_len is None else min(default_max_tokens,
-                                                                                card.max_model_len)
+    if default_max_tokens is not None and card.max_model_len is not None:
+        default_max_tokens = min(default_max_tokens, card.max_model_len)
     if card.max_model_len is not None and max_tokens is not None and max_tokens > card.max_model_len:
         raise InvalidRequestError(
             f"max_tokens ({max_tokens}) exceeds the model's context length ({card.max_model_len}).",
@@ -60,11 +74,70 @@ def to_generation_request(
     return GenerationRequest(
         request_id=request_id or new_request_id(),
         served_model=card.id,
-        wire=wire,
+        messages=wire.messages,
         max_tokens=max_tokens,
+        sampling=SamplingOptions(
+            temperature=wire.temperature, top_p=wire.top_p, top_k=wire.top_k, min_p=wire.min_p, seed=wire.seed,
+            stop=tuple(wire.stop_list), stop_token_ids=tuple(wire.stop_token_ids or ()),
+            presence_penalty=wire.presence_penalty, frequency_penalty=wire.frequency_penalty,
+            repetition_penalty=wire.repetition_penalty, min_tokens=wire.min_tokens, ignore_eos=wire.ignore_eos,
+            include_stop_str_in_output=wire.include_stop_str_in_output, logit_bias=wire.logit_bias,
+            logprobs=wire.logprobs, top_logprobs=wire.top_logprobs, upstream_extra=extra,
+        ),
+        tools=wire.tools,
+        tool_choice=wire.tool_choice,
+        parallel_tool_calls=wire.parallel_tool_calls,
+        response_format=wire.response_format,
+        user=wire.user,
+        default_max_tokens=default_max_tokens,
         effort=effort,
         model_effort=model_effort,
         thinking_budget=budget if model_effort == "high" else None,
         include_reasoning=wire.include_reasoning if wire.include_reasoning is not None
         else policy.include_reasoning,
     )
+
+
+def _extra_fields(wire: ChatCompletionRequest, unknown_fields: UnknownFields,
+                  allowed: Collection[str]) -> dict[str, object]:
+    """The allowlisted extras; the rest dropped, or a 400 naming the first when the operator says reject."""
+    extras = wire.model_extra or {}
+    if not extras:
+        return {}
+    kept = {k: v for k, v in extras.items() if k in allowed}
+    unknown = [k for k in extras if k not in allowed]
+    if unknown:
+        if unknown_fields == "reject":
+            raise InvalidRequestError(
+                f"Unrecognized request argument supplied: {unknown[0]} (this server refuses unknown fields)",
+                param=unknown[0][:128], code="unknown_field")
+        log.debug("dropped unknown request fields: %s", ", ".join(k[:64] for k in unknown[:16]))
+    return kept
+
+
+class ValidateStage(Stage):
+    """Resolves the served model and turns the wire request into the closed :class:`GenerationRequest`."""
+
+    name = "validate"
+
+    def __init__(self, models: Callable[[], list[ModelCard]],
+                 policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy(),
+                 default_max_tokens: int | None = None, *, unknown_fields: UnknownFields = "drop",
+                 upstream_extra_fields: Collection[str] = ()) -> None:
+        self.models = models
+        self.policy_for = policy_for
+        self.default_max_tokens = default_max_tokens
+        self.unknown_fields: UnknownFields = unknown_fields
+        self.upstream_extra_fields = frozenset(upstream_extra_fields)
+
+    async def enter(self, call: Call) -> None:
+        if call.wire is None:
+            raise InvalidRequestError("the request was not parsed")
+        models = self.models()
+        if not models:
+            raise ServiceUnavailableError("no model is being served yet: the engine is not ready", retry_after=2)
+        request = to_generation_request(
+            call.wire, models, self.policy_for, call.ctx.completion_id, self.default_max_tokens,
+            unknown_fields=self.unknown_fields, upstream_extra_fields=self.upstream_extra_fields)
+        call.request = request
+        call.ctx.model = request.served_model

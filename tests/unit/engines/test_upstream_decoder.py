@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from unimodel.engines.base import GenerationRequest
+from tests.support.requests import gen_request
 from unimodel.engines.upstream import UpstreamEngine
 from unimodel.engines.upstream_stream import UpstreamStreamDecoder
 from unimodel.errors import UpstreamError, UpstreamStatusError
@@ -94,7 +95,7 @@ async def test_engine_payload_and_status_mapping_over_mock_transport() -> None:
         wire = ChatCompletionRequest.model_validate({
             "model": "small4", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9,
             "top_k": 5, "route": "r"})
-        request = GenerationRequest(request_id="r", served_model="small4", wire=wire, max_tokens=9)
+        request = gen_request(request_id="r", served_model="small4", wire=wire, max_tokens=9)
         with pytest.raises(UpstreamStatusError) as err:
             async for _ in engine.generate(request):
                 pass

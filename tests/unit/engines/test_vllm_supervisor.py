@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.live_server import free_port
 from unimodel.engines.base import GenerationRequest
+from tests.support.requests import gen_request
 from unimodel.engines.vllm import VllmEngine, merge_args
 from unimodel.errors import ServiceUnavailableError
 from unimodel.protocol.events import ContentDelta, Finish, ReasoningDelta
@@ -21,7 +22,7 @@ FAKE_VLLM = str(Path(__file__).resolve().parents[2] / "support" / "bin" / "vllm"
 
 def _request() -> GenerationRequest:
     wire = ChatCompletionRequest(model="small4", messages=[{"role": "user", "content": "ping"}])  # type: ignore[list-item]
-    return GenerationRequest(request_id="r1", served_model="small4", wire=wire, max_tokens=None)
+    return gen_request(request_id="r1", served_model="small4", wire=wire, max_tokens=None)
 
 
 def test_merge_args_overrides_planned_flags() -> None:

@@ -39,11 +39,13 @@ from unimodel.engines.local.scheduler import BatchScheduler, LogitsHook, Sequenc
 from unimodel.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
+    OverloadedError,
     ServiceUnavailableError,
     UnimodelError,
     UnsupportedFeatureError,
 )
 from unimodel.formats.registry import get_format
+from unimodel.images.decode import DEFAULT_LIMITS, ImageLimits
 from unimodel.protocol.events import Event, ThinkingBudgetReached
 from unimodel.protocol.openai import ModelCard, NamedToolChoice
 
@@ -100,10 +102,10 @@ class LocalEngine(Engine):
         max_model_len: int | None = None,
         max_num_seqs: int = 16,
         max_queue: int = 64,
-        allow_image_urls: bool = False,
+        queue_timeout_s: float = 60.0,
+        image_limits: ImageLimits = DEFAULT_LIMITS,
         model_family: str | None = None,
         cache_dir: Path | None = None,
-        http_client: Any | None = None,
     ) -> None:
         if max_num_seqs < 1 or max_queue < 0:
             raise ValueError("max_num_seqs must be >= 1 and max_queue >= 0")
@@ -112,10 +114,10 @@ class LocalEngine(Engine):
         self.device, self.dtype = device, dtype
         self.requested_max_model_len = max_model_len
         self.max_num_seqs, self.max_queue = max_num_seqs, max_queue
-        self.allow_image_urls = allow_image_urls
+        self.queue_timeout_s = queue_timeout_s
+        self.image_limits = image_limits
         self.model_family = model_family
         self.cache_dir = cache_dir
-        self._http = http_client
         self._loaded: LoadedModel | None = None
         self._scheduler: BatchScheduler | None = None
         self._special: dict[str, int] = {}
@@ -193,16 +195,14 @@ class LocalEngine(Engine):
                 raise UnsupportedFeatureError(
                     f"the model '{self.served_model_name}' is text-only and does not accept images; "
                     "remove the image_url parts", param="messages")
-            urls = [u for m in request.messages for u in m.image_urls()]
-            images = await resolve_images(urls, allow_urls=self.allow_image_urls, client=self._http)
+            images = await resolve_images(request.messages, self.image_limits)
             images = {url: _at_least_two_image_tokens(img, loaded.config) for url, img in images.items()}
         return await asyncio.to_thread(loaded.renderer.render, request, images)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         scheduler = self.scheduler
         loaded = self.loaded
-        wire = request.wire
-        if wire.logprobs:
+        if request.sampling.logprobs:
             raise UnsupportedFeatureError("logprobs are not supported by the local engine", param="logprobs")
         prompt = await self.render(request)
         n = len(prompt.token_ids)
@@ -225,16 +225,19 @@ class LocalEngine(Engine):
         out = OutputAssembler(
             self._format.new_parser(special_ids=self._special), loaded.renderer.new_detokenizer(),
             prompt_tokens=n, marker_ids=set(self._special.values()), end_ids=params.stop_token_ids,
-            stop_strings=wire.stop_list,
+            stop_strings=list(request.sampling.stop),
         )
         scheduler.submit(seq)
         try:
             reason: StopReason | None = None
             while reason is None and not out.stopped:
-                tokens, reason, error = await inbox.get()
+                tokens, reason, error = await self._next_item(inbox, seq)
                 if error is not None:
-                    raise error if isinstance(error, UnimodelError) else UnimodelError(
-                        f"generation failed: {type(error).__name__}: {error}") from error
+                    if isinstance(error, UnimodelError):
+                        raise error
+                    log.error("request %s failed in the model: %s: %s", request.request_id,
+                              type(error).__name__, error)
+                    raise UnimodelError("generation failed in the model; the error is logged") from error
                 for token in tokens:
                     for event in out.feed(token):
                         yield event
@@ -247,6 +250,19 @@ class LocalEngine(Engine):
             if not seq.done:
                 scheduler.cancel(seq)
 
+    async def _next_item(self, inbox: asyncio.Queue[_Item], seq: SequenceRequest) -> _Item:
+        """The next result; while ``seq`` still waits for a slot, at most ``queue_timeout_s`` (then 503)."""
+        if seq.admitted or not inbox.empty():
+            return await inbox.get()
+        try:
+            return await asyncio.wait_for(inbox.get(), self.queue_timeout_s)
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
+            if seq.admitted:  # took a slot just now: prefill under way, so wait for it
+                return await inbox.get()
+            raise OverloadedError(
+                f"the server is busy: no slot freed up within {self.queue_timeout_s:g} s (--queue-timeout); "
+                "retry later", retry_after=max(1.0, self.queue_timeout_s / 4)) from None
+
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
         box = self._mailboxes.get(loop)
         if box is None:
@@ -254,44 +270,45 @@ class LocalEngine(Engine):
         return box
 
     def _sampling_params(self, request: GenerationRequest, prompt_len: int) -> SamplingParams:
-        wire = request.wire
-        extra = wire.model_extra or {}
-        temperature = wire.temperature if wire.temperature is not None else self._defaults["temperature"]
-        top_p = wire.top_p if wire.top_p is not None else self._defaults["top_p"]
-        top_k = extra.get("top_k", self._defaults["top_k"])
-        if top_k is None:
-            top_k = 0
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < -1:
-            raise InvalidRequestError("top_k must be an integer >= -1 (0 or -1: off)", param="top_k")
-        stop_ids = set(self._eos)
-        extra_ids = extra.get("stop_token_ids") or []
-        if not isinstance(extra_ids, list) or not all(isinstance(i, int) for i in extra_ids):
-            raise InvalidRequestError("stop_token_ids must be a list of integers", param="stop_token_ids")
-        stop_ids.update(extra_ids)
+        opts = request.sampling
+        unsupported = [name for name in ("min_p", "min_tokens", "logit_bias", "include_stop_str_in_output")
+                       if getattr(opts, name)]
+        if opts.repetition_penalty not in (None, 1.0):
+            unsupported.append("repetition_penalty")
+        if unsupported:  # refused, never silently ignored
+            raise UnsupportedFeatureError(f"the local engine does not support {unsupported[0]} yet",
+                                          param=unsupported[0])
+        temperature = opts.temperature if opts.temperature is not None else self._defaults["temperature"]
+        top_p = opts.top_p if opts.top_p is not None else self._defaults["top_p"]
+        top_k = opts.top_k if opts.top_k is not None else self._defaults["top_k"] or 0
+        stop_ids = set() if opts.ignore_eos else set(self._eos)
+        stop_ids.update(opts.stop_token_ids)
         room = self.loaded.max_model_len - prompt_len
-        wanted = request.max_tokens if request.max_tokens is not None else self._defaults["max_new_tokens"]
+        wanted = request.max_tokens
+        if wanted is None:  # the server's default, clamped to the room the prompt leaves (never a 400)
+            wanted = request.default_max_tokens or self._defaults["max_new_tokens"]
         max_new = min(wanted, room) if wanted is not None else room
         return SamplingParams(max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p),
-                              top_k=max(0, top_k), seed=wire.seed, stop_token_ids=frozenset(stop_ids))
+                              top_k=max(0, top_k), seed=opts.seed, stop_token_ids=frozenset(stop_ids))
 
     async def _grammar_hooks(self, request: GenerationRequest) -> list[LogitsHook]:
         """Constrained decoding: JSON mode, and tool calls when ``tool_choice`` demands or forbids them."""
-        wire = request.wire
         think_ok = request.model_effort == "high" and "[THINK]" in self._special and "[/THINK]" in self._special
         think = (self._special["[THINK]"], self._special["[/THINK]"]) if think_ok else None
-        choice, tools = wire.tool_choice, wire.tools or []
-        json_mode = wire.response_format is not None and wire.response_format.type != "text"
+        choice, tools = request.tool_choice, request.tools or []
+        response_format = request.response_format
+        json_mode = response_format is not None and response_format.type != "text"
         forced = bool(tools) and (choice == "required" or isinstance(choice, NamedToolChoice))
         if json_mode and forced:
             raise UnsupportedFeatureError("response_format JSON modes cannot be combined with a tool_choice that "
                                           "forces a tool call", param="response_format")
         if json_mode:
-            assert wire.response_format is not None
-            return [await asyncio.to_thread(self._grammar.hook, wire.response_format, think)]
+            assert response_format is not None
+            return [await asyncio.to_thread(self._grammar.hook, response_format, think)]
         if forced:
             named = isinstance(choice, NamedToolChoice)
             names = [choice.function.name] if isinstance(choice, NamedToolChoice) else [t.function.name for t in tools]
-            one = named or wire.parallel_tool_calls is False
+            one = named or request.parallel_tool_calls is False
             return [await asyncio.to_thread(
                 lambda: self._grammar.tool_hook(tools, names, calls_at_most_one=one, marker_ids=self._special,
                                                 think_ids=think))]
@@ -304,7 +321,7 @@ class LocalEngine(Engine):
         think, end = self._special.get("[THINK]"), self._special.get("[/THINK]")
         if request.thinking_budget is not None and think is not None and end is not None:
             hooks.append(ThinkingBudget(think, end, request.thinking_budget))
-        presence, frequency = request.wire.presence_penalty or 0.0, request.wire.frequency_penalty or 0.0
+        presence, frequency = request.sampling.presence_penalty or 0.0, request.sampling.frequency_penalty or 0.0
         if presence or frequency:
             text_config = getattr(self.loaded.config, "text_config", None) or self.loaded.config
             hooks.append(RepetitionPenalties(presence, frequency, int(text_config.vocab_size)))

@@ -97,18 +97,17 @@ class MistralRenderer(PromptRenderer):
         from mistral_common.protocol.instruct.chunk import ImageChunk, ImageURLChunk
         from mistral_common.protocol.instruct.request import ChatCompletionRequest
 
-        wire = request.wire
         kwargs: dict[str, Any] = {}
         if request.model_effort is not None and self.version.supports_model_settings:
             kwargs["reasoning_effort"] = request.model_effort
-        if wire.tool_choice is not None:
-            choice = wire.tool_choice
+        if request.tool_choice is not None:
+            choice = request.tool_choice
             kwargs["tool_choice"] = choice.model_dump(mode="json") if isinstance(choice, NamedToolChoice) else choice
-        if wire.parallel_tool_calls is not None:
-            kwargs["parallel_tool_calls"] = wire.parallel_tool_calls
-        tools = [t.model_dump(mode="json", exclude_none=True) for t in wire.tools] if wire.tools else None
+        if request.parallel_tool_calls is not None:
+            kwargs["parallel_tool_calls"] = request.parallel_tool_calls
+        tools = [t.model_dump(mode="json", exclude_none=True) for t in request.tools] if request.tools else None
         try:
-            req = ChatCompletionRequest.from_openai(wire_messages(wire.messages), tools=tools, **kwargs)
+            req = ChatCompletionRequest.from_openai(wire_messages(request.messages), tools=tools, **kwargs)
         except (ValueError, TypeError) as exc:
             raise InvalidRequestError(f"the messages cannot be rendered for this model: {exc}",
                                       param="messages") from exc
@@ -177,7 +176,7 @@ class ChatTemplateRenderer(PromptRenderer):
         extra: dict[str, Any] = {}
         if request.model_effort is not None:
             extra = {"reasoning_effort": request.model_effort, "enable_thinking": request.model_effort == "high"}
-        tools = [t.model_dump(mode="json", exclude_none=True) for t in request.wire.tools or []] or None
+        tools = [t.model_dump(mode="json", exclude_none=True) for t in request.tools or []] or None
         try:
             ids = self.tokenizer.apply_chat_template(
                 messages, tools=tools, add_generation_prompt=True, tokenize=True, return_dict=False, **extra

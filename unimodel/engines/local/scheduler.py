@@ -79,6 +79,7 @@ class SequenceRequest:
     #: once for all of its sequences instead of once per sequence)
     flush: Callable[[], None] | None = None
     generated: list[int] = field(default_factory=list)
+    admitted: bool = False  # taken off the queue into a slot (set by the worker thread)
     cancelled: bool = False
     done: bool = False
     generator: torch.Generator | None = None
@@ -194,12 +195,14 @@ class BatchScheduler:
             self._thread = None
 
     def submit(self, seq: SequenceRequest) -> None:
-        """Queue ``seq``; raises :class:`OverloadedError` when ``max_queue`` requests already wait."""
+        """Queue ``seq``; raises :class:`OverloadedError` when ``max_queue`` requests already wait beyond the
+        free slots (so ``max_queue`` 0 still serves up to ``max_num_seqs`` at once)."""
         with self._cond:
             if self._stopping or self._thread is None:
                 raise ServiceUnavailableError("the local engine is not running", retry_after=5)
             waiting = sum(1 for s in self._waiting if not s.cancelled)
-            if waiting >= self.max_queue:
+            free = max(0, self.max_num_seqs - len(self._batch))
+            if waiting >= self.max_queue + free:
                 raise OverloadedError(
                     f"the server is busy: {waiting} requests are waiting (--max-queue {self.max_queue}); retry later",
                     retry_after=max(1.0, waiting / max(1, self.max_num_seqs)),
@@ -286,6 +289,7 @@ class BatchScheduler:
                 self._waiting.popleft()
             if seq.cancelled:
                 continue
+            seq.admitted = True
             group.append(seq)
             if seq.prefill_inputs:
                 break

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from unimodel.engines.base import GenerationRequest
+from tests.support.requests import gen_request
 from unimodel.engines.local import LocalEngine
 from unimodel.errors import InvalidRequestError
 from unimodel.protocol.events import ContentDelta, Event, Finish
@@ -25,7 +26,7 @@ def request(response_format: dict[str, Any], content: str = "give json", seed: i
             temperature: float = 0.0, effort: str | None = None) -> GenerationRequest:
     wire = ChatCompletionRequest(model="tiny-random", messages=[{"role": "user", "content": content}],
                                  temperature=temperature, seed=seed, max_tokens=120, response_format=response_format)
-    return GenerationRequest("r", "tiny-random", wire, 120, model_effort=effort)  # type: ignore[arg-type]
+    return gen_request("r", "tiny-random", wire, 120, model_effort=effort)  # type: ignore[arg-type]
 
 
 async def collect(engine: LocalEngine, req: GenerationRequest) -> list[Event]:
@@ -100,7 +101,7 @@ def tool_request(tool_choice: Any, parallel: bool | None = None, prompt: str = "
     wire = ChatCompletionRequest(model="tiny-random", messages=[{"role": "user", "content": prompt}],
                                  temperature=0.0, max_tokens=80, tools=TOOLS, tool_choice=tool_choice,
                                  parallel_tool_calls=parallel)
-    return GenerationRequest("r", "tiny-random", wire, 80)
+    return gen_request("r", "tiny-random", wire, 80)
 
 
 def calls(events: list[Event]) -> list[tuple[str, dict[str, Any]]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import asyncio
 import base64
 import io
@@ -13,6 +15,7 @@ import pytest
 from PIL import Image
 
 from unimodel.engines.base import GenerationRequest
+from tests.support.requests import gen_request
 from unimodel.engines.local import LocalEngine
 from unimodel.errors import ContextLengthExceededError, OverloadedError, UnsupportedFeatureError
 from unimodel.protocol.events import ContentDelta, Event, Finish, ReasoningDelta, Usage
@@ -28,7 +31,7 @@ def request(content: str = "Hello", *, max_tokens: int | None = 16, **wire: Any)
     wire.setdefault("temperature", 0.0)
     req = ChatCompletionRequest(model="tiny-random", messages=[{"role": "user", "content": content}],
                                 max_tokens=max_tokens, **wire)
-    return GenerationRequest(request_id="r", served_model="tiny-random", wire=req, max_tokens=max_tokens)
+    return gen_request(request_id="r", served_model="tiny-random", wire=req, max_tokens=max_tokens)
 
 
 async def collect(engine: LocalEngine, req: GenerationRequest) -> list[Event]:
@@ -151,6 +154,45 @@ async def test_full_queue_is_overloaded(small: LocalEngine) -> None:
     assert (await waiting)[-1] == Finish("length")
 
 
+@pytest.fixture(scope="module")
+def one_slot(tiny_cache_dir: Path) -> Iterator[LocalEngine]:
+    """One running slot, no queue places, a 0.2 s queue timeout, the model's full context."""
+    eng = start_engine("tiny-random", tiny_cache_dir, max_num_seqs=1, max_queue=0, queue_timeout_s=0.2)
+    yield eng
+    asyncio.run(eng.aclose())
+
+
+async def test_max_queue_zero_still_serves_an_idle_engine(one_slot: LocalEngine) -> None:
+    assert (await collect(one_slot, request("hi", max_tokens=3)))[-1] == Finish("length")
+
+
+async def test_a_request_waits_at_most_the_queue_timeout(one_slot: LocalEngine) -> None:
+    running = one_slot.generate(request("first", max_tokens=3000))  # holds the only slot for seconds
+    one_slot.scheduler.max_queue = 1
+    try:
+        await running.__anext__()
+        with pytest.raises(OverloadedError) as err:
+            await asyncio.wait_for(collect(one_slot, request("second", max_tokens=4)), 10)
+        assert "queue-timeout" in err.value.message and err.value.retry_after
+        await wait_for(lambda: one_slot.scheduler.num_waiting == 0)  # it left the queue
+    finally:
+        one_slot.scheduler.max_queue = 0
+        await running.aclose()
+
+
+async def test_a_request_cancelled_while_queued_leaves_the_queue(small: LocalEngine) -> None:
+    running = small.generate(request("first", max_tokens=40))
+    await running.__anext__()
+    waiting = asyncio.create_task(collect(small, request("second", max_tokens=4)))
+    await wait_for(lambda: small.scheduler.num_waiting == 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiting, 10)
+    await wait_for(lambda: small.scheduler.num_waiting == 0)
+    await running.aclose()
+    await wait_for(lambda: small.scheduler.num_running == 0)
+
+
 async def test_image_for_text_only_model_is_a_400(engine: LocalEngine) -> None:
     buf = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buf, format="PNG")
@@ -158,7 +200,7 @@ async def test_image_for_text_only_model_is_a_400(engine: LocalEngine) -> None:
     wire = ChatCompletionRequest(model="tiny-random", messages=[{"role": "user", "content": [
         {"type": "text", "text": "what?"}, {"type": "image_url", "image_url": {"url": uri}}]}])
     with pytest.raises(UnsupportedFeatureError, match="text-only") as err:
-        await collect(engine, GenerationRequest("r", "tiny-random", wire, 4))
+        await collect(engine, gen_request("r", "tiny-random", wire, 4))
     assert err.value.param == "messages"
 
 
@@ -177,7 +219,7 @@ def test_thinking_budget_and_penalties_become_hooks(engine: LocalEngine) -> None
     from unimodel.engines.local.hooks import RepetitionPenalties, ThinkingBudget
 
     req = request("think", presence_penalty=0.5)
-    budget = GenerationRequest("r", "tiny-random", req.wire, 16, model_effort="high", thinking_budget=8)
+    budget = dataclasses.replace(req, max_tokens=16, model_effort="high", thinking_budget=8)
     kinds = {type(h) for h in engine._hooks(budget)}
     assert kinds == {ThinkingBudget, RepetitionPenalties}
     assert engine._hooks(request("plain")) == []

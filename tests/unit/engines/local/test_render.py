@@ -20,6 +20,7 @@ from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 from PIL import Image
 
 from unimodel.engines.base import GenerationRequest
+from tests.support.requests import gen_request as build_request
 from unimodel.engines.local.render import MistralRenderer
 from unimodel.errors import InvalidRequestError, UnsupportedFeatureError
 from unimodel.models import ensure_tiny_random
@@ -86,7 +87,7 @@ def renderer(tiny_path: Path) -> MistralRenderer:
 
 def gen_request(messages: list[dict[str, Any]], effort: str | None, tools: bool = False) -> GenerationRequest:
     wire = ChatCompletionRequest(model="m", messages=messages, tools=WIRE_TOOLS if tools else None)
-    return GenerationRequest("r", "m", wire, None, model_effort=effort)  # type: ignore[arg-type]
+    return build_request("r", "m", wire, None, model_effort=effort)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("effort", [None, "none", "high"])

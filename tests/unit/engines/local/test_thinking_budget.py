@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from unimodel.engines.base import GenerationRequest
+from tests.support.requests import gen_request
 from unimodel.engines.local import LocalEngine
 from unimodel.engines.local.hooks import force_token
 from unimodel.protocol.events import (
@@ -50,7 +51,7 @@ def thinking_engine(engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> Ite
 def _request(budget: int | None, max_tokens: int, effort: str = "high") -> GenerationRequest:
     wire = ChatCompletionRequest(model="tiny-random", messages=[{"role": "user", "content": "Think hard."}],  # type: ignore[list-item]
                                  max_tokens=max_tokens, temperature=0.0)
-    return GenerationRequest(request_id="r", served_model="tiny-random", wire=wire, max_tokens=max_tokens,
+    return gen_request(request_id="r", served_model="tiny-random", wire=wire, max_tokens=max_tokens,
                              effort=effort, model_effort="high", thinking_budget=budget)
 
 

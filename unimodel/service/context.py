@@ -1,0 +1,73 @@
+"""The per-request context: who asked, by which route, and how the request went.
+
+One :class:`RequestContext` is made when a request arrives and travels with it through every pipeline stage;
+stages record what they decided (the caller's key name, the route, attributes such as a canary choice) and the
+service records how it ended (times, usage, finish reason, status, error type). The end-of-request observers
+read it once, when the request is over (``service/observer.py``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from unimodel.protocol.events import Usage
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+CLIENT_CLOSED = 499  # nginx's label for "the client went away before the answer"
+
+
+def request_id_from(header: Optional[str]) -> str:
+    """The client's ``X-Request-Id`` when it is a sane token (letters, digits, ``._:-``, ≤128), else a new id."""
+    if header and _REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    """Everything known about one request, filled in as it goes; read by observers at its end.
+
+    Times are ``time.perf_counter()`` readings (``received_at`` is also kept as wall-clock ``received_wall``).
+    ``status`` is the HTTP status of a refusal, of a failure mid-stream (the error's status, although the
+    stream had already answered 200), or 499 when the client left; 200 otherwise.
+    """
+
+    request_id: str
+    received_at: float = field(default_factory=time.perf_counter)
+    received_wall: float = field(default_factory=time.time)
+    key_name: Optional[str] = None
+    user: Optional[str] = None
+    route: Optional[str] = None
+    model: Optional[str] = None
+    stream: bool = False
+    first_token_at: Optional[float] = None
+    first_answer_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    usage: Optional[Usage] = None
+    finish_reason: Optional[str] = None
+    status: int = 200
+    error_type: Optional[str] = None
+    error_message: Optional[str] = None
+    reasoning: dict[str, Any] = field(default_factory=dict)  # what was applied (effort, budget, truncated…)
+    attributes: dict[str, Any] = field(default_factory=dict)  # what stages decided, for observers
+    observed: bool = False
+
+    @property
+    def completion_id(self) -> str:
+        return "chatcmpl-" + self.request_id
+
+    def ms_since_arrival(self, at: Optional[float]) -> Optional[float]:
+        return None if at is None else round((at - self.received_at) * 1000.0, 3)
+
+    @property
+    def ttft_ms(self) -> Optional[float]:
+        return self.ms_since_arrival(self.first_token_at)
+
+    @property
+    def latency_ms(self) -> Optional[float]:
+        return self.ms_since_arrival(self.finished_at)
