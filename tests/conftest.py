@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.scripted_upstream import Script, ScriptedUpstream
+
+if TYPE_CHECKING:
+    from tests.support.redis_server import RedisServer
 
 REASONING = "Let me think. 2 + 2 is 4, and [brackets] are fine."
 ANSWER = "The answer is 4. Ünïcödé and emoji 🎉 survive."
@@ -51,3 +55,12 @@ def tiny_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ensure_tiny_random("tiny-random", cache)
     ensure_tiny_random("tiny-random-vision", cache)
     return cache
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator["RedisServer"]:
+    """One real redis-server for the session (tests use distinct key prefixes, or FLUSHDB)."""
+    from tests.support.redis_server import RedisServer
+
+    with RedisServer() as server:
+        yield server

@@ -10,6 +10,7 @@ import hmac
 from collections.abc import Sequence
 
 from unimodel.errors import AuthenticationError
+from unimodel.service.context import Caller
 from unimodel.service.pipeline import Call, Stage
 
 
@@ -34,3 +35,4 @@ class ApiKeyAuth(Stage):
         if name is None:
             raise AuthenticationError("Incorrect API key provided.")
         call.ctx.key_name = name
+        call.ctx.caller = Caller(name=name)

@@ -27,7 +27,8 @@ log = logging.getLogger("unimodel.server")
 
 
 def build_stages(settings: Settings, engine: Engine) -> list[Stage]:
-    """The chat pipeline's stages, in the order of the architecture page."""
+    """The chat pipeline's stages, in the order of the architecture page: auth → parse → route → validate →
+    images → limits → idempotency → resilience (route, limits, idempotency and resilience as they land)."""
     return [
         ApiKeyAuth(settings.api_keys),
         ParseStage(settings.max_json_depth),
@@ -61,6 +62,8 @@ def create_app(settings: Settings, engine: Engine,
             if on_start_failure is not None:
                 on_start_failure(exc)
 
+        pipeline: Pipeline = app.state.chat.pipeline
+        await pipeline.start()  # stages' own resources (clients, extra engines): fast, and a failure is fatal
         start = asyncio.create_task(engine.start(), name="engine-start")
         start.add_done_callback(started)
         try:
@@ -70,6 +73,7 @@ def create_app(settings: Settings, engine: Engine,
                 start.cancel()
             await asyncio.gather(start, return_exceptions=True)
             await engine.aclose()
+            await pipeline.aclose()
 
     app = FastAPI(title="unimodel", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings

@@ -15,8 +15,8 @@ from unimodel.service.errors import validation_to_error  # noqa: F401  (re-expor
 log = logging.getLogger("unimodel.server")
 
 
-def error_response(exc: UnimodelError) -> JSONResponse:
-    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers())
+def error_response(exc: UnimodelError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers={**(headers or {}), **exc.headers()})
 
 
 def install(app: FastAPI) -> None:

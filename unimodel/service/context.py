@@ -28,6 +28,27 @@ def request_id_from(header: Optional[str]) -> str:
     return uuid.uuid4().hex
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling and what their key allows (set by the auth stage; ``None`` limits mean no limit).
+
+    ``name`` is the key's name (never the key); ``routes``/``allowed_tools`` of ``None`` allow everything.
+    """
+
+    name: str = "anonymous"
+    routes: Optional[frozenset[str]] = None
+    rpm: Optional[int] = None
+    tpm: Optional[int] = None
+    high_reasoning_rpm: Optional[int] = None
+    high_reasoning_tpm: Optional[int] = None
+    max_concurrent: Optional[int] = None
+    max_tokens_cap: Optional[int] = None
+    allowed_tools: Optional[frozenset[str]] = None
+
+
+ANONYMOUS = Caller()
+
+
 @dataclass(slots=True, eq=False)
 class RequestContext:
     """Everything known about one request, filled in as it goes; read by observers at its end.
@@ -41,6 +62,7 @@ class RequestContext:
     received_at: float = field(default_factory=time.perf_counter)
     received_wall: float = field(default_factory=time.time)
     key_name: Optional[str] = None
+    caller: Caller = ANONYMOUS
     user: Optional[str] = None
     route: Optional[str] = None
     model: Optional[str] = None

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from unimodel.engines.base import GenerationRequest
 from unimodel.errors import UnimodelError
@@ -41,7 +41,8 @@ class Call:
     ``headers`` are the request's headers with lower-case names; ``read_body`` reads the body once (the parse
     stage calls it, so a refusal by an earlier stage never buffers a body). ``wire`` is set by the parse stage,
     ``request`` (what the engine gets) by the validate stage; later stages may replace ``request``.
-    ``response_headers`` collects headers stages want on the response.
+    ``response_headers`` collects headers stages want on the response; ``state`` carries what one stage
+    hands to a later one (e.g. the resolved route's policy), by the stage's name.
     """
 
     ctx: RequestContext
@@ -50,6 +51,7 @@ class Call:
     wire: Optional[ChatCompletionRequest] = None
     request: Optional[GenerationRequest] = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
 
     @property
     def generation(self) -> GenerationRequest:
@@ -59,9 +61,23 @@ class Call:
 
 
 class Stage:
-    """Base class: every hook is optional and does nothing."""
+    """Base class: every hook is optional and does nothing.
+
+    Besides the per-request hooks, a stage may hold resources for its lifetime (a Redis client, extra
+    upstream engines): ``start`` and ``aclose`` run with the server's lifespan, and ``status`` adds a section
+    to ``/ready``'s body (e.g. circuit breaker states).
+    """
 
     name = "stage"
+
+    async def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def status(self) -> Optional[dict[str, Any]]:
+        return None
 
     async def enter(self, call: Call) -> None:
         return None
@@ -88,6 +104,25 @@ class Pipeline:
         self._entering = tuple(s for s in self.stages if _overrides(s, "enter"))
         self._wrapping = tuple(s for s in self.stages if _overrides(s, "wrap"))
         self._exiting = tuple(s for s in self.stages if _overrides(s, "exit"))
+
+    async def start(self) -> None:
+        for stage in self.stages:
+            await stage.start()
+
+    async def aclose(self) -> None:
+        for stage in reversed(self.stages):
+            try:
+                await stage.aclose()
+            except Exception:
+                log.exception("stage %s failed to close", stage.name)
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for stage in self.stages:
+            section = stage.status()
+            if section is not None:
+                out[stage.name] = section
+        return out
 
     async def enter(self, call: Call) -> list[Stage]:
         """Run every ``enter`` in order; returns the stages entered. On a refusal, exits the ones entered

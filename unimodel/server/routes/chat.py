@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from unimodel.errors import UnimodelError
+from unimodel.server.errors import error_response
 from unimodel.service.chat import ChatService, ClientClosedError
 from unimodel.service.context import RequestContext, request_id_from
 from unimodel.service.pipeline import Call
@@ -48,12 +49,18 @@ async def new_call(request: Request) -> Call:
 async def chat_completions(request: Request) -> Response:
     service: ChatService = request.app.state.chat
     call = await new_call(request)
-    prepared = await _unless_disconnected(request, service.prepare(call))
+    try:
+        prepared = await _unless_disconnected(request, service.prepare(call))
+    except UnimodelError as exc:  # refusals carry the stages' headers too (rate-limit state, the route)
+        return error_response(exc, call.response_headers)
     assert call.wire is not None
     if call.wire.stream:
         return StreamingResponse(service.stream(prepared), media_type="text/event-stream",
                                  headers={**_SSE_HEADERS, **call.response_headers})
-    body = await _unless_disconnected(request, service.complete(prepared))
+    try:
+        body = await _unless_disconnected(request, service.complete(prepared))
+    except UnimodelError as exc:
+        return error_response(exc, call.response_headers)
     return JSONResponse(body, headers=call.response_headers)
 
 

@@ -31,9 +31,10 @@ async def health() -> JSONResponse:
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     engine = request.app.state.engine
+    stages = request.app.state.chat.pipeline.status()
     if engine.is_ready():
         return JSONResponse({"status": "ready", "engine": engine.kind,
-                             "models": [m.id for m in engine.models()]})
+                             "models": [m.id for m in engine.models()], **stages})
     failed = request.app.state.start_error
     if failed is not None:
         # the reason (paths, exception text) is in the server log, not for whoever can reach /ready

@@ -10,7 +10,7 @@ new token adds. Two strategies, one interface:
   method): decode a short window before and after the new token and emit the difference, waiting while the
   result ends in U+FFFD (an incomplete character) or the window text did not grow.
 
-Special tokens (markers such as ``[THINK]``, EOS) produce no text here: the output parser recognises them by id.
+Special tokens (a family's markers, EOS) produce no text here: the output parser recognises them by id.
 """
 
 from __future__ import annotations
