@@ -62,6 +62,8 @@ def serve(
     allow_image_urls: Optional[bool] = typer.Option(None, "--allow-image-urls/--no-allow-image-urls",
                                                     help="Fetch http(s) image_url parts (data: URIs always work)."),
     default_max_tokens: Optional[int] = typer.Option(None, help="max_tokens for requests that give none."),
+    redis: Optional[str] = typer.Option(None, help="redis://host:6379/0: rate limits and idempotency keys shared "
+                                                   "by every replica (default: in this process's memory)."),
     max_json_depth: Optional[int] = typer.Option(None, help="Deepest JSON nesting a request may have (64)."),
     max_images_per_request: Optional[int] = typer.Option(None, help="Images one request may carry (8)."),
     max_image_bytes: Optional[int] = typer.Option(None, help="Largest image, in bytes (10 MiB)."),
@@ -84,7 +86,7 @@ def serve(
         device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
         max_queue=max_queue, queue_timeout_s=queue_timeout_s, unknown_fields=unknown_fields,
         upstream_extra_fields=upstream_extra_field or None, allow_image_urls=allow_image_urls,
-        max_json_depth=max_json_depth, max_images_per_request=max_images_per_request,
+        redis=redis, max_json_depth=max_json_depth, max_images_per_request=max_images_per_request,
         max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels,
         image_fetch_timeout_s=image_fetch_timeout_s, default_max_tokens=default_max_tokens,
         vllm_gpu=vllm_gpu, vllm_gpus=vllm_gpus, vllm_weights=vllm_weights, vllm_kv_cache=vllm_kv_cache,

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=40_000_000, ge=1024)
     image_fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
 
+    # shared state across replicas (rate limits, idempotency keys): redis://host:6379/0; None: in memory
+    redis: Optional[str] = None
+    redis_prefix: str = Field(default="unimodel:", min_length=1, max_length=64)
+
     # local engine
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
