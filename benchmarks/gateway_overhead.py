@@ -5,7 +5,12 @@ sends the same streaming requests straight to the upstream and through unimodel 
 concurrency 32), and prints p50/p99 latency, the added latency, and the ratio of request rates measured in
 this one run. Figures only: nothing is asserted.
 
+First, in process and without HTTP, what the request pipeline itself costs per request: the server's
+stages (auth, parse, validate, image policy, observers) and service around a null engine that yields a
+22-event answer, against the bare minimum (the same events encoded as SSE frames).
+
     python benchmarks/gateway_overhead.py [--requests 300] [--concurrency 32] [--model bench-think]
+                                          [--pipeline-only]
 """
 
 from __future__ import annotations
@@ -47,12 +52,99 @@ async def run(url: str, model: str, requests: int, concurrency: int) -> tuple[li
         return lat, requests / (time.perf_counter() - t0)
 
 
+async def pipeline_cost(requests: int) -> tuple[float, float]:
+    """Microseconds per streamed request: bare encoding, and the whole pipeline (both over a null engine)."""
+    import json
+    from collections.abc import AsyncIterator
+
+    from unimodel.config import Settings
+    from unimodel.engines.base import Engine, GenerationRequest
+    from unimodel.protocol.events import ContentDelta, Event, Finish, Usage
+    from unimodel.protocol.openai import ModelCard
+    from unimodel.protocol.sse import frame
+    from unimodel.server.app import build_stages
+    from unimodel.service.assemble import ChunkEncoder
+    from unimodel.service.chat import ChatService
+    from unimodel.service.context import RequestContext
+    from unimodel.service.observer import AccessLog, Observers
+    from unimodel.service.pipeline import Call, Pipeline
+
+    class NullEngine(Engine):
+        kind = "null"
+
+        async def start(self) -> None: ...
+
+        async def aclose(self) -> None: ...
+
+        def is_ready(self) -> bool:
+            return True
+
+        def models(self) -> list[ModelCard]:
+            return [ModelCard(id="m", max_model_len=32768)]
+
+        async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+            for i in range(20):
+                yield ContentDelta(f"token{i} ")
+            yield Usage(12, 20)
+            yield Finish("stop")
+
+    engine = NullEngine()
+    body = json.dumps({"model": "m", "stream": True, "max_tokens": 64, "temperature": 0.2,
+                       "messages": [{"role": "system", "content": "Be brief."},
+                                    {"role": "user", "content": "What is 2+2?"}]}).encode()
+    settings = Settings(engine="upstream", upstream="http://127.0.0.1:9/v1", api_keys=["sk-bench"])
+    service = ChatService(engine, Pipeline(build_stages(settings, engine)), Observers([AccessLog()]))
+    headers = {"authorization": "Bearer sk-bench", "content-type": "application/json"}
+
+    async def read() -> bytes:
+        return body
+
+    async def full() -> None:
+        prepared = await service.prepare(Call(RequestContext("bench"), headers, read))
+        async for _ in service.stream(prepared):
+            pass
+
+    async def bare() -> None:
+        request = GenerationRequest("chatcmpl-bench", "m", [])
+        encoder = ChunkEncoder(request.request_id, "m")
+        frame(encoder.first())
+        async for event in engine.generate(request):
+            for chunk in encoder.encode(event):
+                frame(chunk)
+
+    out = []
+    for fn in (bare, full):
+        for _ in range(50):
+            await fn()
+        t0 = time.perf_counter()
+        for _ in range(requests):
+            await fn()
+        out.append((time.perf_counter() - t0) / requests * 1e6)
+    return out[0], out[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--model", default="bench-think")
+    ap.add_argument("--pipeline-only", action="store_true", help="only the in-process pipeline cost")
     args = ap.parse_args()
+
+    import logging
+
+    access = logging.getLogger("unimodel.access")
+    access.propagate = False
+    for label, level in (("access log off", logging.WARNING), ("access log on", logging.INFO)):
+        access.handlers = [logging.NullHandler()]  # the line is formatted, not written anywhere
+        access.setLevel(level)
+        bare, full = asyncio.run(pipeline_cost(max(args.requests, 2000)))
+        print(f"pipeline, in process, {label}: bare SSE encoding {bare:.1f} µs/request, with every stage "
+              f"{full:.1f} µs/request: the pipeline adds {full - bare:.1f} µs")
+    access.propagate = True
+    access.setLevel(logging.NOTSET)
+    if args.pipeline_only:
+        return
 
     with processes() as started:
         upstream = started.scripted_upstream()
