@@ -74,6 +74,8 @@ class GenerationRequest:
     the model itself is told (Mistral knows ``none`` and ``high``; ``None``: tell it nothing).
     ``thinking_budget`` (tokens, ``None`` = unbounded) is enforced by the engine: at the budget the thinking
     is closed and the model goes on to answer.
+    ``continue_final_message``: the last message is an assistant message the model continues (Mistral's
+    ``prefix: true``, vLLM's ``continue_final_message``); the output holds only the continuation.
     """
 
     request_id: str
@@ -91,6 +93,7 @@ class GenerationRequest:
     model_effort: Optional[ModelEffort] = None
     thinking_budget: Optional[int] = None
     include_reasoning: bool = True
+    continue_final_message: bool = False
 
     @property
     def image_count(self) -> int:

@@ -210,8 +210,15 @@ class UpstreamEngine(Engine):
             if request.thinking_budget is not None:
                 # vLLM: usage in every frame, so a call we cut at the budget still reports its prompt tokens
                 payload["stream_options"]["continuous_usage_stats"] = True
-        if continue_from is not None:  # vLLM/SGLang: continue the final assistant message, no new turn
-            payload["messages"].append(continue_from)
+        if request.continue_final_message:  # assistant prefill: Mistral-style APIs read the message's `prefix`
+            messages[-1]["prefix"] = True
+        if continue_from is not None:
+            if request.continue_final_message:  # the prefill and the thinking so far are one assistant message
+                messages[-1] = _merged_prefix(messages[-1], continue_from)
+            else:
+                messages.append(continue_from)
+        if request.continue_final_message or continue_from is not None:
+            # vLLM/SGLang: continue the final assistant message, no new turn
             payload["continue_final_message"] = True
             payload["add_generation_prompt"] = False
         return payload
@@ -222,18 +229,24 @@ class UpstreamEngine(Engine):
     def _decoder(self, request: GenerationRequest) -> UpstreamStreamDecoder:
         return UpstreamStreamDecoder(self._format_for(request), parse_content=self.parse_mode != "upstream")
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+    async def generate(self, request: GenerationRequest, *,
+                       connect_timeout_s: Optional[float] = None) -> AsyncIterator[Event]:
         """One upstream call; with a thinking budget, two spliced into one response.
 
         At the budget the first call is cut (closing the connection stops the upstream's work), then the
         upstream continues from an assistant prefix holding the thinking so far, closed, and answers. vLLM's
         ``thinking_token_budget`` is not used: it cannot be relied on in Mistral tokenizer mode.
+
+        ``connect_timeout_s`` overrides the engine's connect (and pool) timeout for this request only (a route's
+        own timeout, passed by the resilience stage); the read timeout stays the engine's.
         """
         if request.sampling.logprobs:  # not carried through our events yet: refuse rather than drop silently
             raise UnsupportedFeatureError("logprobs are not supported through unimodel yet", param="logprobs")
         budget = request.thinking_budget
         decoder = self._decoder(request)
-        first = self._call(self.build_payload(request), decoder)
+        timeout = None if connect_timeout_s is None else httpx.Timeout(
+            connect=connect_timeout_s, read=self._timeout.read, write=self._timeout.write, pool=connect_timeout_s)
+        first = self._call(self.build_payload(request), decoder, timeout)
         reasoning: list[str] = []
         try:
             async for event in first:
@@ -260,17 +273,18 @@ class UpstreamEngine(Engine):
             return
         if remaining is not None:
             payload["max_tokens"] = remaining
-        async for event in self._call(payload, self._decoder(request)):
+        async for event in self._call(payload, self._decoder(request), timeout):
             yield _continued(spent, event) if isinstance(event, Usage) else event
 
-    async def _call(self, payload: dict[str, Any],
-                    decoder: UpstreamStreamDecoder) -> AsyncGenerator[Event, None]:
+    async def _call(self, payload: dict[str, Any], decoder: UpstreamStreamDecoder,
+                    timeout: Optional[httpx.Timeout] = None) -> AsyncGenerator[Event, None]:
         if self._client is None:
             raise ServiceUnavailableError("the upstream engine is not started", retry_after=1)
         decoder.set_counting(self._count_tokens, lambda: _prompt_text(payload))
         try:
             async with self._client.stream(
-                "POST", f"{self.base_url}/chat/completions", json=payload, headers=self._headers
+                "POST", f"{self.base_url}/chat/completions", json=payload, headers=self._headers,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             ) as resp:
                 if resp.status_code >= 400:
                     await resp.aread()
@@ -329,6 +343,17 @@ def _prompt_text(payload: dict[str, Any]) -> str:
     if payload.get("tools"):
         parts.append(json.dumps(payload["tools"], ensure_ascii=False))
     return "\n".join(parts)
+
+
+def _merged_prefix(prefill: dict[str, Any], more: dict[str, Any]) -> dict[str, Any]:
+    """A client's assistant prefill with a continuation prefix (the thinking cut at its budget) merged in:
+    ``more``'s content is appended to the prefill's, its other fields (the thinking) are added."""
+    content, extra = prefill.get("content"), more.get("content") or ""
+    if isinstance(content, list):
+        content = [*content, {"type": "text", "text": extra}] if extra else content
+    else:
+        content = (content or "") + extra
+    return {**prefill, **{k: v for k, v in more.items() if k not in ("role", "content")}, "content": content}
 
 
 def _normalise_history(message: dict[str, Any]) -> dict[str, Any]:

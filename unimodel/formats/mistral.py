@@ -40,13 +40,17 @@ non-streamed one.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
 
-from collections.abc import Callable, Mapping
-
-from unimodel.formats.base import ModelFormat
+from unimodel.formats.base import FormatMarkers, ModelFormat
+from unimodel.formats.grammar import json_body
 from unimodel.formats.jsonscan import JsonValueScanner, arguments_text, calls_from_json
 from unimodel.formats.streaming import CONTENT, MarkerStreamParser
+
+if TYPE_CHECKING:
+    from unimodel.formats.render import PromptRenderer
 
 THINK, END_THINK, TOOL_CALLS, ARGS, CALL_ID, EOS = "[THINK]", "[/THINK]", "[TOOL_CALLS]", "[ARGS]", "[CALL_ID]", "</s>"
 
@@ -226,6 +230,7 @@ class MistralFormat(ModelFormat):
 
     name = "mistral"
     special_token_names = MistralParser.markers
+    think_open_text, think_close_text, tool_call_text = THINK, END_THINK, TOOL_CALLS
 
     def new_parser(
         self,
@@ -245,3 +250,25 @@ class MistralFormat(ModelFormat):
         # mistral_common's from_openai turns `reasoning`/`reasoning_content` (equal when both are given) into
         # a closed ThinkChunk, i.e. [THINK]…[/THINK]; vLLM's mistral tokenizer mode renders it that way.
         return {"role": "assistant", "content": "", "reasoning": reasoning, "reasoning_content": reasoning}
+
+    def tool_call_grammar(self, markers: FormatMarkers, tools: Sequence[tuple[str, dict[str, Any]]], *,
+                          at_most_one: bool) -> Optional[str]:
+        """``[TOOL_CALLS]name[ARGS]{arguments per the tool's schema}``, once or more (v11+ tokenizers)."""
+        args = markers.by_text.get(ARGS)
+        if markers.tool_call is None or args is None or not tools:
+            return None
+        alternatives = " | ".join(f'"{name}" <[{args}]> %json {json_body(schema)}' for name, schema in tools)
+        repeat = "" if at_most_one else "+"
+        return f"answer: call{repeat}\ncall: <[{markers.tool_call}]> ( {alternatives} )\n"
+
+    def recognises(self, checkpoint: Path) -> bool:
+        return (checkpoint / "tekken.json").is_file()
+
+    def load_renderer(self, checkpoint: Path) -> PromptRenderer:
+        """mistral_common for a checkpoint with ``tekken.json``; else its chat template."""
+        tekken = checkpoint / "tekken.json"
+        if not tekken.is_file():
+            return super().load_renderer(checkpoint)
+        from unimodel.formats.mistral_render import MistralRenderer
+
+        return MistralRenderer(tekken)

@@ -18,11 +18,11 @@ malformed or cut-off calls come back as content (raw text, tags included) and ne
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
-from collections.abc import Callable, Mapping
-
-from unimodel.formats.base import ModelFormat
+from unimodel.formats.base import FormatMarkers, ModelFormat
+from unimodel.formats.grammar import json_body
 from unimodel.formats.jsonscan import calls_from_json
 from unimodel.formats.streaming import MarkerStreamParser
 
@@ -84,6 +84,8 @@ class ThinkTagsFormat(ModelFormat):
 
     name = "think-tags"
     special_token_names = ThinkTagsParser.markers
+    think_open_text, think_close_text, tool_call_text = THINK, END_THINK, TOOL_CALL
+    thinking_separator = r"/[\r\n]{0,4}/"  # templates write "</think>\n\n" before the answer
 
     def new_parser(
         self,
@@ -102,3 +104,18 @@ class ThinkTagsFormat(ModelFormat):
     def closed_thinking_message(self, reasoning: str) -> dict[str, Any]:
         # chat templates of <think> models render an assistant prefix verbatim when continuing it
         return {"role": "assistant", "content": f"<think>\n{reasoning}\n</think>\n\n"}
+
+    def tool_call_grammar(self, markers: FormatMarkers, tools: Sequence[tuple[str, dict[str, Any]]], *,
+                          at_most_one: bool) -> Optional[str]:
+        """Hermes calls, ``<tool_call>\\n{"name": ..., "arguments": {...}}\\n</tool_call>``, one per line.
+
+        Needs both tags as single tokens (as in Qwen's tokenizers): the engine reads the output by token id.
+        """
+        close = markers.by_text.get(END_TOOL_CALL)
+        if markers.tool_call is None or close is None or not tools:
+            return None
+        calls = [{"type": "object", "additionalProperties": False, "required": ["name", "arguments"],
+                  "properties": {"name": {"const": name}, "arguments": schema}} for name, schema in tools]
+        body = json_body(calls[0] if len(calls) == 1 else {"anyOf": calls})
+        many = "" if at_most_one else ' ("\\n" call)*'
+        return f'answer: call{many}\ncall: <[{markers.tool_call}]> "\\n" %json {body} "\\n" <[{close}]>\n'

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
 REASONING_EFFORTS: tuple[str, ...] = ("none", "minimal", "low", "medium", "high")
@@ -76,6 +76,8 @@ class Message(_Open):
     tool_call_id: Optional[str] = None
     reasoning: Optional[str] = None
     reasoning_content: Optional[str] = None
+    #: Mistral's assistant prefill: the final assistant message, to be continued (see ``continue_final_message``)
+    prefix: Optional[bool] = None
 
     @model_validator(mode="after")
     def _check_role_fields(self) -> "Message":
@@ -177,6 +179,8 @@ class ChatCompletionRequest(BaseModel):
     thinking_budget: Optional[int] = Field(default=None, ge=1)
     include_reasoning: Optional[bool] = None
     route: Optional[str] = Field(default=None, max_length=MAX_NAME_CHARS)
+    # assistant prefill, vLLM's name (Mistral's is the final message's ``prefix``): continue that message
+    continue_final_message: Optional[bool] = None
     # vLLM's documented sampling extensions (typed, so an upstream gets exactly these and nothing unchecked)
     top_k: Optional[int] = Field(default=None, ge=-1, le=2**31 - 1)
     min_p: Optional[float] = Field(default=None, ge=0.0, le=1.0)
@@ -204,15 +208,18 @@ class ChatCompletionRequest(BaseModel):
         # logits / 1e-300 overflow to inf and sampling turns into NaN: such a temperature means greedy
         return 0.0 if v is not None and v < GREEDY_TEMPERATURE else v
 
-    @model_validator(mode="after")
-    def _check_tools(self) -> "ChatCompletionRequest":
-        if isinstance(self.tool_choice, NamedToolChoice):
-            names = {t.function.name for t in self.tools or []}
-            if self.tool_choice.function.name not in names:
-                raise ValueError(f"tool_choice names '{self.tool_choice.function.name}', which is not in 'tools'")
-        if self.tool_choice == "required" and not self.tools:
+    @field_validator("tool_choice")
+    @classmethod
+    def _check_tool_choice(cls, v: Optional[ToolChoice], info: ValidationInfo) -> Optional[ToolChoice]:
+        # a field validator, so the 400 names 'tool_choice'; 'tools' is declared before it, so it is in info.data
+        if "tools" not in info.data:
+            return v  # 'tools' itself was invalid: that is the error to report
+        tools = info.data["tools"] or []
+        if isinstance(v, NamedToolChoice) and v.function.name not in {t.function.name for t in tools}:
+            raise ValueError(f"tool_choice names '{v.function.name[:64]}', which is not in 'tools'")
+        if v == "required" and not tools:
             raise ValueError("tool_choice 'required' needs 'tools'")
-        return self
+        return v
 
     @property
     def stop_list(self) -> list[str]:

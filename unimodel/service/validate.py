@@ -4,6 +4,9 @@ Model resolution and the reasoning-effort mapping live here: the model knows ``n
 may send ``minimal``/``low``/``medium`` too, which map onto them with a thinking budget, by the served
 model's :class:`ReasoningPolicy` (DESIGN.md). Engines enforce the budget.
 
+Assistant prefill (``prefix`` on the final message, or ``continue_final_message``) is checked here and
+becomes ``GenerationRequest.continue_final_message`` (see :func:`_continue_final_message` for what is refused).
+
 Unknown top-level fields are dropped (logged at debug), or refused with a 400 naming the field when the
 operator sets ``unknown_fields: reject``; fields named in ``upstream_extra_fields`` are kept, as-is, for an
 upstream.
@@ -18,8 +21,13 @@ from typing import Literal
 
 from unimodel.config import ReasoningPolicy
 from unimodel.engines.base import GenerationRequest, SamplingOptions
-from unimodel.errors import InvalidRequestError, ModelNotFoundError, ServiceUnavailableError
-from unimodel.protocol.openai import ChatCompletionRequest, ModelCard
+from unimodel.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+    UnsupportedFeatureError,
+)
+from unimodel.protocol.openai import ChatCompletionRequest, ModelCard, NamedToolChoice
 from unimodel.service.pipeline import Call, Stage
 
 log = logging.getLogger("unimodel.validate")
@@ -71,6 +79,7 @@ def to_generation_request(
             param="max_tokens",
         )
     budget = wire.thinking_budget if wire.thinking_budget is not None else policy.budgets.get(effort)
+    continue_final = _continue_final_message(wire)
     return GenerationRequest(
         request_id=request_id or new_request_id(),
         served_model=card.id,
@@ -95,7 +104,43 @@ def to_generation_request(
         thinking_budget=budget if model_effort == "high" else None,
         include_reasoning=wire.include_reasoning if wire.include_reasoning is not None
         else policy.include_reasoning,
+        continue_final_message=continue_final,
     )
+
+
+def _continue_final_message(wire: ChatCompletionRequest) -> bool:
+    """Whether the request continues its final assistant message (assistant prefill), checked.
+
+    Asked for by Mistral's ``prefix: true`` on the final message or vLLM's top-level
+    ``continue_final_message: true``. Refused (400): ``prefix`` on another message; the two fields
+    contradicting each other; a final message that is not an assistant message or holds tool calls; together
+    with a JSON ``response_format`` or a ``tool_choice`` that forces a call (their grammars start a new answer,
+    which cannot continue a text).
+    """
+    messages = wire.messages
+    for i, m in enumerate(messages[:-1]):
+        if m.prefix:
+            raise InvalidRequestError(f"only the last message may have 'prefix': true (messages[{i}] has it)",
+                                      param="messages")
+    last = messages[-1]
+    if wire.continue_final_message is False and last.prefix:
+        raise InvalidRequestError("continue_final_message is false but the last message has 'prefix': true",
+                                  param="continue_final_message")
+    if not (wire.continue_final_message or last.prefix):
+        return False
+    param = "continue_final_message" if wire.continue_final_message else "messages"
+    if last.role != "assistant":
+        raise InvalidRequestError(
+            f"continuing the final message needs it to be an assistant message, not '{last.role}'", param=param)
+    if last.tool_calls:
+        raise InvalidRequestError("an assistant message with tool_calls cannot be continued", param=param)
+    if wire.response_format is not None and wire.response_format.type != "text":
+        raise UnsupportedFeatureError("continuing an assistant message cannot be combined with a JSON "
+                                      "response_format", param="response_format")
+    if wire.tools and (wire.tool_choice == "required" or isinstance(wire.tool_choice, NamedToolChoice)):
+        raise UnsupportedFeatureError("continuing an assistant message cannot be combined with a tool_choice "
+                                      "that forces a tool call", param="tool_choice")
+    return True
 
 
 def _extra_fields(wire: ChatCompletionRequest, unknown_fields: UnknownFields,
@@ -136,8 +181,12 @@ class ValidateStage(Stage):
         models = self.models()
         if not models:
             raise ServiceUnavailableError("no model is being served yet: the engine is not ready", retry_after=2)
+        default_max_tokens = self.default_max_tokens
+        cap = call.state.get("max_tokens_cap")  # an earlier stage's cap (a route's, a key's) lowers the default
+        if cap is not None:
+            default_max_tokens = cap if default_max_tokens is None else min(default_max_tokens, cap)
         request = to_generation_request(
-            call.wire, models, self.policy_for, call.ctx.completion_id, self.default_max_tokens,
+            call.wire, models, self.policy_for, call.ctx.completion_id, default_max_tokens,
             unknown_fields=self.unknown_fields, upstream_extra_fields=self.upstream_extra_fields)
         call.request = request
         call.ctx.model = request.served_model

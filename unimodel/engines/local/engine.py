@@ -2,14 +2,20 @@
 
 The event loop never runs the model: :meth:`LocalEngine.start` loads in a worker thread, and generation runs
 in the scheduler's thread (:mod:`.scheduler`), which hands each step's tokens back through
-``loop.call_soon_threadsafe``. ``generate`` renders the request (:mod:`.render`), checks it before any work
-(context length → 400, images for a text-only model → 400, a full queue → 503 with ``Retry-After``), submits
-it with its per-request logit hooks (thinking budget, presence/frequency penalties, and llguidance grammars
-for JSON mode and forced tool calls: :mod:`.hooks`, :mod:`.grammar`), and turns tokens into events
-(:mod:`.output`). Closing the generator (client gone, task cancelled) marks the sequence cancelled, and the
-scheduler frees its slot and cache before its next step.
+``loop.call_soon_threadsafe``. ``generate`` renders the request, checks it before any work (context length →
+400, images for a text-only model → 400, a full queue → 503 with ``Retry-After``), submits it with its
+per-request logit hooks (thinking budget, presence/frequency penalties, and llguidance grammars for JSON mode
+and forced tool calls: :mod:`.hooks`, :mod:`.grammar`), and turns tokens into events (:mod:`.output`).
+Closing the generator (client gone, task cancelled) marks the sequence cancelled, and the scheduler frees its
+slot and cache before its next step.
 
-Not supported (400 ``unsupported_feature``): ``logprobs``; JSON mode together with a forced tool call.
+Everything in which model families differ comes from the model's format (``formats/``): the renderer, the
+markers' token ids (for the output parser, the thinking budget, banning tool calls), the grammar pieces, and
+whether the prompt already opened the thinking. This module never names a marker.
+
+Not supported (400 ``unsupported_feature``): ``logprobs``; JSON mode together with a forced tool call; a
+thinking budget, or a forced tool call, where the model's tokenizer lacks the family's markers as single
+tokens (the 400 names the family).
 Sampling defaults when a request omits them: the checkpoint's generation_config if it samples, else
 temperature 1 and top_p 1 (OpenAI's defaults). ``top_k`` and ``stop_token_ids`` are read from the request's
 extra fields, as vLLM does.
@@ -33,7 +39,6 @@ from unimodel.engines.local.hooks import BanTokens, RepetitionPenalties, Thinkin
 from unimodel.engines.local.images import resolve_images
 from unimodel.engines.local.loader import LoadedModel, load_model
 from unimodel.engines.local.output import OutputAssembler
-from unimodel.engines.local.render import MistralRenderer, RenderedPrompt, has_images
 from unimodel.engines.local.sampling import SamplingParams
 from unimodel.engines.local.scheduler import BatchScheduler, LogitsHook, SequenceRequest, StopReason
 from unimodel.errors import (
@@ -44,10 +49,12 @@ from unimodel.errors import (
     UnimodelError,
     UnsupportedFeatureError,
 )
-from unimodel.formats.registry import get_format
+from unimodel.formats.base import FormatMarkers, ModelFormat
+from unimodel.formats.grammar import ThinkingMode, build_grammar, json_answer
+from unimodel.formats.render import RenderedPrompt, has_images
 from unimodel.images.decode import DEFAULT_LIMITS, ImageLimits
 from unimodel.protocol.events import Event, ThinkingBudgetReached
-from unimodel.protocol.openai import ModelCard, NamedToolChoice
+from unimodel.protocol.openai import ModelCard, NamedToolChoice, ResponseFormat
 
 log = logging.getLogger("unimodel.local")
 
@@ -120,7 +127,7 @@ class LocalEngine(Engine):
         self.cache_dir = cache_dir
         self._loaded: LoadedModel | None = None
         self._scheduler: BatchScheduler | None = None
-        self._special: dict[str, int] = {}
+        self._markers = FormatMarkers()
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -128,17 +135,15 @@ class LocalEngine(Engine):
     async def start(self) -> None:
         loaded = await asyncio.to_thread(
             load_model, self.model_name, device=self.device, dtype=self.dtype,
-            max_model_len=self.requested_max_model_len, cache_dir=self.cache_dir,
+            max_model_len=self.requested_max_model_len, cache_dir=self.cache_dir, family=self.model_family,
         )
-        family = self.model_family or ("mistral" if isinstance(loaded.renderer, MistralRenderer) else "think-tags")
-        self._format = get_format(family)
+        self._format: ModelFormat = loaded.format
         gen_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
         eos = set(loaded.renderer.eos_ids)
         eos.update([gen_eos] if isinstance(gen_eos, int) else gen_eos or [])
         self._eos = frozenset(eos)
         # the parser gets the marker ids; EOS ends generation and is never fed to it
-        self._special = {name: tid for name, tid in loaded.renderer.special_ids(self._format.special_token_names)
-                         .items() if tid not in self._eos}
+        self._markers = self._format.markers(loaded.renderer, exclude=self._eos)
         self._defaults = _sampling_defaults(loaded.model)
         text_config = getattr(loaded.config, "text_config", None) or loaded.config
         self._grammar = GrammarCompiler(loaded.renderer, self._eos, int(text_config.vocab_size))
@@ -148,8 +153,9 @@ class LocalEngine(Engine):
         )
         self._scheduler.start()
         self._loaded = loaded
-        log.info("local engine: %s from %s on %s (%s), max_model_len %d, max_num_seqs %d", self.served_model_name,
-                 loaded.path, loaded.device, loaded.dtype, loaded.max_model_len, self.max_num_seqs)
+        log.info("local engine: %s from %s on %s (%s), model family %s, max_model_len %d, max_num_seqs %d",
+                 self.served_model_name, loaded.path, loaded.device, loaded.dtype, self._format.name,
+                 loaded.max_model_len, self.max_num_seqs)
         if loaded.is_tiny_random:
             log.warning("%s has random weights: its output is gibberish (for smoke tests and demos only)",
                         self.model_name)
@@ -180,9 +186,14 @@ class LocalEngine(Engine):
         return self._scheduler
 
     @property
+    def markers(self) -> FormatMarkers:
+        """The model family's markers as token ids of the loaded tokenizer."""
+        return self._markers
+
+    @property
     def special_ids(self) -> dict[str, int]:
-        """Marker name → token id as the output parser gets them (e.g. ``[THINK]``)."""
-        return dict(self._special)
+        """Marker text → token id, as the output parser gets them."""
+        return dict(self._markers.by_text)
 
     # ---- generation ------------------------------------------------------------------------------------
 
@@ -213,7 +224,8 @@ class LocalEngine(Engine):
                 f"This model's maximum context length is {limit} tokens; the messages take {n} tokens{asked}. "
                 "Shorten the messages or lower max_tokens.", param="messages")
         params = self._sampling_params(request, n)
-        hooks = self._hooks(request) + await self._grammar_hooks(request)
+        opened = self._format.prompt_opens_thinking(prompt.token_ids, self._markers, loaded.renderer.control_ids)
+        hooks = self._hooks(request, opened=opened) + await self._grammar_hooks(request, opened=opened)
         mailbox = self._mailbox(asyncio.get_running_loop())
         inbox: asyncio.Queue[_Item] = asyncio.Queue()
 
@@ -223,8 +235,9 @@ class LocalEngine(Engine):
         seq = SequenceRequest(prompt.token_ids, params, sink, prefill_inputs=self._image_inputs(prompt),
                               hooks=hooks, flush=mailbox.wake_once)
         out = OutputAssembler(
-            self._format.new_parser(special_ids=self._special), loaded.renderer.new_detokenizer(),
-            prompt_tokens=n, marker_ids=set(self._special.values()), end_ids=params.stop_token_ids,
+            self._format.new_parser(special_ids=self._markers.by_text, starts_in_reasoning=opened),
+            loaded.renderer.new_detokenizer(), prompt_tokens=n, marker_ids=self._markers.ids,
+            end_ids=params.stop_token_ids,
             stop_strings=list(request.sampling.stop),
         )
         scheduler.submit(seq)
@@ -291,10 +304,13 @@ class LocalEngine(Engine):
         return SamplingParams(max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p),
                               top_k=max(0, top_k), seed=opts.seed, stop_token_ids=frozenset(stop_ids))
 
-    async def _grammar_hooks(self, request: GenerationRequest) -> list[LogitsHook]:
-        """Constrained decoding: JSON mode, and tool calls when ``tool_choice`` demands or forbids them."""
-        think_ok = request.model_effort == "high" and "[THINK]" in self._special and "[/THINK]" in self._special
-        think = (self._special["[THINK]"], self._special["[/THINK]"]) if think_ok else None
+    async def _grammar_hooks(self, request: GenerationRequest, *, opened: bool = False) -> list[LogitsHook]:
+        """Constrained decoding: JSON mode, and tool calls when ``tool_choice`` demands or forbids them.
+
+        The grammar lets the model think first when it was told to (``model_effort`` high), and must let it
+        finish its thinking when the prompt ``opened`` it.
+        """
+        fmt, markers = self._format, self._markers
         choice, tools = request.tool_choice, request.tools or []
         response_format = request.response_format
         json_mode = response_format is not None and response_format.type != "text"
@@ -302,25 +318,42 @@ class LocalEngine(Engine):
         if json_mode and forced:
             raise UnsupportedFeatureError("response_format JSON modes cannot be combined with a tool_choice that "
                                           "forces a tool call", param="response_format")
+        mode: ThinkingMode = "opened" if opened else "optional" if request.model_effort == "high" else "off"
         if json_mode:
             assert response_format is not None
-            return [await asyncio.to_thread(self._grammar.hook, response_format, think)]
+            grammar = build_grammar(json_answer(_response_schema(response_format)), fmt.thinking_grammar(markers),
+                                    mode, self._eos)
+            return [await asyncio.to_thread(self._grammar.hook, grammar, "response_format")]
         if forced:
             named = isinstance(choice, NamedToolChoice)
             names = [choice.function.name] if isinstance(choice, NamedToolChoice) else [t.function.name for t in tools]
-            one = named or request.parallel_tool_calls is False
-            return [await asyncio.to_thread(
-                lambda: self._grammar.tool_hook(tools, names, calls_at_most_one=one, marker_ids=self._special,
-                                                think_ids=think))]
-        if tools and choice == "none" and "[TOOL_CALLS]" in self._special:
-            return [BanTokens([self._special["[TOOL_CALLS]"]])]
+            schemas = {t.function.name: t.function.parameters or {"type": "object"} for t in tools}
+            rules = fmt.tool_call_grammar(markers, [(name, schemas[name]) for name in names],
+                                          at_most_one=named or request.parallel_tool_calls is False)
+            if rules is None:
+                asked = f"'{choice}'" if isinstance(choice, str) else "naming a function"
+                raise UnsupportedFeatureError(
+                    f"tool_choice {asked} cannot be enforced for this model: the {fmt.name} model family's "
+                    "tool-call markers are not single tokens in its tokenizer; use tool_choice 'auto'",
+                    param="tool_choice")
+            grammar = build_grammar(rules, fmt.thinking_grammar(markers), mode, self._eos)
+            return [await asyncio.to_thread(self._grammar.hook, grammar, "tool_choice")]
+        if tools and choice == "none" and markers.tool_call is not None:
+            # without a single-token call marker the parser reads no call from the token stream anyway
+            return [BanTokens([markers.tool_call])]
         return []
 
-    def _hooks(self, request: GenerationRequest) -> list[LogitsHook]:
+    def _hooks(self, request: GenerationRequest, *, opened: bool = False) -> list[LogitsHook]:
         hooks: list[LogitsHook] = []
-        think, end = self._special.get("[THINK]"), self._special.get("[/THINK]")
-        if request.thinking_budget is not None and think is not None and end is not None:
-            hooks.append(ThinkingBudget(think, end, request.thinking_budget))
+        if request.thinking_budget is not None:
+            thinking = self._markers.thinking
+            if thinking is None:
+                raise UnsupportedFeatureError(
+                    f"a thinking budget (thinking_budget, or a reasoning_effort that implies one) cannot be "
+                    f"enforced for this model: the {self._format.name} model family's thinking markers are not "
+                    "single tokens in its tokenizer", param="thinking_budget")
+            hooks.append(ThinkingBudget(*thinking, request.thinking_budget, starts_inside=opened,
+                                        uncounted=self._markers.ids))
         presence, frequency = request.sampling.presence_penalty or 0.0, request.sampling.frequency_penalty or 0.0
         if presence or frequency:
             text_config = getattr(self.loaded.config, "text_config", None) or self.loaded.config
@@ -344,6 +377,16 @@ class LocalEngine(Engine):
             "image_sizes": torch.tensor([[int(i.shape[1]), int(i.shape[2])] for i in prompt.images],
                                         device=loaded.device),
         }
+
+
+def _response_schema(response_format: ResponseFormat) -> dict[str, Any]:
+    """The JSON schema ``response_format`` asks for (``json_object``: any object)."""
+    schema: Any = {"type": "object"}
+    if response_format.type == "json_schema" and response_format.json_schema is not None:
+        schema = response_format.json_schema.schema_ or schema
+    if not isinstance(schema, dict):
+        raise InvalidRequestError("response_format json_schema.schema must be an object", param="response_format")
+    return schema
 
 
 def _at_least_two_image_tokens(image: Any, config: Any) -> Any:

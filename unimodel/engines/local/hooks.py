@@ -6,7 +6,7 @@ and the row's logits, and may edit the logits in place.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 
@@ -18,12 +18,19 @@ def force_token(logits: torch.Tensor, token_id: int) -> None:
 
 
 class ThinkingBudget:
-    """Force ``[/THINK]`` once ``budget`` tokens have been generated inside an open ``[THINK]`` block."""
+    """Force the closing thinking marker once ``budget`` tokens have been generated inside a thinking block.
 
-    def __init__(self, think_id: int, end_think_id: int, budget: int) -> None:
+    The marker ids come from the model's format. ``starts_inside``: the prompt already opened the block.
+    ``uncounted``: ids that are not thinking text (the family's other markers), left out of the count as the
+    output's ``reasoning_tokens`` leaves them out.
+    """
+
+    def __init__(self, think_id: int, end_think_id: int, budget: int, *, starts_inside: bool = False,
+                 uncounted: Collection[int] = ()) -> None:
         self.think_id, self.end_think_id, self.budget = think_id, end_think_id, budget
+        self._uncounted = frozenset(uncounted)
         self._seen = 0
-        self._inside = False
+        self._inside = starts_inside
         self._count = 0
         self.forced = False  # read by the engine once the sequence is done
 
@@ -33,7 +40,7 @@ class ThinkingBudget:
                 self._inside, self._count = True, 0
             elif token == self.end_think_id:
                 self._inside = False
-            elif self._inside:
+            elif self._inside and token not in self._uncounted:
                 self._count += 1
         self._seen = len(generated)
         if self._inside and self._count >= self.budget:
@@ -60,7 +67,7 @@ class RepetitionPenalties:
 
 
 class BanTokens:
-    """Never sample these ids (``tool_choice: "none"`` bans ``[TOOL_CALLS]``)."""
+    """Never sample these ids (``tool_choice: "none"`` bans the token that starts a tool call)."""
 
     def __init__(self, token_ids: Sequence[int]) -> None:
         self.token_ids = list(token_ids)

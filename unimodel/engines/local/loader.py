@@ -9,7 +9,9 @@ Rules (DESIGN.md, "The embedded engine"):
   ``Mistral4ForCausalLM`` and ``mistral3`` loads ``Mistral3ForConditionalGeneration`` (text + Pixtral), by
   class; other checkpoints go through ``AutoModelForImageTextToText`` (when the config has a vision part)
   or ``AutoModelForCausalLM``.
-* A checkpoint with ``tekken.json`` is rendered with ``mistral_common``; others with their chat template.
+* The model family is the configured one (``--model-family``), else the one the checkpoint shows
+  (:func:`unimodel.formats.registry.detect_format`: a ``tekken.json`` is Mistral); the family's format picks
+  the renderer (``mistral_common`` for tekken checkpoints, else the chat template).
 * ``--dtype auto``: bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on CPU (CPU bf16 matmuls
   are slow without AMX and lose precision).
 
@@ -24,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unimodel.engines.local.render import ChatTemplateRenderer, MistralRenderer, PromptRenderer
+from unimodel.formats.base import ModelFormat
+from unimodel.formats.registry import detect_format, get_format
+from unimodel.formats.render import PromptRenderer
 from unimodel.models.tiny_random import MARKER_FILE, ensure_tiny_random, is_tiny_random
 
 log = logging.getLogger("unimodel.local")
@@ -42,6 +46,7 @@ class ModelLoadError(RuntimeError):
 class LoadedModel:
     model: Any
     path: Path
+    format: ModelFormat
     renderer: PromptRenderer
     device: Any  # torch.device
     dtype: Any  # torch.dtype
@@ -129,9 +134,10 @@ def context_length(config: Any, requested: int | None) -> int:
 
 def load_model(
     model: str, *, device: str = "auto", dtype: str = "auto", max_model_len: int | None = None,
-    cache_dir: Path | None = None,
+    cache_dir: Path | None = None, family: str | None = None,
 ) -> LoadedModel:
-    """Resolve, load and place ``model`` (blocking: call it in a worker thread)."""
+    """Resolve, load and place ``model`` (blocking: call it in a worker thread); ``family`` names its format
+    (None: recognised from the checkpoint)."""
     path, tiny = resolve_path(model, cache_dir)
     config_file = path / "config.json"
     if not config_file.is_file():
@@ -157,30 +163,23 @@ def load_model(
             f"loading {path} with transformers.{getattr(cls, '__name__', cls)} (dtype {torch_dtype}, device "
             f"{torch_device}) failed: {type(exc).__name__}: {exc}; {_ADVICE}"
         ) from exc
-    renderer = _renderer(path)
+    fmt = get_format(family) if family else detect_format(path)
+    renderer = _renderer(fmt, path)
     vocab = getattr(getattr(loaded.config, "text_config", None) or loaded.config, "vocab_size", None)
     if vocab is not None and renderer.vocab_size > vocab:
         raise ModelLoadError(f"{path}: the tokenizer has {renderer.vocab_size} ids but the model only {vocab}")
     return LoadedModel(
-        model=loaded, path=path, renderer=renderer, device=torch_device, dtype=torch_dtype,
+        model=loaded, path=path, format=fmt, renderer=renderer, device=torch_device, dtype=torch_dtype,
         max_model_len=context_length(loaded.config, max_model_len), is_vision=is_vision, is_tiny_random=tiny,
         config=loaded.config,
     )
 
 
-def _renderer(path: Path) -> PromptRenderer:
-    tekken = path / "tekken.json"
-    if tekken.is_file():
-        try:
-            return MistralRenderer(tekken)
-        except Exception as exc:
-            raise ModelLoadError(f"mistral_common cannot load {tekken}: {type(exc).__name__}: {exc}") from exc
+def _renderer(fmt: ModelFormat, path: Path) -> PromptRenderer:
     try:
-        from transformers import AutoTokenizer
-
-        return ChatTemplateRenderer(AutoTokenizer.from_pretrained(str(path)))
+        return fmt.load_renderer(path)
     except Exception as exc:
         raise ModelLoadError(
-            f"{path} has no tekken.json and its Hugging Face tokenizer failed to load ({type(exc).__name__}: "
-            f"{exc}); {_ADVICE}"
+            f"the tokenizer of {path} cannot be loaded for the {fmt.name} model family: {type(exc).__name__}: "
+            f"{exc}; {_ADVICE}"
         ) from exc

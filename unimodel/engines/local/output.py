@@ -3,7 +3,7 @@
 Hand-written glue between the tokenizer (:mod:`.detok`), the model family's parser (``formats/``) and the
 OpenAI usage numbers. Decisions:
 
-* Special tokens reach the parser by id with no text (so ``[THINK]`` typed by a user stays text); stop and
+* Special tokens reach the parser by id with no text (so a marker typed by a user stays text); stop and
   EOS tokens end the output and are never fed.
 * Stop strings are matched on the generated text (reasoning and answer alike, as vLLM does), within runs of
   ordinary tokens: text that could still be the start of a stop string is held back, and a special token
@@ -11,15 +11,15 @@ OpenAI usage numbers. Decisions:
   dropped, and the finish reason is ``stop``.
 * ``completion_tokens`` counts every token the model produced for the answer, including the final EOS/stop
   token and the token that completed a stop string; tokens generated after that are not counted.
-* ``reasoning_tokens`` counts the thinking tokens between ``[THINK]`` and ``[/THINK]``, the markers not
-  included: the same count the thinking budget is enforced on, and the upstream engine reports.
+* ``reasoning_tokens`` counts the thinking tokens between the family's opening and closing markers, the
+  markers not included: the same count the thinking budget is enforced on, and the upstream engine reports.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 
-from unimodel.engines.local.detok import Detokenizer
+from unimodel.formats.detok import Detokenizer
 from unimodel.formats.base import OutputParser
 from unimodel.protocol.events import Event, Finish, FinishReason, Usage
 

@@ -7,8 +7,8 @@ whatever the batch. The rest is vectorised over the rows of one decode step: gre
 sampled rows are scaled, truncated (top-k, then top-p on the sorted distribution) and inverted through their
 CDF with their own uniform draw.
 
-Per-request logit hooks (a grammar's token mask, forcing ``[/THINK]`` at a thinking budget) run before this,
-row by row, in :mod:`unimodel.engines.local.scheduler`.
+Per-request logit hooks (a grammar's token mask, forcing the end of thinking at a thinking budget) run before
+this, row by row, in :mod:`unimodel.engines.local.scheduler`.
 """
 
 from __future__ import annotations

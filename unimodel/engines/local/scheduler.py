@@ -5,7 +5,7 @@ run Mistral4 on CPU: its manager fixes sampling for all requests at creation (on
 global RNG through ``torch.multinomial``), so greedy and sampled requests cannot share a batch and a request's
 ``seed`` cannot make its output reproducible; and its logits processors see the packed batch without knowing
 which row belongs to which request, so there is no clean seam for per-request logic (a JSON grammar's token
-mask, forcing ``[/THINK]`` at a thinking budget). It also sizes its paged cache from free memory unless told
+mask, closing the thinking at a thinking budget). It also sizes its paged cache from free memory unless told
 otherwise and runs its own thread and queues. What we need is small enough to own:
 
 * newly admitted requests are prefilled together (a left-padded batch up to ``max_prefill_tokens``; a

@@ -12,8 +12,9 @@ from unimodel.engines.base import GenerationRequest
 from tests.support.requests import gen_request
 from unimodel.engines.local import LocalEngine
 from unimodel.errors import InvalidRequestError
+from unimodel.formats.grammar import ThinkingMode, build_grammar, json_answer
 from unimodel.protocol.events import ContentDelta, Event, Finish
-from unimodel.protocol.openai import ChatCompletionRequest, ResponseFormat
+from unimodel.protocol.openai import ChatCompletionRequest
 
 pytest.importorskip("llguidance")
 
@@ -66,11 +67,16 @@ async def test_invalid_schema_is_a_400(engine: LocalEngine) -> None:
     assert err.value.param == "response_format"
 
 
+def _json_hook(engine: LocalEngine, mode: ThinkingMode) -> Any:
+    fmt, markers = engine.loaded.format, engine.markers
+    grammar = build_grammar(json_answer({"type": "object"}), fmt.thinking_grammar(markers), mode, engine._eos)
+    return engine._grammar.hook(grammar, "response_format")
+
+
 def test_grammar_allows_thinking_first_only_when_asked(engine: LocalEngine) -> None:
     think, end = engine.special_ids["[THINK]"], engine.special_ids["[/THINK]"]
-    rf = ResponseFormat.model_validate({"type": "json_object"})
     vocab = engine.loaded.config.vocab_size
-    with_think = engine._grammar.hook(rf, (think, end))
+    with_think = _json_hook(engine, "optional")
     logits = torch.zeros(vocab)
     with_think([], logits)
     assert torch.isfinite(logits[think])
@@ -79,13 +85,27 @@ def test_grammar_allows_thinking_first_only_when_asked(engine: LocalEngine) -> N
     logits = torch.zeros(vocab)
     with_think([think, *thought], logits)
     assert torch.isfinite(logits[end])  # inside thinking anything goes, [/THINK] included
+    assert not torch.isfinite(logits[sorted(engine._eos)[0]])  # but not EOS
     logits = torch.zeros(vocab)
     with_think([think, *thought, end], logits)
     assert not torch.isfinite(logits[think]) and torch.isfinite(logits[inner.encode("{", bos=False, eos=False)[0]])
-    without = engine._grammar.hook(rf, None)
+    without = _json_hook(engine, "off")
     logits = torch.zeros(vocab)
     without([], logits)
     assert not torch.isfinite(logits[think])
+
+
+def test_grammar_lets_an_opened_thinking_finish_first(engine: LocalEngine) -> None:
+    end = engine.special_ids["[/THINK]"]
+    brace = engine.loaded.renderer.tokenizer.instruct_tokenizer.tokenizer.encode(  # type: ignore[attr-defined]
+        "{", bos=False, eos=False)[0]
+    opened = _json_hook(engine, "opened")
+    logits = torch.zeros(engine.loaded.config.vocab_size)
+    opened([], logits)
+    assert torch.isfinite(logits[end]) and torch.isfinite(logits[brace])  # still thinking: anything but EOS
+    logits = torch.zeros(engine.loaded.config.vocab_size)
+    opened([brace, end], logits)
+    assert torch.isfinite(logits[brace]) and not torch.isfinite(logits[end])
 
 
 TOOLS = [

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-from unimodel.engines.local.detok import ByteDetokenizer, OffsetDetokenizer
+from unimodel.formats.detok import ByteDetokenizer, OffsetDetokenizer
 from unimodel.engines.local.output import OutputAssembler, StopStringMatcher
-from unimodel.engines.local.render import MistralRenderer
+from unimodel.formats.mistral_render import MistralRenderer
 from unimodel.formats.registry import get_format
 from unimodel.protocol.events import (
     ContentDelta,

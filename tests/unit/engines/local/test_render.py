@@ -21,7 +21,7 @@ from PIL import Image
 
 from unimodel.engines.base import GenerationRequest
 from tests.support.requests import gen_request as build_request
-from unimodel.engines.local.render import MistralRenderer
+from unimodel.formats.mistral_render import MistralRenderer
 from unimodel.errors import InvalidRequestError, UnsupportedFeatureError
 from unimodel.models import ensure_tiny_random
 from unimodel.protocol.openai import ChatCompletionRequest

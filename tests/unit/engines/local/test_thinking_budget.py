@@ -44,7 +44,7 @@ def thinking_engine(engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> Ite
     special = engine.special_ids
     forcing = ThinkForever(special["[THINK]"], special["[/THINK]"], sorted(engine._eos))
     own = engine._hooks
-    monkeypatch.setattr(engine, "_hooks", lambda req: [forcing, *own(req)])
+    monkeypatch.setattr(engine, "_hooks", lambda req, **kw: [forcing, *own(req, **kw)])
     yield engine
 
 
