@@ -6,7 +6,7 @@ content. Tool calls from both sources are renumbered into one index space.
 
 Reasoning tokens: taken from the upstream's ``usage.completion_tokens_details.reasoning_tokens`` when it
 reports them; otherwise counted as the streamed frames that carried thinking text (vLLM, SGLang and
-llama.cpp send one token a frame; the ``[THINK]``/``[/THINK]`` markers are not counted), and for a
+llama.cpp send one token a frame; the format's thinking markers are not counted), and for a
 non-streamed body estimated as characters / 4.
 
 Prompt and completion tokens: the upstream's ``usage``. Where it reports none, they are counted with our
