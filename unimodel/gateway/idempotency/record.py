@@ -1,0 +1,99 @@
+"""What an idempotency store keeps of a finished request, and its compact byte form.
+
+A stored response is the request body's fingerprint, the original request id and ``created`` time (so a
+replay carries the same completion id and timestamp), and the neutral generation events
+(``protocol/events.py``), not the rendered bytes: a replay goes through the same encoder as the original,
+streamed or not. Events are written as short JSON arrays (``["c", "text"]``) by hand rather than pickled
+(the bytes may live in a shared Redis, and unpickling what a store hands back would run its code) or dumped
+with a generic dataclass codec (the events are few and fixed; a tag per class keeps the record small).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from unimodel.protocol.events import (
+    ContentDelta,
+    Event,
+    Finish,
+    ReasoningDelta,
+    ThinkingBudgetReached,
+    ToolCallArgsDelta,
+    ToolCallEnd,
+    ToolCallStart,
+    Usage,
+)
+
+#: rough bytes one event costs in the record besides its text (for the size bound while recording)
+EVENT_OVERHEAD = 24
+
+
+class RecordError(ValueError):
+    """A stored record that cannot be read back (written by another version, or corrupted)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    fingerprint: str
+    request_id: str
+    created: int
+    events: tuple[Event, ...]
+
+
+def _encode_event(e: Event) -> list[Any]:
+    if isinstance(e, ContentDelta):
+        return ["c", e.text]
+    if isinstance(e, ReasoningDelta):
+        return ["r", e.text]
+    if isinstance(e, ToolCallArgsDelta):
+        return ["ta", e.index, e.text]
+    if isinstance(e, ToolCallStart):
+        return ["ts", e.index, e.id, e.name]
+    if isinstance(e, ToolCallEnd):
+        return ["te", e.index]
+    if isinstance(e, Usage):
+        return ["u", e.prompt_tokens, e.completion_tokens, e.reasoning_tokens, e.estimated]
+    if isinstance(e, ThinkingBudgetReached):
+        return ["b", e.thinking_tokens]
+    if isinstance(e, Finish):
+        return ["f", e.reason]
+    raise TypeError(f"not a generation event: {type(e).__name__}")
+
+
+_DECODERS: dict[str, Any] = {
+    "c": lambda a: ContentDelta(str(a[0])),
+    "r": lambda a: ReasoningDelta(str(a[0])),
+    "ta": lambda a: ToolCallArgsDelta(int(a[0]), str(a[1])),
+    "ts": lambda a: ToolCallStart(int(a[0]), str(a[1]), str(a[2])),
+    "te": lambda a: ToolCallEnd(int(a[0])),
+    "u": lambda a: Usage(int(a[0]), int(a[1]), int(a[2]), bool(a[3])),
+    "b": lambda a: ThinkingBudgetReached(int(a[0])),
+    "f": lambda a: Finish(str(a[0])),  # type: ignore[arg-type]
+}
+
+
+def event_size(e: Event) -> int:
+    """An upper-ish estimate of the bytes ``e`` adds to a record, without encoding it."""
+    text = getattr(e, "text", None)
+    return EVENT_OVERHEAD + (len(text) * 2 if isinstance(text, str) else 0)
+
+
+def encode(record: StoredResponse) -> bytes:
+    body = {"v": 1, "f": record.fingerprint, "id": record.request_id, "t": record.created,
+            "e": [_encode_event(e) for e in record.events]}
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> StoredResponse:
+    try:
+        body = json.loads(data)
+        if body.get("v") != 1:
+            raise RecordError(f"unknown record version {body.get('v')!r}")
+        events = tuple(_DECODERS[item[0]](item[1:]) for item in body["e"])
+        return StoredResponse(str(body["f"]), str(body["id"]), int(body["t"]), events)
+    except RecordError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+        raise RecordError(f"unreadable idempotency record: {type(exc).__name__}") from exc

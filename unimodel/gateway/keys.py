@@ -1,0 +1,160 @@
+"""Which key a request presents: the plain ``--api-key`` keys and the named, hashed ones of the config file.
+
+A KDF check costs milliseconds (scrypt, :mod:`unimodel.gateway.keyhash`), far too much per request, so each
+distinct key is checked once and the answer kept in an in-process map. The map is keyed by a fast digest of
+the presented key — BLAKE2b keyed with a random secret made when the process starts — so it never holds a key,
+nor an unkeyed hash that would let someone who reads the process's memory test guesses at full speed, and a
+look-up costs a microsecond. It is bounded on both sides:
+
+* *right* keys: one entry per record at most (only a record's own key derives its hash), so its size is the
+  number of records;
+* *wrong* keys are never entered there. A wrong key that carries a record's prefix costs one KDF run and is
+  then kept in a separate LRU of wrong digests (``max_wrong`` entries, oldest dropped), so a client retrying a
+  stale key costs one run, not one per request, and no stream of wrong keys grows memory past the bound.
+  A wrong key without any record's prefix costs no KDF run at all: this is why records keep the public
+  prefix (``sk-um-`` and 6 characters), so a flood of made-up keys costs a dict look-up each, not a KDF run
+  per record per request. Records without a prefix (hashes made elsewhere) are checked for every key that
+  no cached answer covers.
+
+KDF runs happen in a two-thread pool, so the event loop never stalls on one and a flood of prefixed wrong
+keys can take at most two cores; concurrent requests with the same unchecked key share one run.
+Written by hand: it is a dict, an ``OrderedDict`` and a thread pool, and no cache library knows which answers
+may be cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Optional
+
+from unimodel.errors import AuthenticationError
+from unimodel.gateway.keyhash import MAX_KEY_CHARS, KeyHash, parse_hash
+from unimodel.gateway.policy import KeyPolicy
+from unimodel.service.context import Caller
+
+MISSING = "Missing API key: send 'Authorization: Bearer KEY'."
+WRONG = "Incorrect API key provided."
+REVOKED = "This API key has been revoked."
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    caller: Caller
+    revoked: bool
+    prefix: Optional[str]
+    hashed: KeyHash
+
+
+class KeyRing:
+    """Resolves a presented key to its :class:`Caller`; raises a 401 for a wrong or revoked key."""
+
+    def __init__(self, plain: Sequence[str] = (), named: Sequence[KeyPolicy] = (), *, max_wrong: int = 1024,
+                 kdf_threads: int = 2) -> None:
+        self._plain = [(Caller(name=f"key-{i}"), k.encode("utf-8", "surrogatepass"))
+                       for i, k in enumerate(plain, start=1)]
+        self._records = [_Record(k.caller(), k.revoked, k.prefix, parse_hash(k.key_hash)) for k in named]
+        self._unprefixed = [r for r in self._records if r.prefix is None]
+        self._by_prefix: dict[str, list[_Record]] = {}
+        for record in self._records:
+            if record.prefix is not None:
+                self._by_prefix.setdefault(record.prefix, []).append(record)
+        self._prefix_len = len(next(iter(self._by_prefix), ""))
+        self._digest_key = secrets.token_bytes(32)
+        self._right: dict[bytes, _Record] = {}
+        self._wrong: OrderedDict[bytes, None] = OrderedDict()
+        self.max_wrong = max_wrong
+        self._pending: dict[bytes, asyncio.Future[Optional[_Record]]] = {}
+        self._kdf_threads = kdf_threads
+        self._pool: Optional[ThreadPoolExecutor] = None
+        self.kdf_runs = 0  # how many KDF checks ran (for tests and /ready-style introspection)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any key is configured (without keys every caller is anonymous)."""
+        return bool(self._plain or self._records)
+
+    @property
+    def cached(self) -> tuple[int, int]:
+        """(right keys, wrong keys) held in the caches."""
+        return len(self._right), len(self._wrong)
+
+    async def caller(self, presented: str) -> Caller:
+        """The caller a presented key belongs to; :class:`AuthenticationError` when it is wrong or revoked."""
+        if not presented or len(presented) > MAX_KEY_CHARS:
+            raise AuthenticationError(WRONG)
+        given = presented.encode("utf-8", "surrogatepass")
+        if self._plain:
+            match = None
+            for caller, key in self._plain:  # every key compared: the timing says nothing about which matched
+                if hmac.compare_digest(given, key) and match is None:
+                    match = caller
+            if match is not None:
+                return match
+        if not self._records:
+            raise AuthenticationError(WRONG)
+        digest = hashlib.blake2b(given, key=self._digest_key, digest_size=32).digest()
+        record = self._right.get(digest)
+        if record is None:
+            record = await self._checked(presented, digest)
+        if record is None:
+            raise AuthenticationError(WRONG)
+        if record.revoked:
+            raise AuthenticationError(REVOKED)
+        return record.caller
+
+    async def _checked(self, presented: str, digest: bytes) -> Optional[_Record]:
+        if digest in self._wrong:
+            self._wrong.move_to_end(digest)
+            return None
+        candidates = self._candidates(presented)
+        if not candidates:
+            return None  # no record could hold this key: answered without a KDF run, nothing to remember
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._run_kdf(presented, candidates))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(digest, None))
+        record = await asyncio.shield(pending)  # a caller that leaves does not cancel the others' answer
+        self._remember(digest, record)
+        return record
+
+    def _candidates(self, presented: str) -> list[_Record]:
+        by_prefix = self._by_prefix.get(presented[: self._prefix_len], []) if self._by_prefix else []
+        return [*by_prefix, *self._unprefixed]
+
+    async def _run_kdf(self, presented: str, candidates: list[_Record]) -> Optional[_Record]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._kdf_threads, thread_name_prefix="unimodel-kdf")
+        loop = asyncio.get_running_loop()
+        self.kdf_runs += 1
+        return await loop.run_in_executor(self._pool, _match, presented, candidates)
+
+    def _remember(self, digest: bytes, record: Optional[_Record]) -> None:
+        if record is not None:
+            if len(self._right) < len(self._records):  # one digest per record: a bound by construction
+                self._right[digest] = record
+            return
+        self._wrong[digest] = None
+        self._wrong.move_to_end(digest)
+        while len(self._wrong) > self.max_wrong:
+            self._wrong.popitem(last=False)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _match(presented: str, candidates: list[_Record]) -> Optional[_Record]:
+    found = None
+    for record in candidates:  # every candidate checked, as the plain keys are
+        if record.hashed.matches(presented) and found is None:
+            found = record
+    return found

@@ -1,0 +1,169 @@
+"""What an operator writes in the config file about keys and routes: the ``keys:`` records and the ``routes:``
+mapping, as pydantic models, and the shipped routes they are merged over.
+
+Only the schema lives here (pydantic and the standard library), so that :mod:`unimodel.config` can type its
+settings with it and refuse a bad file at start-up with the setting's path; the stages that apply it are
+:mod:`unimodel.gateway.auth` and :mod:`unimodel.gateway.routes`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from unimodel.gateway.keyhash import KEY_PREFIX, PREFIX_CHARS, parse_hash
+from unimodel.protocol.openai import REASONING_EFFORTS, ReasoningEffort
+from unimodel.service.context import Caller
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+ToolName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+
+#: names the plain ``--api-key`` keys get (``key-1``, ``key-2`` …) and the caller without keys
+RESERVED_KEY_NAME = r"^(key-\d+|anonymous)$"
+
+
+def effort_rank(effort: str) -> int:
+    return REASONING_EFFORTS.index(effort)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KeyPolicy(_Strict):
+    """One named key: its hash (never the key), and what it may do (``None``: the server's default, or no
+    limit). ``rpm``/``tpm`` and the high-reasoning pair are read by the limits stage; ``routes`` and
+    ``allowed_tools`` (``None``: all) and ``max_tokens_cap`` by the route stage."""
+
+    name: Name
+    key_hash: str
+    prefix: Optional[str] = Field(default=None, pattern=rf"^{KEY_PREFIX}[A-Za-z0-9_-]{{{PREFIX_CHARS}}}$")
+    routes: Optional[list[Name]] = Field(default=None, min_length=1)
+    rpm: Optional[int] = Field(default=None, ge=0)
+    tpm: Optional[int] = Field(default=None, ge=0)
+    high_reasoning_rpm: Optional[int] = Field(default=None, ge=0)
+    high_reasoning_tpm: Optional[int] = Field(default=None, ge=0)
+    max_concurrent: Optional[int] = Field(default=None, ge=1)
+    max_tokens_cap: Optional[int] = Field(default=None, ge=1)
+    allowed_tools: Optional[list[ToolName]] = None
+    revoked: bool = False
+
+    @field_validator("key_hash")
+    @classmethod
+    def _parseable(cls, v: str) -> str:
+        parse_hash(v)
+        return v.strip()
+
+    def caller(self) -> Caller:
+        return Caller(
+            name=self.name, routes=None if self.routes is None else frozenset(self.routes), rpm=self.rpm,
+            tpm=self.tpm, high_reasoning_rpm=self.high_reasoning_rpm, high_reasoning_tpm=self.high_reasoning_tpm,
+            max_concurrent=self.max_concurrent, max_tokens_cap=self.max_tokens_cap,
+            allowed_tools=None if self.allowed_tools is None else frozenset(self.allowed_tools))
+
+
+def check_key_names(keys: list[KeyPolicy]) -> None:
+    """Names are unique and none is one the plain keys or the keyless caller get."""
+    seen: set[str] = set()
+    for key in keys:
+        if re.fullmatch(RESERVED_KEY_NAME, key.name):
+            raise ValueError(f"the key name '{key.name}' is reserved (key-N names the --api-key keys)")
+        if key.name in seen:
+            raise ValueError(f"two keys are named '{key.name}'")
+        seen.add(key.name)
+
+
+class RouteTimeouts(_Strict):
+    """Deadlines for one route's engine call, in seconds (``None``: the server's default); the resilience
+    stage applies them."""
+
+    connect_s: Optional[float] = Field(default=None, gt=0, le=3600)
+    first_token_s: Optional[float] = Field(default=None, gt=0, le=86400)
+    total_s: Optional[float] = Field(default=None, gt=0, le=86400)
+
+
+class RoutePolicy(_Strict):
+    """A named route's defaults and caps. A value the client sent explicitly beyond a cap is refused with a
+    400 naming the field; a default is clamped to the caps. ``tools``: ``all``, ``none``, or the tool names
+    allowed. ``upstreams``: upstream names in the order to try (``None``: the server's chain)."""
+
+    name: str = "default"
+    default_reasoning_effort: Optional[ReasoningEffort] = None
+    max_reasoning_effort: Optional[ReasoningEffort] = None
+    max_tokens: Optional[int] = Field(default=None, ge=1)
+    default_temperature: Optional[Temperature] = None
+    min_temperature: Optional[Temperature] = None
+    max_temperature: Optional[Temperature] = None
+    images: bool = True
+    max_images: Optional[int] = Field(default=None, ge=0, le=256)
+    max_image_bytes: Optional[int] = Field(default=None, ge=1024)
+    max_image_pixels: Optional[int] = Field(default=None, ge=1024)
+    tools: Union[Literal["all", "none"], list[ToolName]] = "all"
+    timeouts: RouteTimeouts = Field(default_factory=RouteTimeouts)
+    upstreams: Optional[list[Name]] = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RoutePolicy":
+        low, high = self.default_reasoning_effort, self.max_reasoning_effort
+        if low is not None and high is not None and effort_rank(low) > effort_rank(high):
+            raise ValueError(f"default_reasoning_effort '{low}' is above max_reasoning_effort '{high}'")
+        lo, default, hi = self.min_temperature, self.default_temperature, self.max_temperature
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError("min_temperature is above max_temperature")
+        if default is not None and ((lo is not None and default < lo) or (hi is not None and default > hi)):
+            raise ValueError("default_temperature is outside min_temperature..max_temperature")
+        return self
+
+    @property
+    def has_image_caps(self) -> bool:
+        return any(v is not None for v in (self.max_images, self.max_image_bytes, self.max_image_pixels))
+
+
+#: the routes every server has; ``routes:`` in the config file changes their fields or adds new routes
+SHIPPED_ROUTES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "hard": {"default_reasoning_effort": "high"},
+    "image": {},
+    "agent": {},
+}
+
+
+def resolve_routes(configured: Mapping[str, Optional[RoutePolicy]]) -> dict[str, RoutePolicy]:
+    """The shipped routes with the configured ones merged over them, field by field (only the fields the
+    config sets); a configured ``null`` removes a shipped route (``default`` stays: the rules fall back to it).
+    """
+    raw: dict[str, dict[str, Any]] = {name: dict(fields) for name, fields in SHIPPED_ROUTES.items()}
+    for name, route in configured.items():
+        if not _valid_name(name):
+            raise ValueError(f"the route name '{name[:64]}' must be letters, digits and ._- (at most 64)")
+        if route is None:
+            if name == "default":
+                raise ValueError("the route 'default' cannot be removed")
+            raw.pop(name, None)
+            continue
+        fields = route.model_dump(include=route.model_fields_set - {"name"})
+        raw[name] = {**raw.get(name, {}), **fields}
+    out: dict[str, RoutePolicy] = {}
+    for name, fields in raw.items():
+        try:
+            out[name] = RoutePolicy.model_validate({**fields, "name": name})
+        except ValueError as exc:
+            raise ValueError(f"route '{name}': {_first_error(exc)}") from None
+    return out
+
+
+def _valid_name(name: str) -> bool:
+    return re.fullmatch(NAME_PATTERN, name) is not None
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return str(first.get("msg", exc)).removeprefix("Value error, ")
+    return str(exc)
