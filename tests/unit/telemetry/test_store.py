@@ -1,0 +1,123 @@
+"""The request log's store on SQLite and PostgreSQL: ordered migrations, each row once, queries, retention."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Connection, text
+
+from tests.unit.telemetry.conftest import make_row
+from unimodel.telemetry.schema import MIGRATIONS, Migration
+from unimodel.telemetry.store import LogStore, LogStoreError, database_url, default_data_dir
+from unimodel.telemetry.sweeper import PromptSweeper
+
+
+@pytest.fixture()
+def store(db_url: str) -> Iterator[LogStore]:
+    s = LogStore(database_url(db_url, Path("/nonexistent")))
+    yield s
+    s.dispose()
+
+
+def test_migrations_apply_once_in_order(store: LogStore) -> None:
+    assert store.migrate() == [m.name for m in MIGRATIONS]
+    assert store.migrate() == []
+    calls: list[str] = []
+
+    def step(name: str) -> Migration:
+        def apply(conn: Connection) -> None:
+            calls.append(name)
+            conn.execute(text(f"ALTER TABLE requests ADD COLUMN {name.split('_', 1)[1]} INTEGER"))
+        return Migration(name, apply)
+
+    later = [*MIGRATIONS, step("0002_extra_a"), step("0003_extra_b")]
+    assert store.migrate(later) == ["0002_extra_a", "0003_extra_b"]
+    assert calls == ["0002_extra_a", "0003_extra_b"]
+    assert store.migrate(later) == []
+    assert store.applied_migrations() == ["0001_requests", "0002_extra_a", "0003_extra_b"]
+
+
+def test_a_failing_migration_applies_nothing(store: LogStore) -> None:
+    store.migrate()
+
+    def broken(conn: Connection) -> None:
+        conn.execute(text("ALTER TABLE requests ADD COLUMN half_done INTEGER"))
+        raise RuntimeError("step failed midway")
+
+    with pytest.raises(RuntimeError):
+        store.migrate([*MIGRATIONS, Migration("0002_broken", broken)])
+    assert store.applied_migrations() == ["0001_requests"]
+    assert store.migrate([*MIGRATIONS, Migration("0002_fixed", lambda c: None)]) == ["0002_fixed"]
+
+
+def test_a_row_is_stored_once_even_when_its_batch_is_written_twice(store: LogStore) -> None:
+    store.migrate()
+    rows = [make_row(i, tool_names=["get_weather"] if i == 1 else None) for i in range(5)]
+    store.insert(rows)
+    store.insert(rows[2:] + [make_row(9)])  # a replay of an unacknowledged batch, plus one new row
+    assert store.count() == 6
+    got = store.rows(newest_first=False)
+    assert [r["request_id"] for r in got] == ["req-0", "req-1", "req-2", "req-3", "req-4", "req-9"]
+    assert got[1]["tool_names"] == ["get_weather"]
+    assert got[0]["created_at"] == "2026-05-01T12:00:00+00:00"
+    assert got[0]["idempotent_replay"] is False and got[0]["status"] == 200
+
+
+def test_queries_filter_by_time_route_and_key(store: LogStore) -> None:
+    store.migrate()
+    store.insert([make_row(0, route="hard"), make_row(60, key_name="team-b"), make_row(120),
+                  make_row(180, route="hard", key_name="team-b")])
+    since = datetime(2026, 5, 1, 12, 1, tzinfo=timezone.utc)
+    assert [r["request_id"] for r in store.rows(since=since)] == ["req-180", "req-120", "req-60"]
+    assert [r["request_id"] for r in store.rows(route="hard")] == ["req-180", "req-0"]
+    assert [r["request_id"] for r in store.rows(key="team-b", route="hard")] == ["req-180"]
+    assert [r["request_id"] for r in store.rows(limit=2)] == ["req-180", "req-120"]
+    assert store.rows(columns=("status", "latency_ms"), limit=1) == [{"status": 200, "latency_ms": 100.0}]
+
+
+def test_the_sweeper_empties_old_prompts_and_keeps_the_rows(store: LogStore) -> None:
+    store.migrate()
+    now = datetime(2026, 5, 31, 12, 0, tzinfo=timezone.utc)
+    store.insert([
+        make_row(0, prompt="user: <EMAIL> asked", answer="an answer"),  # 30 days before `now`
+        make_row(29 * 86400, prompt="user: recent", answer="recent answer"),
+        make_row(1, prompt=None, answer=None),
+    ])
+    sweeper = PromptSweeper(store, retention_days=7)
+    assert sweeper.sweep_once(now) == 1
+    assert sweeper.sweep_once(now) == 0
+    rows = {r["request_id"]: r for r in store.rows()}
+    assert rows["req-0"]["prompt"] is None and rows["req-0"]["answer"] is None
+    assert rows["req-0"]["prompt_tokens"] == 10  # the row itself stays
+    assert rows[f"req-{29 * 86400}"]["prompt"] == "user: recent"
+    assert sweeper.sweep_once(now + timedelta(days=6)) == 0
+    assert sweeper.sweep_once(now + timedelta(days=8)) == 1
+    assert store.count() == 3
+
+
+def test_sqlite_runs_in_wal_mode_with_owner_only_files(tmp_path: Path) -> None:
+    store = LogStore(database_url(str(tmp_path / "deep" / "log.db"), tmp_path))
+    store.migrate()
+    store.insert([make_row(0)])
+    path = tmp_path / "deep" / "log.db"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert path.stat().st_mode & 0o077 == 0
+    assert (tmp_path / "deep").stat().st_mode & 0o077 == 0
+    store.dispose()
+
+
+def test_database_urls(tmp_path: Path) -> None:
+    assert database_url(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/requests.db"
+    assert database_url("logs/x.db", tmp_path).startswith("sqlite:////")
+    assert database_url("postgresql://u:p@h/db", tmp_path) == "postgresql+psycopg://u:p@h/db"
+    assert database_url("postgres://h/db", tmp_path) == "postgresql+psycopg://h/db"
+    with pytest.raises(LogStoreError):
+        database_url("mysql://h/db", tmp_path)
+    assert default_data_dir(tmp_path / "d") == tmp_path / "d"
+    shown = LogStore("postgresql+psycopg://u:secret@127.0.0.1/db").display_url
+    assert shown == "postgresql+psycopg://u:***@127.0.0.1/db"

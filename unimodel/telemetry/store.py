@@ -1,0 +1,238 @@
+"""The request log's database: SQLite (WAL) by default, PostgreSQL with ``--log-db postgresql://…``.
+
+SQLAlchemy 2 Core, one engine per store. Every call here does blocking I/O: the server calls it only from the
+log writer's thread (``writer.py``) or through ``asyncio.to_thread``; the CLI calls it directly. Every wait is
+bounded (connect timeout, statement timeout, SQLite busy timeout), so a database that is down or stuck makes
+a call fail within seconds instead of hanging the writer. Parameters are hidden from SQLAlchemy's error
+messages, so a failure logged by the writer never carries a row's values.
+
+Rows cross this boundary as plain dicts keyed by :data:`~unimodel.telemetry.schema.COLUMNS`, with
+``created_at`` as an ISO 8601 UTC string (the same form as in the spill file), already redacted and hashed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from unimodel.telemetry.schema import COLUMNS, HAS_TEXT, MIGRATIONS, REQUESTS, Migration
+
+DB_FILE = "requests.db"
+_MIGRATION_LOCK = 0x756E696D  # "unim": the PostgreSQL advisory lock held while migrating
+
+
+class LogStoreError(ValueError):
+    """A ``--log-db`` value that is not a database URL we can use."""
+
+
+def default_data_dir(override: Optional[Path] = None) -> Path:
+    """Where the request log lives by default: ``override`` (``--data-dir``/``UNIMODEL_DATA_DIR``), else the
+    platform's user data dir (``~/.local/share/unimodel`` on Linux, via platformdirs)."""
+    if override is not None:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("unimodel", appauthor=False))
+
+
+def database_url(value: Optional[str], data_dir: Path) -> str:
+    """A SQLAlchemy URL from ``--log-db``: ``postgresql://…`` (driven by psycopg 3), ``sqlite:///path``, or a
+    plain file path; ``None`` is ``requests.db`` in ``data_dir``."""
+    if value is None:
+        return f"sqlite:///{(data_dir / DB_FILE).resolve()}"
+    if "://" not in value:
+        return f"sqlite:///{Path(value).expanduser().resolve()}"
+    for scheme in ("postgresql://", "postgres://"):
+        if value.startswith(scheme):
+            return "postgresql+psycopg://" + value[len(scheme):]
+    if value.startswith(("postgresql+psycopg://", "sqlite:///")):
+        return value
+    raise LogStoreError(f"--log-db must be a postgresql:// URL, a sqlite:/// URL or a file path, not {value!r}")
+
+
+def sqlite_path(url: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///`` URL (``None`` for another database or an in-memory one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
+def _naive_utc(value: datetime) -> datetime:
+    """A naive UTC datetime (the column's form on both databases); a naive input is taken as UTC."""
+    if value.tzinfo is None:
+        return value
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _utc(value: str) -> datetime:
+    return _naive_utc(datetime.fromisoformat(value))
+
+
+def _migrations_table(metadata: MetaData) -> Table:
+    return Table("_migrations", metadata, Column("name", String(128), primary_key=True),
+                 Column("applied_at", String(32), nullable=False))
+
+
+class LogStore:
+    """One request-log database: migrations, batched inserts (each row at most once), queries."""
+
+    def __init__(self, url: str, *, connect_timeout_s: float = 3.0, statement_timeout_s: float = 10.0) -> None:
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise LogStoreError(f"--log-db is not a database URL: {exc}") from exc
+        self.url = url
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise LogStoreError(f"the request log supports SQLite and PostgreSQL, not {self.dialect}")
+        self.path = sqlite_path(url)
+        if self.dialect == "sqlite":
+            self.engine = create_engine(url, hide_parameters=True,
+                                        connect_args={"timeout": statement_timeout_s, "check_same_thread": False})
+            _sqlite_transactions(self.engine)
+        else:
+            options = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
+            self.engine = create_engine(url, hide_parameters=True, pool_pre_ping=True, pool_size=2,
+                                        max_overflow=2, pool_timeout=connect_timeout_s,
+                                        connect_args={"connect_timeout": max(1, round(connect_timeout_s)),
+                                                      "options": options})
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password (for log lines and the CLI)."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    # ---- schema ---------------------------------------------------------------------------------------
+
+    def migrate(self, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+        """Apply the steps not yet recorded in ``_migrations``, in order, in one transaction (PostgreSQL: under an
+        advisory lock; SQLite: ``BEGIN IMMEDIATE``), so replicas starting together migrate once. Returns the
+        names applied now."""
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        meta = MetaData()
+        table = _migrations_table(meta)
+        applied: list[str] = []
+        with self.engine.connect().execution_options(sqlite_immediate=True) as conn, conn.begin():
+            if self.dialect == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            table.create(conn, checkfirst=True)
+            done = set(conn.execute(select(table.c.name)).scalars())
+            for migration in migrations:
+                if migration.name in done:
+                    continue
+                migration.apply(conn)
+                conn.execute(table.insert().values(name=migration.name,
+                                                   applied_at=datetime.now(timezone.utc).isoformat()))
+                applied.append(migration.name)
+        if self.path is not None:
+            file_mode_private(self.path)  # its -wal and -shm files are made with the same mode
+        return applied
+
+    def applied_migrations(self) -> list[str]:
+        table = _migrations_table(MetaData())
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(table.c.name).order_by(table.c.name)).scalars())
+
+    # ---- writing --------------------------------------------------------------------------------------
+
+    def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert ``rows`` in one transaction; a row whose ``log_id`` is already stored is skipped (a replay of
+        a batch that was written but not acknowledged inserts nothing twice)."""
+        if not rows:
+            return
+        values = [{**{c: row.get(c) for c in COLUMNS}, "created_at": _utc(row["created_at"])} for row in rows]
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(REQUESTS).on_conflict_do_nothing(index_elements=["log_id"])
+        with self.engine.begin() as conn:
+            conn.execute(stmt, values)
+
+    def clear_prompts(self, before: datetime) -> int:
+        """Empty ``prompt``/``answer`` of rows that arrived before ``before``; the number of rows changed. It
+        reads only rows that still hold text (a partial index holds just those)."""
+        stmt = (update(REQUESTS)
+                .where(REQUESTS.c.created_at < _naive_utc(before))
+                .where(HAS_TEXT)
+                .values(prompt=None, answer=None))
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount or 0)
+
+    # ---- reading --------------------------------------------------------------------------------------
+
+    def rows(self, *, since: Optional[datetime] = None, route: Optional[str] = None, key: Optional[str] = None,
+             limit: Optional[int] = None, columns: Optional[Sequence[str]] = None,
+             newest_first: bool = True) -> list[dict[str, Any]]:
+        """Rows matching the filters, newest first, ``created_at`` as an ISO 8601 UTC string."""
+        cols = [REQUESTS.c[name] for name in (columns or ("id", *COLUMNS))]
+        stmt = select(*cols)
+        if since is not None:
+            stmt = stmt.where(REQUESTS.c.created_at >= _naive_utc(since))
+        if route is not None:
+            stmt = stmt.where(REQUESTS.c.route == route)
+        if key is not None:
+            stmt = stmt.where(REQUESTS.c.key_name == key)
+        order = REQUESTS.c.id.desc() if newest_first else REQUESTS.c.id.asc()
+        stmt = stmt.order_by(order)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.engine.connect() as conn:
+            out = [dict(r._mapping) for r in conn.execute(stmt)]
+        for row in out:
+            if isinstance(row.get("created_at"), datetime):
+                row["created_at"] = row["created_at"].replace(tzinfo=timezone.utc).isoformat()
+        return out
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(REQUESTS)).scalar_one())
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_transactions(engine: Engine) -> None:
+    """WAL, and real transactions: pysqlite's own BEGIN handling is turned off and SQLAlchemy's ``begin`` emits
+    ``BEGIN`` (``BEGIN IMMEDIATE`` for the migration), SQLAlchemy's documented recipe."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("sqlite_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def file_mode_private(path: Path) -> None:
+    """Owner-only permissions on the database file we made (SQLite gives its -wal and -shm files the same)."""
+    try:
+        os.chmod(path, 0o600)
+    except OSError:
+        pass
