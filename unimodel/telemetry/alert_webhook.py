@@ -1,0 +1,105 @@
+"""Alert webhooks: a JSON POST per alert event, sent by one background task, never in a request's way.
+
+:meth:`WebhookSender.submit` only puts the event in a bounded queue (``max_queue``) and returns: when the
+queue is full the event is dropped and counted, with a warning at most once a minute. One worker task sends
+the events in order (a firing before its resolution) through one ``httpx.AsyncClient``: each try is bounded by
+``timeout_s`` in total (connect, send and the whole answer), a network error, a timeout, 408, 429 or a 5xx is
+tried again ``retries`` times after exponential backoff, any other answer ends it. Redirects are not followed.
+The URLs come from the operator's config (``alerts[].webhook``, ``alert_webhook_url``), never from a request;
+they are not logged, since webhook URLs often carry a token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Optional
+
+import httpx
+
+log = logging.getLogger("unimodel.alerts")
+
+_RETRYABLE = {408, 425, 429}
+_WARN_EVERY_S = 60.0
+
+
+class WebhookSender:
+    def __init__(self, *, timeout_s: float = 3.0, retries: int = 3, backoff_s: float = 0.5,
+                 max_queue: int = 100, client: Optional[httpx.AsyncClient] = None) -> None:
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(max_queue)
+        self._client = client
+        self._own_client = client is None
+        self._worker: Optional[asyncio.Task[None]] = None
+        self._last_warning = -_WARN_EVERY_S
+        self.delivered = 0
+        self.failed = 0  # given up after every try
+        self.dropped = 0  # never tried: the queue was full
+        self.attempts = 0
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, url: str, payload: dict[str, Any]) -> bool:
+        """Queue one POST; ``False`` when the queue is full and the event was dropped. Never blocks."""
+        try:
+            self._queue.put_nowait((url, payload))
+            return True
+        except asyncio.QueueFull:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._last_warning >= _WARN_EVERY_S:
+                self._last_warning = now
+                log.warning("alert_webhook=dropped alert=%s dropped_total=%d reason=queue_full",
+                            payload.get("alert"), self.dropped)
+            return False
+
+    async def start(self) -> None:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
+        self._worker = asyncio.create_task(self._work(), name="alert-webhooks")
+
+    async def aclose(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+        if self.pending:
+            log.warning("alert_webhook=unsent events=%d reason=shutdown", self.pending)
+        if self._client is not None and self._own_client:
+            await self._client.aclose()
+            self._client = None
+
+    async def _work(self) -> None:
+        while True:
+            url, payload = await self._queue.get()
+            try:
+                await self._deliver(url, payload)
+            except Exception:  # the worker outlives any one event
+                log.exception("alert_webhook=error alert=%s", payload.get("alert"))
+
+    async def _deliver(self, url: str, payload: dict[str, Any]) -> None:
+        assert self._client is not None
+        reason = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
+            self.attempts += 1
+            try:
+                response = await asyncio.wait_for(self._client.post(url, json=payload), self.timeout_s)
+            except (httpx.HTTPError, asyncio.TimeoutError) as exc:
+                reason = type(exc).__name__
+                continue
+            if response.status_code < 300:
+                self.delivered += 1
+                return
+            reason = f"status_{response.status_code}"
+            if response.status_code < 500 and response.status_code not in _RETRYABLE:
+                break
+        self.failed += 1
+        log.warning("alert_webhook=failed alert=%s state=%s tries=%d reason=%s", payload.get("alert"),
+                    payload.get("state"), attempt + 1, reason)
