@@ -58,6 +58,21 @@ class Processes:
         wait_http(url + "/models", self.procs[-1])
         return url
 
+    def redis(self) -> str:
+        """A throwaway redis-server on a free loopback port (no persistence); returns its URL."""
+        port = free_port()
+        self.procs.append(subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                                            "--save", "", "--appendonly", "no"],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return f"redis://127.0.0.1:{port}/0"
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("redis-server did not start")
+
     def unimodel(self, *flags: str) -> str:
         """`unimodel serve FLAGS` on a free port, once /ready; returns its /v1 base URL."""
         port = free_port()

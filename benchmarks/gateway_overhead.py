@@ -18,15 +18,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+import uuid
 
 import httpx
 from _processes import pct, processes
 
-async def one(client: httpx.AsyncClient, url: str, model: str) -> tuple[float, float]:
+KEY = "sk-bench-every-stage"
+
+
+async def one(client: httpx.AsyncClient, url: str, model: str, governed: bool = False) -> tuple[float, float]:
     body = {"model": model, "messages": [{"role": "user", "content": "2+2?"}], "stream": True}
+    # with every stage on: a key, and a fresh Idempotency-Key per request (each one claimed and stored)
+    headers = {"Authorization": f"Bearer {KEY}", "Idempotency-Key": uuid.uuid4().hex} if governed else None
     t0 = time.perf_counter()
     ttft = None
-    async with client.stream("POST", url + "/chat/completions", json=body) as resp:
+    async with client.stream("POST", url + "/chat/completions", json=body, headers=headers) as resp:
         resp.raise_for_status()
         async for line in resp.aiter_lines():
             if ttft is None and line.startswith("data:"):
@@ -34,26 +40,28 @@ async def one(client: httpx.AsyncClient, url: str, model: str) -> tuple[float, f
     return time.perf_counter() - t0, ttft or 0.0
 
 
-async def run(url: str, model: str, requests: int, concurrency: int) -> tuple[list[float], float]:
+async def run(url: str, model: str, requests: int, concurrency: int,
+              governed: bool = False) -> tuple[list[float], float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=60) as client:
         for _ in range(min(10, requests)):  # warm-up: connections, imports, caches
-            await one(client, url, model)
+            await one(client, url, model, governed)
         queue = list(range(requests))
         lat: list[float] = []
 
         async def worker() -> None:
             while queue:
                 queue.pop()
-                lat.append((await one(client, url, model))[0])
+                lat.append((await one(client, url, model, governed))[0])
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return lat, requests / (time.perf_counter() - t0)
 
 
-async def pipeline_cost(requests: int) -> tuple[float, float]:
-    """Microseconds per streamed request: bare encoding, and the whole pipeline (both over a null engine)."""
+async def pipeline_cost(requests: int, metrics: bool = False) -> tuple[float, float]:
+    """Microseconds per streamed request: bare encoding, and the whole pipeline (both over a null engine);
+    ``metrics``: with the /metrics observer beside the access log, as the server has it."""
     import json
     from collections.abc import AsyncIterator
 
@@ -66,7 +74,7 @@ async def pipeline_cost(requests: int) -> tuple[float, float]:
     from unimodel.service.assemble import ChunkEncoder
     from unimodel.service.chat import ChatService
     from unimodel.service.context import RequestContext
-    from unimodel.service.observer import AccessLog, Observers
+    from unimodel.service.observer import AccessLog, Observer, Observers
     from unimodel.service.pipeline import Call, Pipeline
 
     class NullEngine(Engine):
@@ -93,7 +101,14 @@ async def pipeline_cost(requests: int) -> tuple[float, float]:
                        "messages": [{"role": "system", "content": "Be brief."},
                                     {"role": "user", "content": "What is 2+2?"}]}).encode()
     settings = Settings(engine="upstream", upstream="http://127.0.0.1:9/v1", api_keys=["sk-bench"])
-    service = ChatService(engine, Pipeline(build_stages(settings, engine)), Observers([AccessLog()]))
+    observers: list[Observer] = [AccessLog()]
+    if metrics:
+        from unimodel.telemetry.metrics import metrics_for
+
+        measured = metrics_for(settings, engine)
+        assert measured is not None
+        observers.append(measured.observer)
+    service = ChatService(engine, Pipeline(build_stages(settings, engine)), Observers(observers))
     headers = {"authorization": "Bearer sk-bench", "content-type": "application/json"}
 
     async def read() -> bytes:
@@ -135,10 +150,11 @@ def main() -> None:
 
     access = logging.getLogger("unimodel.access")
     access.propagate = False
-    for label, level in (("access log off", logging.WARNING), ("access log on", logging.INFO)):
+    for label, level, metrics in (("access log off", logging.WARNING, False), ("access log on", logging.INFO, False),
+                                  ("access log and metrics on", logging.INFO, True)):
         access.handlers = [logging.NullHandler()]  # the line is formatted, not written anywhere
         access.setLevel(level)
-        bare, full = asyncio.run(pipeline_cost(max(args.requests, 2000)))
+        bare, full = asyncio.run(pipeline_cost(max(args.requests, 2000), metrics))
         print(f"pipeline, in process, {label}: bare SSE encoding {bare:.1f} µs/request, with every stage "
               f"{full:.1f} µs/request: the pipeline adds {full - bare:.1f} µs")
     access.propagate = True
@@ -148,17 +164,29 @@ def main() -> None:
 
     with processes() as started:
         upstream = started.scripted_upstream()
-        gateway = started.unimodel("--engine", "upstream", "--upstream", upstream)
-        print(f"{'mode':<12}{'path':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}")
+        redis_url = started.redis()
+        common = ("--engine", "upstream", "--upstream", upstream)
+        bare_flags = ("--retries", "0", "--breaker-failures", "0", "--no-idempotency")
+        every = ("--api-key", KEY, "--rpm", "1000000", "--tpm", "1000000000", "--max-concurrent", "10000")
+        gateways = {
+            "bare": started.unimodel(*common, *bare_flags),
+            "all, mem": started.unimodel(*common, *every),
+            "all, redis": started.unimodel(*common, *every, "--redis", redis_url),
+        }
+        print("every stage on: a named key, the route stage, rpm/tpm and concurrency limits, a fresh "
+              "Idempotency-Key per request, retries and the breaker")
+        print(f"{'mode':<12}{'path':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
+              f"{'rate/direct':>13}")
         for label, conc, n in (("sequential", 1, args.requests), (f"conc {args.concurrency}", args.concurrency,
                                                                    args.requests * 2)):
             direct, direct_rps = asyncio.run(run(upstream, args.model, n, conc))
-            via, via_rps = asyncio.run(run(gateway, args.model, n, conc))
-            for path, lat, rps in (("direct", direct, direct_rps), ("unimodel", via, via_rps)):
-                print(f"{label:<12}{path:<10}{rps:>9.1f}{pct(lat, 50) * 1e3:>9.2f}{pct(lat, 99) * 1e3:>9.2f}")
-            print(f"{label:<12}{'added':<10}{'':>9}{(pct(via, 50) - pct(direct, 50)) * 1e3:>9.2f}"
-                  f"{(pct(via, 99) - pct(direct, 99)) * 1e3:>9.2f}   rate ratio unimodel/direct = "
-                  f"{via_rps / direct_rps:.2f}")
+            print(f"{label:<12}{'direct':<12}{direct_rps:>9.1f}{pct(direct, 50) * 1e3:>9.2f}"
+                  f"{pct(direct, 99) * 1e3:>9.2f}")
+            for path, url in gateways.items():
+                via, via_rps = asyncio.run(run(url, args.model, n, conc, governed=path != "bare"))
+                print(f"{label:<12}{path:<12}{via_rps:>9.1f}{pct(via, 50) * 1e3:>9.2f}{pct(via, 99) * 1e3:>9.2f}"
+                      f"{(pct(via, 50) - pct(direct, 50)) * 1e3:>9.2f}{(pct(via, 99) - pct(direct, 99)) * 1e3:>9.2f}"
+                      f"{via_rps / direct_rps:>13.2f}")
 
 
 if __name__ == "__main__":

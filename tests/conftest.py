@@ -11,6 +11,7 @@ import pytest
 from tests.support.scripted_upstream import Script, ScriptedUpstream
 
 if TYPE_CHECKING:
+    from tests.support.postgres_server import PostgresServer
     from tests.support.redis_server import RedisServer
 
 REASONING = "Let me think. 2 + 2 is 4, and [brackets] are fine."
@@ -40,6 +41,16 @@ def standard_scripts() -> dict[str, Script]:
     }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _request_log_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every server a test starts (in process or not) keeps its request log in a temporary data dir, never in
+    the real ~/.local/share/unimodel."""
+    data_dir = tmp_path_factory.mktemp("unimodel-data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("UNIMODEL_DATA_DIR", str(data_dir))
+        yield data_dir
+
+
 @pytest.fixture(scope="session")
 def scripted_upstream() -> Iterator[ScriptedUpstream]:
     with ScriptedUpstream(standard_scripts()) as upstream:
@@ -63,4 +74,13 @@ def redis_server() -> Iterator["RedisServer"]:
     from tests.support.redis_server import RedisServer
 
     with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator["PostgresServer"]:
+    """One real PostgreSQL for the session; tests make their own database in it (``create_database()``)."""
+    from tests.support.postgres_server import PostgresServer
+
+    with PostgresServer() as server:
         yield server

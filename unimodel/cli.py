@@ -64,6 +64,30 @@ def serve(
     default_max_tokens: Optional[int] = typer.Option(None, help="max_tokens for requests that give none."),
     redis: Optional[str] = typer.Option(None, help="redis://host:6379/0: rate limits and idempotency keys shared "
                                                    "by every replica (default: in this process's memory)."),
+    # limits and quotas (per key, per user, high reasoning, in flight)
+    rpm: Optional[int] = typer.Option(None, help="Requests per minute per key (a key's own value wins)."),
+    tpm: Optional[int] = typer.Option(None, help="Tokens (prompt + completion) per minute per key."),
+    user_rpm: Optional[int] = typer.Option(None, help="Requests per minute per end user (the request's user)."),
+    user_tpm: Optional[int] = typer.Option(None, help="Tokens per minute per end user."),
+    high_reasoning_rpm: Optional[int] = typer.Option(None, help="Requests per minute per key at or above "
+                                                                "--high-reasoning-effort."),
+    high_reasoning_tpm: Optional[int] = typer.Option(None, help="Tokens per minute per key for those requests."),
+    high_reasoning_effort: Optional[str] = typer.Option(None, help="none | minimal | low | medium | high: the "
+                                                                   "lowest effort counted as high (high)."),
+    max_concurrent: Optional[int] = typer.Option(None, help="Requests in flight per key."),
+    rate_limit_window_s: Optional[float] = typer.Option(None, help="The 'minute' of the limits, in seconds (60)."),
+    limits_on_redis_failure: Optional[str] = typer.Option(None, help="open | closed: with Redis down, admit "
+                                                                     "unchecked (open) or answer 503 (closed)."),
+    # idempotency (the Idempotency-Key header)
+    idempotency: Optional[bool] = typer.Option(None, "--idempotency/--no-idempotency",
+                                               help="Honour the Idempotency-Key header (default on)."),
+    idempotency_ttl_s: Optional[float] = typer.Option(None, "--idempotency-ttl",
+                                                      help="Seconds a stored response is replayed (86400)."),
+    idempotency_in_flight: Optional[str] = typer.Option(None, help="wait | conflict: a repeat while the first "
+                                                                   "request still runs waits for it, or gets 409."),
+    idempotency_wait_s: Optional[float] = typer.Option(None, help="Longest such wait, then 409 with Retry-After "
+                                                                  "(60)."),
+    idempotency_max_bytes: Optional[int] = typer.Option(None, help="Largest response stored for replay (4 MiB)."),
     max_json_depth: Optional[int] = typer.Option(None, help="Deepest JSON nesting a request may have (64)."),
     max_images_per_request: Optional[int] = typer.Option(None, help="Images one request may carry (8)."),
     max_image_bytes: Optional[int] = typer.Option(None, help="Largest image, in bytes (10 MiB)."),
@@ -76,6 +100,58 @@ def serve(
     vllm_arg: Optional[List[str]] = typer.Option(None, "--vllm-arg",
                                                  help="vllm engine: a flag to add or override, e.g. "
                                                       "--vllm-arg=--max-num-seqs=64 (repeatable)."),
+    # resilience (timeouts, retries, circuit breakers, fallback and canary upstreams)
+    retries: Optional[int] = typer.Option(None, help="Tries again on one upstream for a retryable failure "
+                                                     "before its first token (2)."),
+    retry_backoff_s: Optional[float] = typer.Option(None, help="Base of the exponential backoff with full jitter "
+                                                               "(0.2 s)."),
+    retry_max_wait_s: Optional[float] = typer.Option(None, help="Longest single wait between tries; an upstream "
+                                                                "Retry-After beyond it is not waited for (5 s)."),
+    first_token_timeout_s: Optional[float] = typer.Option(None, help="Seconds a try may wait for its first token "
+                                                                     "(default: no limit but the read timeout)."),
+    total_timeout_s: Optional[float] = typer.Option(None, help="Seconds a whole request may take, stream included "
+                                                               "(default: no limit)."),
+    breaker_failures: Optional[int] = typer.Option(None, help="Upstream failures in a row that open its circuit "
+                                                              "breaker (5; 0: no breaker)."),
+    breaker_window_s: Optional[float] = typer.Option(None, help="... within this many seconds (30)."),
+    breaker_cooldown_s: Optional[float] = typer.Option(None, help="Seconds a circuit stays open before one probe "
+                                                                  "request (30)."),
+    fallback_upstream: Optional[List[str]] = typer.Option(None, "--fallback-upstream",
+                                                          help="An OpenAI-compatible URL tried when the primary "
+                                                               "fails or its circuit is open (repeatable, in "
+                                                               "order)."),
+    canary_upstream: Optional[str] = typer.Option(None, help="An OpenAI-compatible URL that gets a share of the "
+                                                             "requests first (--canary-weight)."),
+    canary_weight: Optional[float] = typer.Option(None, help="The share of requests sent to the canary (0.05)."),
+    # the request log (one redacted row per request; `unimodel logs`)
+    request_log: Optional[bool] = typer.Option(None, "--request-log/--no-request-log",
+                                               help="Keep the request log (default on)."),
+    data_dir: Optional[Path] = typer.Option(None, help="Where the request log, its secret and spill file live "
+                                                       "(default: UNIMODEL_DATA_DIR or ~/.local/share/unimodel)."),
+    log_db: Optional[str] = typer.Option(None, help="postgresql://user@host/db, sqlite:///path or a file "
+                                                    "(default: requests.db in the data dir)."),
+    log_prompts: Optional[bool] = typer.Option(None, "--log-prompts/--no-log-prompts",
+                                               help="Also store prompts and answers, redacted (default off)."),
+    prompt_retention_days: Optional[float] = typer.Option(None, "--prompt-retention",
+                                                          help="Days stored prompts and answers are kept (30)."),
+    log_secret: Optional[str] = typer.Option(None, help="HMAC key of the stored user hash (prefer "
+                                                        "UNIMODEL_LOG_SECRET; default: generated once, kept "
+                                                        "beside the database)."),
+    log_buffer_rows: Optional[int] = typer.Option(None, help="Rows held in memory while the log database is "
+                                                             "down, before they spill to a file (10000)."),
+    log_spill_path: Optional[Path] = typer.Option(None, help="The spill file (default: beside the database)."),
+    # metrics (GET /metrics for Prometheus)
+    metrics: Optional[bool] = typer.Option(None, "--metrics/--no-metrics", help="Serve GET /metrics (default on)."),
+    metrics_key: Optional[str] = typer.Option(None, help="A bearer key /metrics requires (prefer "
+                                                         "UNIMODEL_METRICS_KEY; default: open, as Prometheus "
+                                                         "scrapes)."),
+    # the dashboard (GET /dashboard) and alerts (rules: `alerts:` in the --config file)
+    dashboard: Optional[bool] = typer.Option(None, "--dashboard/--no-dashboard",
+                                             help="Serve GET /dashboard (default on)."),
+    admin_key: Optional[str] = typer.Option(None, help="The one key the dashboard accepts (prefer "
+                                                       "UNIMODEL_ADMIN_KEY; default: the API keys)."),
+    alert_webhook_url: Optional[str] = typer.Option(None, help="Where firing and resolved alerts are POSTed as "
+                                                               "JSON (a rule's own `webhook` wins)."),
 ) -> None:
     """Serve the OpenAI-compatible endpoint."""
     settings = Settings.load(
@@ -86,16 +162,42 @@ def serve(
         device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
         max_queue=max_queue, queue_timeout_s=queue_timeout_s, unknown_fields=unknown_fields,
         upstream_extra_fields=upstream_extra_field or None, allow_image_urls=allow_image_urls,
-        redis=redis, max_json_depth=max_json_depth, max_images_per_request=max_images_per_request,
+        redis=redis, rpm=rpm, tpm=tpm, user_rpm=user_rpm, user_tpm=user_tpm, high_reasoning_rpm=high_reasoning_rpm,
+        high_reasoning_tpm=high_reasoning_tpm, high_reasoning_effort=high_reasoning_effort,
+        max_concurrent=max_concurrent, rate_limit_window_s=rate_limit_window_s,
+        limits_on_redis_failure=limits_on_redis_failure, idempotency=idempotency, idempotency_ttl_s=idempotency_ttl_s,
+        idempotency_in_flight=idempotency_in_flight, idempotency_wait_s=idempotency_wait_s,
+        idempotency_max_bytes=idempotency_max_bytes, max_json_depth=max_json_depth,
+        max_images_per_request=max_images_per_request,
         max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels,
         image_fetch_timeout_s=image_fetch_timeout_s, default_max_tokens=default_max_tokens,
         vllm_gpu=vllm_gpu, vllm_gpus=vllm_gpus, vllm_weights=vllm_weights, vllm_kv_cache=vllm_kv_cache,
         vllm_args=vllm_arg or None,
+        retries=retries, retry_backoff_s=retry_backoff_s, retry_max_wait_s=retry_max_wait_s,
+        first_token_timeout_s=first_token_timeout_s, total_timeout_s=total_timeout_s,
+        breaker_failures=breaker_failures, breaker_window_s=breaker_window_s, breaker_cooldown_s=breaker_cooldown_s,
+        fallback_upstreams=fallback_upstream or None, canary_upstream=canary_upstream, canary_weight=canary_weight,
+        request_log=request_log, data_dir=data_dir, log_db=log_db, log_prompts=log_prompts,
+        prompt_retention_days=prompt_retention_days, log_secret=log_secret, log_buffer_rows=log_buffer_rows,
+        log_spill_path=log_spill_path, metrics=metrics, metrics_key=metrics_key,
+        dashboard=dashboard, admin_key=admin_key, alert_webhook_url=alert_webhook_url,
     )
     run_server(settings)
 
 
 def _register_optional_commands() -> None:
+    from unimodel.keys_cli import register as register_keys  # `unimodel keys create|list|revoke`
+
+    register_keys(app)
+    from unimodel.telemetry.logs_cli import register as register_logs  # `unimodel logs`, `unimodel logs stats`
+
+    register_logs(app)
+    from unimodel.evals.cli import register as register_eval  # `unimodel eval`: an HTTP client of any endpoint
+
+    register_eval(app)
+    from unimodel.bench.cli import register as register_bench  # `unimodel bench`: an HTTP client of any endpoint
+
+    register_bench(app)
     try:
         from unimodel.plan.command import register as register_plan
     except ImportError:

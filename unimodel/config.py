@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from unimodel.gateway.policy import KeyPolicy, RoutePolicy, check_key_names, resolve_routes
 from unimodel.images.decode import ImageLimits
+from unimodel.telemetry.alert_rules import AlertRule, check_rules, webhook_url
 
 EngineKind = Literal["local", "upstream", "vllm"]
 UpstreamParse = Literal["auto", "upstream", "gateway"]
@@ -55,6 +57,27 @@ class ReasoningPolicy(BaseModel):
         return v
 
 
+def _http_url(v: str) -> str:
+    if not v.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL, e.g. http://gpu-box:8000/v1")
+    return v.rstrip("/")
+
+
+class UpstreamSpec(BaseModel):
+    """A named extra upstream (resilience): the config file's ``upstreams: {name: {url, api_key}}``; a route
+    sends requests to it by naming it. It shares the primary's parse mode, family and timeouts."""
+
+    model_config = {"extra": "forbid"}
+
+    url: str
+    api_key: Optional[str] = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="UNIMODEL_", extra="forbid", validate_default=True)
 
@@ -75,6 +98,34 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # keys and routes (gateway/keys.py, gateway/routes.py): named routes merged over the shipped default, hard,
+    # image and agent; named API keys with their own policy, stored as salted scrypt hashes (`unimodel keys`)
+    routes: dict[str, Optional[RoutePolicy]] = Field(default_factory=dict)
+    keys: list[KeyPolicy] = Field(default_factory=list)
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_merge(cls, v: dict[str, Optional[RoutePolicy]]) -> dict[str, Optional[RoutePolicy]]:
+        resolve_routes(v)  # refuses what does not merge (a default effort above the maximum, no default…)
+        return v
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_consistent(cls, v: list[KeyPolicy], info: ValidationInfo) -> list[KeyPolicy]:
+        check_key_names(v)
+        if "routes" in info.data:
+            known = resolve_routes(info.data["routes"])
+            for key in v:
+                missing = [r for r in key.routes or [] if r not in known]
+                if missing:
+                    raise ValueError(f"the key '{key.name}' names the route '{missing[0]}', which does not exist")
+        return v
+
+    @property
+    def route_policies(self) -> dict[str, RoutePolicy]:
+        """The routes in effect: the shipped ones with ``routes`` merged over them."""
+        return resolve_routes(self.routes)
+
     default_max_tokens: Optional[int] = Field(default=None, ge=1)  # None: up to the context length
     # request validation: unknown top-level fields are dropped, or refused with a 400; an allowlist goes upstream
     unknown_fields: Literal["drop", "reject"] = "drop"
@@ -89,6 +140,68 @@ class Settings(BaseSettings):
     # shared state across replicas (rate limits, idempotency keys): redis://host:6379/0; None: in memory
     redis: Optional[str] = None
     redis_prefix: str = Field(default="unimodel:", min_length=1, max_length=64)
+
+    # limits and quotas (gateway/limits): defaults for every key without its own values in `keys`; per end user
+    # (the request's `user`, within its key); a smaller quota for high reasoning; None: no limit. Exact across
+    # replicas with --redis (one Lua script per request), else in this process's memory
+    rpm: Optional[int] = Field(default=None, ge=1)
+    tpm: Optional[int] = Field(default=None, ge=1)
+    user_rpm: Optional[int] = Field(default=None, ge=1)
+    user_tpm: Optional[int] = Field(default=None, ge=1)
+    high_reasoning_rpm: Optional[int] = Field(default=None, ge=1)
+    high_reasoning_tpm: Optional[int] = Field(default=None, ge=1)
+    high_reasoning_effort: Effort = "high"  # requests at or above it also draw from the high-reasoning quota
+    max_concurrent: Optional[int] = Field(default=None, ge=1)  # requests in flight per key
+    rate_limit_window_s: float = Field(default=60.0, gt=0, le=86400)  # the "minute" of rpm/tpm
+    limits_token_reservation: int = Field(default=4096, ge=1)  # reserved when neither max_tokens nor a default
+    limits_on_redis_failure: Literal["open", "closed"] = "open"  # open: admit unchecked; closed: 503
+    limits_redis_timeout_s: float = Field(default=0.25, gt=0, le=10)  # bound of every Redis call
+    limits_lease_s: float = Field(default=900.0, ge=1)  # a dead replica's in-flight slots free themselves then
+
+    # idempotency (the Idempotency-Key header): a repeated request is answered from the first one's stored
+    # response; keys live in --redis when set, else in this process's memory (an LRU by count and bytes)
+    idempotency: bool = True
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)  # how long a stored response is replayed
+    idempotency_in_flight: Literal["wait", "conflict"] = "wait"  # a repeat while the first still runs
+    idempotency_wait_s: float = Field(default=60.0, ge=0)  # longest such wait, then 409 with Retry-After
+    idempotency_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # a larger response is not stored
+    idempotency_claim_ttl_s: float = Field(default=900.0, gt=0)  # a dead replica's claim frees its key then
+    idempotency_memory_entries: int = Field(default=10_000, ge=0)
+    idempotency_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+
+    # the request log (telemetry/): one row per request, redacted, written in the background; SQLite (WAL) in the
+    # data dir by default, or PostgreSQL with --log-db; prompts only with --log-prompts, emptied after retention
+    request_log: bool = True
+    data_dir: Optional[Path] = None  # None: the platform's user data dir (~/.local/share/unimodel)
+    log_db: Optional[str] = None  # postgresql://user@host/db, sqlite:///path, or a file; None: requests.db
+    log_prompts: bool = False
+    prompt_retention_days: float = Field(default=30.0, gt=0)
+    log_secret: Optional[SecretStr] = None  # the HMAC key of user_hash; None: generated once, kept by the db
+    log_buffer_rows: int = Field(default=10_000, ge=1)  # rows held in memory while the db is down, then spilled
+    log_spill_path: Optional[Path] = None  # None: beside the database
+
+    # alerts and the dashboard (telemetry/alerts.py, GET /dashboard): rules judged in process over the recent
+    # requests; a firing alert is a line on the unimodel.alerts logger and, with a webhook, a JSON POST
+    alerts: list[AlertRule] = Field(default_factory=list)
+    alert_webhook_url: Optional[str] = None  # for every rule without its own `webhook`
+    alert_eval_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    dashboard: bool = True
+    admin_key: Optional[SecretStr] = None  # the one key the dashboard accepts; None: the API keys
+
+    @field_validator("alerts")
+    @classmethod
+    def _alert_names(cls, v: list[AlertRule]) -> list[AlertRule]:
+        check_rules(v)
+        return v
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _alert_webhook(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else webhook_url(v)
+
+    # metrics (telemetry/metrics.py): GET /metrics for Prometheus, open unless a bearer key is set for it
+    metrics: bool = True
+    metrics_key: Optional[SecretStr] = None  # the scraper sends "Authorization: Bearer KEY"
 
     # local engine
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -115,6 +228,42 @@ class Settings(BaseSettings):
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     upstream_read_timeout_s: float = Field(default=600.0, gt=0)
     upstream_max_connections: int = Field(default=256, ge=1)
+
+    # resilience (the last pipeline stage): timeouts, retries before the first event, a circuit breaker per
+    # upstream, fallback and canary upstreams (each an upstream engine with the primary's settings)
+    retries: int = Field(default=2, ge=0, le=10)  # tries again on the same upstream, retryable failures only
+    retry_backoff_s: float = Field(default=0.2, ge=0, le=60)  # base of the exponential backoff (full jitter)
+    retry_max_wait_s: float = Field(default=5.0, ge=0, le=300)  # longest single wait; a longer Retry-After: give up
+    first_token_timeout_s: Optional[float] = Field(default=None, gt=0)  # per try; None: the read timeout only
+    total_timeout_s: Optional[float] = Field(default=None, gt=0)  # the whole request, stream included
+    breaker_failures: int = Field(default=5, ge=0)  # failures in a row that open a circuit; 0: no breaker
+    breaker_window_s: float = Field(default=30.0, gt=0)  # ... within this many seconds
+    breaker_cooldown_s: float = Field(default=30.0, gt=0)  # open this long, then one probe request
+    fallback_upstreams: list[str] = Field(default_factory=list)  # fallback-1, fallback-2 … in order
+    canary_upstream: Optional[str] = None
+    canary_weight: float = Field(default=0.05, ge=0, le=1)  # the share of requests sent to the canary first
+    upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)  # named ones, for routes
+
+    @field_validator("fallback_upstreams")
+    @classmethod
+    def _fallback_urls(cls, v: list[str]) -> list[str]:
+        return [_http_url(u) for u in v]
+
+    @field_validator("canary_upstream")
+    @classmethod
+    def _canary_url(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _http_url(v)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstream_names(cls, v: dict[str, UpstreamSpec]) -> dict[str, UpstreamSpec]:
+        for name in v:
+            if name in ("primary", "canary") or name.startswith("fallback-"):
+                raise ValueError(f"'{name}' is reserved: primary, canary and fallback-N name the --upstream, "
+                                 "--canary-upstream and --fallback-upstream URLs")
+            if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"an upstream name is 1 to 64 letters, digits, '-', '_' or '.': {name!r}")
+        return v
 
     @field_validator("upstream")
     @classmethod

@@ -13,6 +13,8 @@ so the label never drifts from what clients see::
     ├── NotFoundError                  404 not_found_error / not_found
     │   └── ModelNotFoundError         404 invalid_request_error / model_not_found
     ├── ConflictError                  409 conflict_error / conflict
+    │   ├── IdempotencyKeyReusedError  409 conflict_error / idempotency_key_reused
+    │   └── IdempotencyKeyInUseError   409 conflict_error / idempotency_key_in_use (carries ``retry_after``)
     ├── RequestTooLargeError           413 invalid_request_error / request_too_large
     ├── RateLimitError                 429 rate_limit_error / rate_limit_exceeded  (carries ``retry_after``)
     ├── UpstreamError                  502 upstream_error / bad_gateway
@@ -20,7 +22,9 @@ so the label never drifts from what clients see::
     │   ├── UpstreamStatusError        any upstream 4xx status kept, 5xx → 502
     │   └── UpstreamTimeoutError       504 upstream_error / upstream_timeout
     └── ServiceUnavailableError        503 service_unavailable / engine_not_ready (carries ``retry_after``)
-        └── OverloadedError            503 service_unavailable / queue_full
+        ├── OverloadedError            503 service_unavailable / queue_full
+        ├── CircuitOpenError           503 service_unavailable / circuit_open (carries ``retry_after``)
+        └── LimitsUnavailableError     503 service_unavailable / limits_unavailable (carries ``retry_after``)
 
 Engines, the gateway and the server raise these; only the server turns them into HTTP responses.
 """
@@ -115,6 +119,18 @@ class ConflictError(UnimodelError):
     code = "conflict"
 
 
+class IdempotencyKeyReusedError(ConflictError):
+    """An ``Idempotency-Key`` already used for a different request body."""
+
+    code = "idempotency_key_reused"
+
+
+class IdempotencyKeyInUseError(ConflictError):
+    """The first request with this ``Idempotency-Key`` is still running (retry after ``retry_after``)."""
+
+    code = "idempotency_key_in_use"
+
+
 class RequestTooLargeError(UnimodelError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -167,3 +183,15 @@ class ServiceUnavailableError(UnimodelError):
 
 class OverloadedError(ServiceUnavailableError):
     code = "queue_full"
+
+
+class CircuitOpenError(ServiceUnavailableError):
+    """Every upstream a request could go to has its circuit breaker open (retry after ``retry_after``)."""
+
+    code = "circuit_open"
+
+
+class LimitsUnavailableError(ServiceUnavailableError):
+    """Rate limits cannot be checked (their Redis is down) and ``--limits-on-redis-failure closed`` is set."""
+
+    code = "limits_unavailable"

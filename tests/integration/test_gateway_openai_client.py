@@ -143,7 +143,7 @@ def test_upstream_sees_raw_output_request_and_passthrough(client: openai.OpenAI,
                                                           scripted_upstream: ScriptedUpstream) -> None:
     client.chat.completions.create(
         model="raw-plain", messages=MSG, response_format={"type": "json_object"}, reasoning_effort="low",
-        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "route": "fast",
+        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.1, "route": "default",
                     "include_reasoning": True, "priority": -100, "kv_transfer_params": {"do_remote_prefill": True},
                     "chat_template": "{{ 'pwned' }}", "add_generation_prompt": False},
     )
@@ -208,7 +208,7 @@ def _assert_error(resp: httpx.Response, status: int, etype: str | None = None, p
     ({"model": "raw-plain", "messages": MSG, "reasoning_effort": "extreme"}, "reasoning_effort"),
     ({"model": "raw-plain", "messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
     ({"model": "raw-plain", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-    ({"model": "raw-plain", "messages": MSG, "tool_choice": "required"}, None),
+    ({"model": "raw-plain", "messages": MSG, "tool_choice": "required"}, "tool_choice"),
     ({"model": "raw-plain", "messages": MSG, "response_format": {"type": "xml"}}, "response_format.type"),
     ({"model": "raw-plain", "messages": MSG, "reasoning_effort": "none", "thinking_budget": 10},
      "thinking_budget"),

@@ -3,8 +3,9 @@
 Each served model name maps to a :class:`Script` that says what the "model" answers and how: raw text with
 Mistral v15 markers (as vLLM started without parsers gives with ``skip_special_tokens: false``; with special
 tokens skipped the markers vanish, as in real vLLM), or pre-parsed fields (``reasoning``/``tool_calls``, as
-vLLM with ``--reasoning-parser mistral --tool-call-parser mistral``); streamed or one JSON body; errors,
-slowness, and a connection dropped mid-stream. Every request body received is kept in ``requests``.
+vLLM with ``--reasoning-parser mistral --tool-call-parser mistral``); streamed or one JSON body; errors
+(always, or only the first N calls: ``fail_first``), slowness, and a connection dropped mid-stream. Every
+request body received is kept in ``requests``.
 
 A plain ``ThreadingHTTPServer`` rather than an ASGI app, so a test can cut the socket in the middle of a
 chunked response, which real servers do when they crash.
@@ -16,6 +17,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, Optional
@@ -43,6 +45,10 @@ class Script:
     honors_effort: bool = False  # like the real model: no thinking when told reasoning_effort "none"
     error_headers: dict[str, str] = field(default_factory=dict)  # sent with error_status, e.g. Retry-After
     continuous_usage: bool = True  # honour stream_options.continuous_usage_stats (usage in every frame)
+    fail_first: int = 0  # the first N calls to this model answer fail_status (with error_headers), then succeed
+    fail_status: int = 503
+    # per request: when set, the request body is answered by the script respond(body) (an evaluator's answers)
+    respond: Optional[Callable[[dict[str, Any]], "Script"]] = None
 
     def raw_text(self, skip_special: bool) -> str:
         if self.mode == "think-tags":
@@ -76,6 +82,9 @@ def _pieces(text: str, n: int) -> list[str]:
 
 
 class _QuietServer(ThreadingHTTPServer):
+    # a real server's listen backlog (socketserver's default of 5 resets connections when 32 clients connect at once)
+    request_queue_size = 1024
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # dropped connections are the point of some scripts
 
@@ -87,6 +96,8 @@ class ScriptedUpstream:
         self.models_answer: Optional[tuple[int, bytes]] = None
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
+        self._calls: dict[str, int] = {}  # POSTs per model name, for fail_first
+        self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", port), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -103,6 +114,15 @@ class ScriptedUpstream:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+    def calls(self, model: str) -> int:
+        """How many chat requests this model has been sent."""
+        return sum(1 for body in list(self.requests) if body.get("model") == model)
+
+    def _count_call(self, model: str) -> int:
+        with self._lock:
+            self._calls[model] = n = self._calls.get(model, 0) + 1
+        return n
 
     # ---- responses --------------------------------------------------------------------------------
 
@@ -208,14 +228,24 @@ class ScriptedUpstream:
                     self._json(404, {"error": {"message": f"The model `{model}` does not exist.",
                                                "type": "NotFoundError", "param": "model", "code": 404}})
                     return
+                nth = upstream._count_call(model)
                 if script.delay_s:
                     time.sleep(script.delay_s)
+                if nth <= script.fail_first:
+                    self._json(script.fail_status, {"error": {"message": f"scripted failure {nth} of "
+                                                                         f"{script.fail_first}",
+                                                              "type": "ServiceUnavailable",
+                                                              "code": script.fail_status}},
+                               script.error_headers)
+                    return
                 if script.error_status:
                     self._json(script.error_status, {"error": {"message": script.error_message,
                                                                "type": "BadRequestError", "param": "messages",
                                                                "code": script.error_status}},
                                script.error_headers)
                     return
+                if script.respond is not None:
+                    script = script.respond(body)
                 if script.honors_effort and body.get("reasoning_effort") == "none":
                     script = Script(mode=script.mode, content=script.content, chunk_chars=script.chunk_chars)
                 if body.get("continue_final_message"):
@@ -267,6 +297,10 @@ def main() -> None:
         "bench-think": Script(mode="raw", reasoning="step " * 20, content="The answer is 4.", chunk_chars=6),
         "bench-thinker": Script(mode="raw", reasoning="t " * 6000, content="The answer is 42.", chunk_chars=2,
                                 honors_effort=True),
+        # paced like a real server (50 ms to the first token, 4 ms a token; 20 thinking + 60 answer tokens):
+        # benchmarks/bench_vs_guidellm.py measures it with two tools
+        "bench-paced": Script(mode="parsed", reasoning="step " * 16, content="word " * 48, chunk_chars=4,
+                              delay_s=0.05, frame_delay_s=0.004),
     }
     with ScriptedUpstream(scripts) as upstream:
         port_file = sys.argv[1] if len(sys.argv) > 1 else None

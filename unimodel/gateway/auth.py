@@ -1,38 +1,39 @@
 """The first pipeline stage: who is calling. ``Authorization: Bearer KEY`` against the configured keys.
 
-Keys are compared in constant time. The context gets the key's name (``key-1``, ``key-2`` … in the order of
-``--api-key``), never the key itself. With no keys configured, every caller is ``anonymous``.
+Two kinds of key: the plain ``--api-key`` keys (named ``key-1``, ``key-2`` … in their order, compared in
+constant time), and the named keys of the config file, stored as salted scrypt hashes, each with its own
+policy (:mod:`unimodel.gateway.keys` checks them, once per distinct key per process). The context gets the
+key's name and its policy as a :class:`~unimodel.service.context.Caller`, never the key itself. With no keys
+configured, every caller is ``anonymous``. Missing or wrong key: 401 ``invalid_api_key``; a revoked key: 401
+with its own message (and the same type and code).
 """
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 
 from unimodel.errors import AuthenticationError
-from unimodel.service.context import Caller
+from unimodel.gateway.keys import MISSING, KeyRing
+from unimodel.gateway.policy import KeyPolicy
 from unimodel.service.pipeline import Call, Stage
 
 
 class ApiKeyAuth(Stage):
     name = "auth"
 
-    def __init__(self, keys: Sequence[str]) -> None:
-        self._keys = [(f"key-{i}", k.encode()) for i, k in enumerate(keys, start=1)]
+    def __init__(self, keys: Sequence[str] = (), named: Sequence[KeyPolicy] = ()) -> None:
+        self.ring = KeyRing(keys, named)
+
+    async def aclose(self) -> None:
+        self.ring.close()
 
     async def enter(self, call: Call) -> None:
-        if not self._keys:
+        if not self.ring.enabled:
             call.ctx.key_name = "anonymous"
             return
         scheme, _, token = call.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise AuthenticationError("Missing API key: send 'Authorization: Bearer KEY'.")
-        given = token.strip().encode("utf-8", "replace")
-        name = None
-        for key_name, key in self._keys:  # every key compared, so timing says nothing about which matched
-            if hmac.compare_digest(given, key) and name is None:
-                name = key_name
-        if name is None:
-            raise AuthenticationError("Incorrect API key provided.")
-        call.ctx.key_name = name
-        call.ctx.caller = Caller(name=name)
+            raise AuthenticationError(MISSING)
+        caller = await self.ring.caller(token.strip())
+        call.ctx.key_name = caller.name
+        call.ctx.caller = caller

@@ -141,6 +141,7 @@ class ImagePolicyStage(Stage):
 
     async def enter(self, call: Call) -> None:
         request = call.generation
-        messages = await inline_images(request.messages, self.policy, self.fetcher)
+        policy = call.state.get("image_policy", self.policy)  # a route's tighter caps (gateway/routes.py)
+        messages = await inline_images(request.messages, policy, self.fetcher)
         if messages is not request.messages:
             call.request = dataclasses.replace(request, messages=messages)

@@ -18,6 +18,8 @@ class StartFailed(Exception):
 
 
 def run_server(settings: Settings) -> None:
+    # --log-level governs our own loggers (the access log is INFO) as well as uvicorn's
+    logging.getLogger("unimodel").setLevel(settings.log_level.upper())
     engine = build_engine(settings)
     failure: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -36,6 +38,7 @@ def run_server(settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=int(round(settings.shutdown_grace_s)),
         lifespan="on",
+        access_log=False,  # unimodel.access writes one line per request, without the client's IP address
     )
     server = uvicorn.Server(config)
     server.run()

@@ -57,13 +57,24 @@ class PreparedChat:
 
 
 class ChatService:
-    def __init__(self, engine: Engine, pipeline: Pipeline, observers: Optional[Observers] = None) -> None:
+    """``capture_text_chars`` > 0 (the request log's ``--log-prompts``): the observers also get the prompt's and
+    the answer's text, up to that many characters each, in ``ctx.attributes["prompt_text"]``/``["answer_text"]``
+    (raw: the request log redacts them before they touch disk). The observers always get
+    ``ctx.attributes["tool_names"]`` (the tools the model called) and ``["image_count"]``."""
+
+    def __init__(self, engine: Engine, pipeline: Pipeline, observers: Optional[Observers] = None,
+                 capture_text_chars: int = 0) -> None:
         self.engine = engine
         self.pipeline = pipeline
         self.observers = observers or Observers()
+        self.capture_text_chars = capture_text_chars
+        self.in_flight = 0  # requests between prepare and their one end (_observe); the metrics read it
 
     async def prepare(self, call: Call) -> PreparedChat:
         """Run the stages and start generation, pulling the first event so that refusals raise here."""
+        self.in_flight += 1
+        if self.capture_text_chars:
+            call.state[_ANSWER_PARTS] = []
         try:
             entered = await self.pipeline.enter(call)
         except BaseException as exc:  # the pipeline already released the stages it had entered
@@ -81,6 +92,8 @@ class ChatService:
             await self._end(call, entered, events, exc)
             raise
         request = call.generation
+        if call.created is None:
+            call.created = int(time.time())
         call.ctx.reasoning = reasoning_applied(request.effort, request.model_effort, request.thinking_budget)
         call.response_headers[REASONING_HEADER] = reasoning_header(call.ctx.reasoning)
         for event in first:
@@ -106,7 +119,7 @@ class ChatService:
                                     builder.truncated)
         call.ctx.reasoning = applied
         call.response_headers[REASONING_HEADER] = reasoning_header(applied)
-        completion: ChatCompletion = builder.completion(request.request_id, request.served_model)
+        completion: ChatCompletion = builder.completion(request.request_id, request.served_model, call.created)
         body = completion.model_dump(mode="json")
         body["unimodel_reasoning"] = applied
         return body
@@ -117,7 +130,7 @@ class ChatService:
         wire = call.wire
         encoder = ChunkEncoder(request.request_id, request.served_model, include_reasoning=request.include_reasoning,
                                include_usage=bool(wire and wire.wants_usage_in_stream),
-                               applied=call.ctx.reasoning)
+                               applied=call.ctx.reasoning, created=call.created)
         error: Optional[BaseException] = None
         try:
             yield frame(encoder.first())
@@ -143,6 +156,14 @@ class ChatService:
             await self._end(call, prepared.entered, prepared.events, error)
         yield DONE
 
+    async def abandon(self, prepared: PreparedChat) -> None:
+        """End a prepared request that will never be read (its client left before the response started);
+        a no-op for one that already ended. The server calls it after every response, so a prepared request
+        always ends exactly once, even when its stream or completion never ran."""
+        if not prepared.call.ctx.observed:
+            await self._end(prepared.call, prepared.entered, prepared.events,
+                            ClientClosedError("the client closed the connection before the answer began"))
+
     # ---- bookkeeping --------------------------------------------------------------------------------
 
     @staticmethod
@@ -153,6 +174,10 @@ class ChatService:
                 ctx.first_answer_at = time.perf_counter()
                 if ctx.first_token_at is None:
                     ctx.first_token_at = ctx.first_answer_at
+            if isinstance(event, ToolCallStart):
+                ctx.attributes.setdefault("tool_names", []).append(event.name)
+            elif (parts := call.state.get(_ANSWER_PARTS)) is not None:
+                parts.append(event.text)
         elif isinstance(event, ReasoningDelta):
             if ctx.first_token_at is None:
                 ctx.first_token_at = time.perf_counter()
@@ -182,15 +207,43 @@ class ChatService:
     def _observe(self, call: Call, error: Optional[BaseException]) -> None:
         ctx = call.ctx
         ctx.finished_at = time.perf_counter()
+        self.in_flight -= 1
         if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
             error = ClientClosedError("the client closed the connection before the answer was complete")
         if isinstance(error, UnimodelError):
             ctx.status, ctx.error_type, ctx.error_message = error.status_code, error.code, error.message
         elif error is not None:
             ctx.status, ctx.error_type, ctx.error_message = 500, "internal_error", type(error).__name__
+        request = call.request
+        if request is not None and not ctx.reasoning:  # refused after validation, before the first event
+            ctx.reasoning = reasoning_applied(request.effort, request.model_effort, request.thinking_budget)
         if "truncated" not in ctx.reasoning and ctx.reasoning:
             ctx.reasoning["truncated"] = False
+        if request is not None:
+            ctx.attributes.setdefault("image_count", request.image_count)
+        if self.capture_text_chars:
+            _capture_text(call, self.capture_text_chars)
         self.observers.request_finished(ctx)
+
+
+_ANSWER_PARTS = "chat.answer_parts"
+
+
+def _capture_text(call: Call, limit: int) -> None:
+    """The prompt (``role: text`` lines, images as ``[image]``) and the answer's content, cut to ``limit``."""
+    if call.wire is not None:
+        lines: list[str] = []
+        size = 0
+        for message in call.wire.messages:
+            line = f"{message.role}: {message.text()}" + " [image]" * len(message.image_urls())
+            lines.append(line[: limit - size])
+            size += len(lines[-1]) + 1
+            if size >= limit:
+                break
+        call.ctx.attributes["prompt_text"] = "\n".join(lines)
+    parts = call.state.get(_ANSWER_PARTS)
+    if parts:
+        call.ctx.attributes["answer_text"] = "".join(parts)[:limit]
 
 
 async def _close(events: AsyncIterator[Event]) -> None:

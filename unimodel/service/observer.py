@@ -66,6 +66,8 @@ def access_fields(ctx: RequestContext) -> dict[str, Any]:
         "stream": ctx.stream,
         "effort": ctx.reasoning.get("effort"),
         "finish_reason": ctx.finish_reason,
+        "upstream": ctx.attributes.get("upstream"),  # set by the resilience stage, with the retries it took
+        "retries": ctx.attributes.get("retries"),
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
         "reasoning_tokens": usage.reasoning_tokens if usage else None,

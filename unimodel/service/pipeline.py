@@ -12,7 +12,7 @@ A :class:`Stage` is a small class with three optional hooks:
   reverse order, for every stage whose ``enter`` returned: the place to release what ``enter`` took.
 
 Stages are built once at start-up (``server/app.py``) in the order of the architecture page: auth → parse →
-validate → image policy (and, as they land, route → limits → idempotency → resilience). Written by hand: it is
+route → validate → images → limits → idempotency → resilience. Written by hand: it is
 a few dozen lines, and a middleware library would tie it to HTTP, which the service layer does not know.
 """
 
@@ -42,7 +42,9 @@ class Call:
     stage calls it, so a refusal by an earlier stage never buffers a body). ``wire`` is set by the parse stage,
     ``request`` (what the engine gets) by the validate stage; later stages may replace ``request``.
     ``response_headers`` collects headers stages want on the response; ``state`` carries what one stage
-    hands to a later one (e.g. the resolved route's policy), by the stage's name.
+    hands to a later one (e.g. the resolved route's policy), by the stage's name. ``created`` is the
+    response's ``created`` (Unix seconds): set by the service when generation starts, unless a stage set it
+    first (an idempotent replay keeps the original response's).
     """
 
     ctx: RequestContext
@@ -52,6 +54,7 @@ class Call:
     request: Optional[GenerationRequest] = None
     response_headers: dict[str, str] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
+    created: Optional[int] = None
 
     @property
     def generation(self) -> GenerationRequest:

@@ -232,3 +232,28 @@ async def test_a_failing_observer_or_exit_does_not_disturb_the_response() -> Non
 def test_stage_names_must_be_distinct() -> None:
     with pytest.raises(ValueError):
         Pipeline([Recorder("a", []), Recorder("a", [])])
+
+
+async def test_a_prepared_stream_never_iterated_still_ends_once() -> None:
+    """The client left between prepare and the first byte: Starlette never iterates the body, yet the stages
+    are released, the engine closed and the request observed (once)."""
+    from unimodel.server.routes.chat import PreparedStream
+
+    log: list[str] = []
+    engine = ScriptedEngine()
+    service, seen = make_service(engine, Recorder("a", log))
+    prepared = await service.prepare(make_call({**BODY, "stream": True}))
+    response = PreparedStream(service, prepared, media_type="text/event-stream")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        raise OSError("the client is gone")
+
+    with pytest.raises(OSError):
+        await response({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
+    assert engine.closed == 1 and log[-1].startswith("exit a ")
+    assert [c.status for c in seen.contexts] == [499]
+    await service.abandon(prepared)  # idempotent
+    assert len(seen.contexts) == 1 and service.in_flight == 0

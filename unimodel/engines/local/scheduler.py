@@ -176,6 +176,7 @@ class BatchScheduler:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and metrics)
+        self.tokens = 0  # tokens generated, prefill's first ones included (for metrics: rate() is tokens/s)
         self._flushes: dict[int, Callable[[], None]] = {}
         self._cache_kwarg = cache_kwarg(model)
 
@@ -226,10 +227,10 @@ class BatchScheduler:
         return len(self._batch)
 
     def stats(self) -> dict[str, int]:
-        """Gauges for metrics: running rows, waiting requests, decode steps so far, cached length."""
+        """Gauges for metrics: running rows, waiting requests, decode steps and tokens so far, cached length."""
         mask = self._batch.mask
         return {"running": self.num_running, "waiting": self.num_waiting, "steps": self.steps,
-                "cache_columns": 0 if mask is None else int(mask.shape[1])}
+                "tokens": self.tokens, "cache_columns": 0 if mask is None else int(mask.shape[1])}
 
     # ---- worker thread ---------------------------------------------------------------------------------
 
@@ -373,6 +374,7 @@ class BatchScheduler:
             seq.done = True
             return False
         seq.generated.append(token)
+        self.tokens += 1
         reason: StopReason | None = None
         if token in seq.params.stop_token_ids:
             reason = "stop"

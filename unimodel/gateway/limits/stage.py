@@ -148,6 +148,7 @@ class LimitsStage(Stage):
             plan = plan_for(ctx.key_name, ctx.caller, ctx.user, request, self.defaults)
         except RateLimitError:  # a quota of 0: retrying cannot help, so the official clients are told not to
             call.response_headers["x-should-retry"] = "false"
+            ctx.attributes["limits"] = "refused"
             raise
         if plan is None:
             return
@@ -165,6 +166,7 @@ class LimitsStage(Stage):
         call.response_headers.update(rate_limit_headers(plan, decision))
         if not decision.allowed:
             self.counts["refused"] += 1
+            ctx.attributes["limits"] = "refused"  # for the observers: ours, not an upstream's 429
             raise self._refusal(call, plan, decision)
         self.counts["admitted"] += 1
         call.state[self.name] = _Held(plan, lease if plan.concurrency_id is not None else None)

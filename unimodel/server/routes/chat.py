@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from unimodel.errors import UnimodelError
 from unimodel.server.errors import error_response
-from unimodel.service.chat import ChatService, ClientClosedError
+from unimodel.service.chat import ChatService, ClientClosedError, PreparedChat
 from unimodel.service.context import RequestContext, request_id_from
 from unimodel.service.pipeline import Call
 
@@ -55,13 +56,30 @@ async def chat_completions(request: Request) -> Response:
         return error_response(exc, call.response_headers)
     assert call.wire is not None
     if call.wire.stream:
-        return StreamingResponse(service.stream(prepared), media_type="text/event-stream",
-                                 headers={**_SSE_HEADERS, **call.response_headers})
+        return PreparedStream(service, prepared, media_type="text/event-stream",
+                              headers={**_SSE_HEADERS, **call.response_headers})
     try:
         body = await _unless_disconnected(request, service.complete(prepared))
     except UnimodelError as exc:
         return error_response(exc, call.response_headers)
+    finally:
+        await service.abandon(prepared)  # a no-op unless the completion never got to run
     return JSONResponse(body, headers=call.response_headers)
+
+
+class PreparedStream(StreamingResponse):
+    """The SSE response of a prepared request; if the client is gone before Starlette iterates the stream at
+    all (so the service's ``finally`` never runs), the request is ended here instead."""
+
+    def __init__(self, service: ChatService, prepared: PreparedChat, **kwargs: Any) -> None:
+        super().__init__(service.stream(prepared), **kwargs)
+        self._service, self._prepared = service, prepared
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._service.abandon(self._prepared)
 
 
 async def _unless_disconnected(request: Request, work_coro: Coroutine[Any, Any, T]) -> T:
