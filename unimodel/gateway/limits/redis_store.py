@@ -29,8 +29,20 @@ from unimodel.gateway.limits.store import Decision, StoreUnavailable
 
 log = logging.getLogger("unimodel.limits")
 
+# A bucket's level now: its stored level refilled for the time since it was written (a missing bucket is full).
+_REFILLED = """
+local function refilled(key, limit, window, now)
+  local state = redis.call('HMGET', key, 'l', 't')
+  if not state[1] then return limit end
+  local level = tonumber(state[1])
+  local elapsed = now - tonumber(state[2])
+  if elapsed > 0 then level = math.min(limit, level + elapsed * limit / window) end
+  return level
+end
+"""
+
 # Both scripts: KEYS are the call's buckets, then its in-flight set; every key shares the key's {hash tag}.
-ACQUIRE = """
+ACQUIRE = _REFILLED + """
 pcall(redis.replicate_commands)  -- writes after TIME: needed on Redis < 5, the default since
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -39,13 +51,7 @@ local lease, lease_ms = ARGV[4], tonumber(ARGV[5])
 local levels, ok, full = {}, 1, 0
 for i = 1, n do
   local limit, cost = tonumber(ARGV[4 + 2 * i]), tonumber(ARGV[5 + 2 * i])
-  local state = redis.call('HMGET', KEYS[i], 'l', 't')
-  local level = limit
-  if state[1] then
-    level = tonumber(state[1])
-    local elapsed = now - tonumber(state[2])
-    if elapsed > 0 then level = math.min(limit, level + elapsed * limit / window) end
-  end
+  local level = refilled(KEYS[i], limit, window, now)
   levels[i] = level
   if level < cost then ok = 0 end
 end
@@ -70,21 +76,14 @@ for i = 1, n do out[i + 2] = string.format('%.17g', levels[i]) end
 return out
 """
 
-RELEASE = """
+RELEASE = _REFILLED + """
 pcall(redis.replicate_commands)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local window, n, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 for i = 1, n do
   local limit, back = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-  local state = redis.call('HMGET', KEYS[i], 'l', 't')
-  local level = limit
-  if state[1] then
-    level = tonumber(state[1])
-    local elapsed = now - tonumber(state[2])
-    if elapsed > 0 then level = math.min(limit, level + elapsed * limit / window) end
-  end
-  level = math.min(limit, level + back)
+  local level = math.min(limit, refilled(KEYS[i], limit, window, now) + back)
   if level >= limit then
     redis.call('DEL', KEYS[i])
   else
