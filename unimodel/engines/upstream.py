@@ -30,6 +30,7 @@ from typing import Any, Literal, Optional
 import httpx
 
 from unimodel.engines.base import Engine, GenerationRequest
+from unimodel.engines.upstream_pool import upstream_transport
 from unimodel.engines.upstream_stream import UpstreamStreamDecoder, status_error
 from unimodel.errors import (
     ServiceUnavailableError,
@@ -95,7 +96,8 @@ class UpstreamEngine(Engine):
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits)
+            self._client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits,
+                                             transport=upstream_transport(self._limits))
         await self.probe()
         self._probe_task = asyncio.create_task(self._probe_loop(), name="upstream-probe")
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from unimodel.protocol.jsonbytes import dumps
 
 DONE = b"data: [DONE]\n\n"
 
 
 def frame(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + dumps(payload) + b"\n\n"

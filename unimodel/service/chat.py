@@ -135,12 +135,12 @@ class ChatService:
         try:
             yield frame(encoder.first())
             for event in prepared.first:
-                for chunk in encoder.encode(event):
-                    yield frame(chunk)
+                if chunks := encoder.encode(event):
+                    yield _frames(chunks)
             async for event in prepared.events:
                 self._track(call, event)
-                for chunk in encoder.encode(event):
-                    yield frame(chunk)
+                if chunks := encoder.encode(event):
+                    yield _frames(chunks)  # one body write per event (finish and usage frames go together)
         except UnimodelError as exc:
             error = exc
             log.warning("stream %s failed: %s", call.ctx.request_id, exc.message)
@@ -227,6 +227,10 @@ class ChatService:
 
 
 _ANSWER_PARTS = "chat.answer_parts"
+
+
+def _frames(chunks: list[dict[str, Any]]) -> bytes:
+    return frame(chunks[0]) if len(chunks) == 1 else b"".join([frame(c) for c in chunks])
 
 
 def _capture_text(call: Call, limit: int) -> None:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from unimodel.errors import UnimodelError
+from unimodel.protocol.jsonbytes import dumps
 from unimodel.server.errors import error_response
 from unimodel.service.chat import ChatService, ClientClosedError, PreparedChat
 from unimodel.service.context import RequestContext, request_id_from
@@ -64,7 +65,14 @@ async def chat_completions(request: Request) -> Response:
         return error_response(exc, call.response_headers)
     finally:
         await service.abandon(prepared)  # a no-op unless the completion never got to run
-    return JSONResponse(body, headers=call.response_headers)
+    return FastJSONResponse(body, headers=call.response_headers)
+
+
+class FastJSONResponse(JSONResponse):
+    """The same compact UTF-8 JSON as Starlette's, written by orjson."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
 
 
 class PreparedStream(StreamingResponse):
