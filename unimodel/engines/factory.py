@@ -42,6 +42,8 @@ def build_engine(settings: Settings) -> Engine:
             max_num_seqs=settings.max_num_seqs,
             max_queue=settings.max_queue,
             queue_timeout_s=settings.queue_timeout_s,
+            max_prefill_tokens=settings.max_prefill_tokens,
+            kv_memory_gb=settings.kv_memory_gb,
             image_limits=settings.image_limits,
             model_family=settings.model_family if "model_family" in settings.model_fields_set else None,
             cache_dir=settings.cache_dir,

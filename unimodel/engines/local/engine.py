@@ -3,8 +3,9 @@
 The event loop never runs the model: :meth:`LocalEngine.start` loads in a worker thread, and generation runs
 in the scheduler's thread (:mod:`.scheduler`), which hands each step's tokens back through
 ``loop.call_soon_threadsafe``. ``generate`` renders the request, checks it before any work (context length →
-400, images for a text-only model → 400, a full queue → 503 with ``Retry-After``), submits it with its
-per-request logit hooks (thinking budget, presence/frequency penalties, and llguidance grammars for JSON mode
+400, images for a text-only model → 400, more KV cache than the whole ``--kv-memory-gb`` budget holds → 400,
+a full queue → 503 with ``Retry-After``; one that fits the budget but not beside the running ones waits, up to
+``--queue-timeout``), submits it with its per-request logit hooks (thinking budget, presence/frequency penalties, and llguidance grammars for JSON mode
 and forced tool calls: :mod:`.hooks`, :mod:`.grammar`), and turns tokens into events (:mod:`.output`).
 Closing the generator (client gone, task cancelled) marks the sequence cancelled, and the scheduler frees its
 slot and cache before its next step.
@@ -37,10 +38,17 @@ from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.engines.local.grammar import GrammarCompiler
 from unimodel.engines.local.hooks import BanTokens, RepetitionPenalties, ThinkingBudget
 from unimodel.engines.local.images import resolve_images
+from unimodel.engines.local.kv_budget import KvBudget, budget_bytes, bytes_per_token
 from unimodel.engines.local.loader import LoadedModel, load_model
 from unimodel.engines.local.output import OutputAssembler
 from unimodel.engines.local.sampling import SamplingParams
-from unimodel.engines.local.scheduler import BatchScheduler, LogitsHook, SequenceRequest, StopReason
+from unimodel.engines.local.scheduler import (
+    BatchScheduler,
+    LogitsHook,
+    SequenceRequest,
+    StopReason,
+    cache_kwarg,
+)
 from unimodel.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -110,6 +118,9 @@ class LocalEngine(Engine):
         max_num_seqs: int = 16,
         max_queue: int = 64,
         queue_timeout_s: float = 60.0,
+        max_prefill_tokens: int = 512,
+        kv_memory_gb: float | None = None,
+        kv_cuda_fraction: float = 0.9,
         image_limits: ImageLimits = DEFAULT_LIMITS,
         model_family: str | None = None,
         cache_dir: Path | None = None,
@@ -122,6 +133,8 @@ class LocalEngine(Engine):
         self.requested_max_model_len = max_model_len
         self.max_num_seqs, self.max_queue = max_num_seqs, max_queue
         self.queue_timeout_s = queue_timeout_s
+        self.max_prefill_tokens = max_prefill_tokens
+        self.kv_memory_gb, self.kv_cuda_fraction = kv_memory_gb, kv_cuda_fraction
         self.image_limits = image_limits
         self.model_family = model_family
         self.cache_dir = cache_dir
@@ -147,15 +160,21 @@ class LocalEngine(Engine):
         self._defaults = _sampling_defaults(loaded.model)
         text_config = getattr(loaded.config, "text_config", None) or loaded.config
         self._grammar = GrammarCompiler(loaded.renderer, self._eos, int(text_config.vocab_size))
+        new_cache = _cache_factory(loaded)
+        per_token = await asyncio.to_thread(bytes_per_token, loaded.model, new_cache, cache_kwarg(loaded.model),
+                                            loaded.device)
+        kv_budget = KvBudget.from_bytes(budget_bytes(self.kv_memory_gb, loaded.device, self.kv_cuda_fraction),
+                                        per_token)
         self._scheduler = BatchScheduler(
             loaded.model, device=loaded.device, max_num_seqs=self.max_num_seqs,
-            max_queue=self.max_queue, max_model_len=loaded.max_model_len, new_cache=_cache_factory(loaded),
+            max_queue=self.max_queue, max_model_len=loaded.max_model_len, new_cache=new_cache,
+            max_prefill_tokens=self.max_prefill_tokens, kv_budget=kv_budget,
         )
         self._scheduler.start()
         self._loaded = loaded
-        log.info("local engine: %s from %s on %s (%s), model family %s, max_model_len %d, max_num_seqs %d",
-                 self.served_model_name, loaded.path, loaded.device, loaded.dtype, self._format.name,
-                 loaded.max_model_len, self.max_num_seqs)
+        log.info("local engine: %s from %s on %s (%s), model family %s, max_model_len %d, max_num_seqs %d, "
+                 "KV budget %s", self.served_model_name, loaded.path, loaded.device, loaded.dtype,
+                 self._format.name, loaded.max_model_len, self.max_num_seqs, kv_budget.describe())
         if loaded.is_tiny_random:
             log.warning("%s has random weights: its output is gibberish (for smoke tests and demos only)",
                         self.model_name)
@@ -273,8 +292,8 @@ class LocalEngine(Engine):
             if seq.admitted:  # took a slot just now: prefill under way, so wait for it
                 return await inbox.get()
             raise OverloadedError(
-                f"the server is busy: no slot freed up within {self.queue_timeout_s:g} s (--queue-timeout); "
-                "retry later", retry_after=max(1.0, self.queue_timeout_s / 4)) from None
+                f"the server is busy: no slot or KV cache room freed up within {self.queue_timeout_s:g} s "
+                "(--queue-timeout); retry later", retry_after=max(1.0, self.queue_timeout_s / 4)) from None
 
     def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
         box = self._mailboxes.get(loop)

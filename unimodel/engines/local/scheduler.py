@@ -11,6 +11,14 @@ otherwise and runs its own thread and queues. What we need is small enough to ow
 * newly admitted requests are prefilled together (a left-padded batch up to ``max_prefill_tokens``; a
   request with images alone) into a fresh ``DynamicCache``, and their first tokens are sampled from the
   prefill logits;
+* a text prompt longer than ``max_prefill_tokens`` is prefilled in chunks of that many tokens into a cache of
+  its own, one chunk per step, each followed by a decode step of the running batch, so a long prompt never
+  stalls the running streams for more than one chunk; its first token is sampled from the last chunk's
+  logits, and only then does it join the batch (one chunked prefill at a time; requests behind it wait);
+* with a KV budget (:mod:`.kv_budget`), a request is admitted only if the batch, with it, still fits the
+  budget for its whole life (every row's prompt + max new tokens); otherwise it waits at the head of the queue
+  (the engine bounds the wait by ``--queue-timeout``), and a request that could not fit even alone is refused
+  (400) at submission;
 * they then join the running batch between two steps: the caches are left-padded to a common length and
   concatenated on the batch axis; a 2-D attention mask hides the padding and explicit ``position_ids`` keep
   each row's true positions, exactly as ``generate`` does for a left-padded batch;
@@ -18,9 +26,9 @@ otherwise and runs its own thread and queues. What we need is small enough to ow
   (``index_select`` on the batch axis, then leading all-padding columns are trimmed), which frees their cache;
 * sampling is per row (:mod:`unimodel.engines.local.sampling`), after per-request logit hooks.
 
-Limits, accepted for now: a long prompt's prefill is not chunked, so it delays the running rows' next token
-once; the cache is a growing ``DynamicCache`` (concatenation per step), not a paged pool, so memory is bounded
-by ``max_num_seqs × max_model_len`` rather than by a block budget.
+Limits, accepted for now: the cache is a growing, left-padded ``DynamicCache`` (concatenation per step), not
+a paged pool, so the budget counts ``rows × longest reservation`` rather than blocks actually used; images
+are prefilled in one piece.
 
 Thread model: :meth:`BatchScheduler.submit` and :meth:`cancel` are called from any thread (the event loop);
 results go back through each request's ``sink``, called from the worker thread, and each distinct ``flush``
@@ -40,8 +48,10 @@ from typing import Any, Literal, Protocol
 
 import torch
 
+from unimodel.engines.local.batch import RunningBatch
+from unimodel.engines.local.kv_budget import KvBudget
 from unimodel.engines.local.sampling import SamplingParams, sample_rows
-from unimodel.errors import OverloadedError, ServiceUnavailableError
+from unimodel.errors import InvalidRequestError, OverloadedError, ServiceUnavailableError
 
 log = logging.getLogger("unimodel.local")
 
@@ -85,68 +95,13 @@ class SequenceRequest:
     generator: torch.Generator | None = None
 
 
-class _Batch:
-    """The running rows: their shared (left-padded) cache, attention mask, next positions and last tokens."""
+@dataclass(eq=False)
+class _ChunkedPrefill:
+    """A long prompt being prefilled a chunk per step, into its own cache, before it joins the batch."""
 
-    def __init__(self) -> None:
-        self.seqs: list[SequenceRequest] = []
-        self.cache: Any = None
-        self.mask: torch.Tensor | None = None  # [rows, cached length], 1 = real token
-        self.positions: list[int] = []
-        self.last: list[int] = []
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def merge(self, seqs: list[SequenceRequest], cache: Any, mask: torch.Tensor, positions: list[int],
-              last: list[int]) -> None:
-        """Append rows (their own left-padded cache and mask) to the batch, padding the shorter side."""
-        if not self.seqs:
-            self.cache, self.mask = cache, mask
-        else:
-            assert self.mask is not None
-            mine, theirs = self.mask.shape[1], mask.shape[1]
-            total = max(mine, theirs)
-            _left_pad_cache(self.cache, total - mine)
-            _left_pad_cache(cache, total - theirs)
-            for a, b in zip(self.cache.layers, cache.layers):
-                a.keys = torch.cat([a.keys, b.keys], dim=0)
-                a.values = torch.cat([a.values, b.values], dim=0)
-            self.mask = torch.cat([_left_pad(self.mask, total - mine), _left_pad(mask, total - theirs)])
-        self.seqs += seqs
-        self.positions += positions
-        self.last += last
-
-    def keep(self, rows: list[int]) -> None:
-        """Keep only ``rows`` (drops the others' cache), then trim columns that are padding for every row."""
-        if len(rows) == len(self.seqs):
-            return
-        if not rows:
-            self.__init__()  # type: ignore[misc]
-            return
-        assert self.mask is not None
-        index = torch.tensor(rows, device=self.mask.device)
-        self.seqs = [self.seqs[i] for i in rows]
-        self.positions = [self.positions[i] for i in rows]
-        self.last = [self.last[i] for i in rows]
-        mask = self.mask.index_select(0, index)
-        start = int(mask.any(dim=0).nonzero()[0, 0])
-        self.mask = mask[:, start:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[..., start:, :]
-            layer.values = layer.values.index_select(0, index)[..., start:, :]
-
-
-def _left_pad(t: torch.Tensor, n: int) -> torch.Tensor:
-    return t if n == 0 else torch.nn.functional.pad(t, (n, 0))
-
-
-def _left_pad_cache(cache: Any, n: int) -> None:
-    if n == 0:
-        return
-    for layer in cache.layers:
-        layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, n, 0))
-        layer.values = torch.nn.functional.pad(layer.values, (0, 0, n, 0))
+    seq: SequenceRequest
+    cache: Any
+    done: int = 0  # prompt tokens already in ``cache``
 
 
 class BatchScheduler:
@@ -161,7 +116,8 @@ class BatchScheduler:
         max_queue: int,
         max_model_len: int,
         new_cache: Callable[[], Any],
-        max_prefill_tokens: int = 8192,
+        max_prefill_tokens: int = 512,
+        kv_budget: KvBudget | None = None,
     ) -> None:
         self.model = model
         self.device = device
@@ -170,8 +126,10 @@ class BatchScheduler:
         self.max_model_len = max_model_len
         self._new_cache = new_cache
         self.max_prefill_tokens = max_prefill_tokens
+        self.kv_budget = kv_budget or KvBudget(None, 1)
+        self._chunked: _ChunkedPrefill | None = None
         self._waiting: deque[SequenceRequest] = deque()
-        self._batch = _Batch()
+        self._batch = RunningBatch()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -198,11 +156,17 @@ class BatchScheduler:
     def submit(self, seq: SequenceRequest) -> None:
         """Queue ``seq``; raises :class:`OverloadedError` when ``max_queue`` requests already wait beyond the
         free slots (so ``max_queue`` 0 still serves up to ``max_num_seqs`` at once)."""
+        need = self.reservation(seq)
+        if not self.kv_budget.fits([need]):
+            raise InvalidRequestError(
+                f"this request needs {need} tokens of KV cache (prompt {len(seq.prompt_ids)} + max_tokens "
+                f"{seq.params.max_new_tokens}) but the whole KV cache budget holds {self.kv_budget.tokens} "
+                "(--kv-memory-gb); lower max_tokens or shorten the messages", param="max_tokens")
         with self._cond:
             if self._stopping or self._thread is None:
                 raise ServiceUnavailableError("the local engine is not running", retry_after=5)
             waiting = sum(1 for s in self._waiting if not s.cancelled)
-            free = max(0, self.max_num_seqs - len(self._batch))
+            free = max(0, self.max_num_seqs - self._slots_taken())
             if waiting >= self.max_queue + free:
                 raise OverloadedError(
                     f"the server is busy: {waiting} requests are waiting (--max-queue {self.max_queue}); retry later",
@@ -226,11 +190,18 @@ class BatchScheduler:
     def num_running(self) -> int:
         return len(self._batch)
 
+    def reservation(self, seq: SequenceRequest) -> int:
+        """Cache tokens ``seq`` may come to hold: its prompt plus its new tokens, at most the context length."""
+        return min(len(seq.prompt_ids) + seq.params.max_new_tokens, self.max_model_len)
+
+    def _slots_taken(self) -> int:
+        return len(self._batch) + (self._chunked is not None)
+
     def stats(self) -> dict[str, int]:
         """Gauges for metrics: running rows, waiting requests, decode steps and tokens so far, cached length."""
-        mask = self._batch.mask
         return {"running": self.num_running, "waiting": self.num_waiting, "steps": self.steps,
-                "tokens": self.tokens, "cache_columns": 0 if mask is None else int(mask.shape[1])}
+                "tokens": self.tokens, "cache_columns": self._batch.columns,
+                "prefilling": int(self._chunked is not None)}
 
     # ---- worker thread ---------------------------------------------------------------------------------
 
@@ -238,13 +209,16 @@ class BatchScheduler:
         with torch.inference_mode():
             while True:
                 with self._cond:
-                    while not self._stopping and not self._waiting and not len(self._batch):
+                    while (not self._stopping and not self._waiting and not len(self._batch)
+                           and self._chunked is None):
                         self._cond.wait()
                     if self._stopping:
                         break
                 try:
                     self._drop_cancelled()
                     self._admit()
+                    if self._chunked is not None:
+                        self._prefill_chunk(self._chunked)
                     self._flush()
                     if len(self._batch):
                         self._decode_step()
@@ -252,13 +226,14 @@ class BatchScheduler:
                     log.exception("local engine step failed")
                     for seq in self._batch.seqs:
                         self._deliver(seq, [], None, exc)
-                    self._batch = _Batch()
+                    self._batch = RunningBatch()
                 self._flush()
         error = ServiceUnavailableError("the local engine is shutting down", retry_after=5)
         with self._cond:
-            pending = list(self._waiting) + self._batch.seqs
+            pending = list(self._waiting) + self._batch.seqs + ([self._chunked.seq] if self._chunked else [])
+            self._chunked = None
             self._waiting.clear()
-            self._batch = _Batch()
+            self._batch = RunningBatch()
         for seq in pending:
             self._deliver(seq, [], None, error)
         self._flush()
@@ -276,21 +251,30 @@ class BatchScheduler:
         self._batch.keep(keep)
 
     def _admit(self) -> None:
-        """Prefill waiting sequences into free slots: text-only ones together, ones with images alone."""
+        """Prefill waiting sequences into free slots: short text-only ones together, ones with images alone,
+        and a prompt longer than ``max_prefill_tokens`` chunk by chunk (:meth:`_prefill_chunk`)."""
         group: list[SequenceRequest] = []
         budget = self.max_prefill_tokens
-        while len(self._batch) + len(group) < self.max_num_seqs:
+        while self._chunked is None and self._slots_taken() + len(group) < self.max_num_seqs:
             with self._cond:
                 if not self._waiting:
                     break
                 seq = self._waiting[0]
+                if seq.cancelled:
+                    self._waiting.popleft()
+                    continue
+                chunked = len(seq.prompt_ids) > budget and not seq.prefill_inputs
                 longest = max([len(s.prompt_ids) for s in group] + [len(seq.prompt_ids)])
-                if group and (seq.prefill_inputs or longest * (len(group) + 1) > budget):
+                if group and (seq.prefill_inputs or chunked or longest * (len(group) + 1) > budget):
                     break
+                if not self._fits_with(group + [seq]):
+                    break  # waits at the head of the queue until rows finish (the engine bounds the wait)
                 self._waiting.popleft()
-            if seq.cancelled:
-                continue
             seq.admitted = True
+            if chunked:
+                seq.generator = seq.params.new_generator()
+                self._chunked = _ChunkedPrefill(seq, self._new_cache())
+                break
             group.append(seq)
             if seq.prefill_inputs:
                 break
@@ -301,6 +285,43 @@ class BatchScheduler:
                 log.exception("prefill failed")
                 for seq in group:
                     self._deliver(seq, [], None, exc)
+
+    def _fits_with(self, new: list[SequenceRequest]) -> bool:
+        rows = self._batch.seqs + ([self._chunked.seq] if self._chunked else []) + new
+        return self.kv_budget.fits([self.reservation(s) for s in rows])
+
+    def _prefill_chunk(self, job: _ChunkedPrefill) -> None:
+        """Prefill the next ``max_prefill_tokens`` of a long prompt into its own cache; after the last chunk,
+        sample its first token and merge it into the running batch."""
+        seq = job.seq
+        if seq.cancelled:
+            self._chunked = None
+            seq.done = True
+            return
+        n = len(seq.prompt_ids)
+        start, end = job.done, min(job.done + self.max_prefill_tokens, n)
+        try:
+            out = self.model(
+                input_ids=torch.tensor([seq.prompt_ids[start:end]], dtype=torch.long, device=self.device),
+                attention_mask=torch.ones((1, end), dtype=torch.long, device=self.device),
+                position_ids=torch.arange(start, end, device=self.device)[None],
+                **{self._cache_kwarg: job.cache},
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            job.done = end
+            if end < n:
+                return
+            self._chunked = None
+            token = self._sample([seq], out.logits[:, -1, :])[0]
+        except Exception as exc:
+            log.exception("chunked prefill failed")
+            self._chunked = None
+            self._deliver(seq, [], None, exc)
+            return
+        if self._accept(seq, token, n):
+            mask = torch.ones((1, n), dtype=torch.long, device=self.device)
+            self._batch.merge([seq], job.cache, mask, [n], [token])
 
     def _prefill(self, group: list[SequenceRequest]) -> None:
         """One forward over the prompts of ``group`` (left-padded), then their first tokens join the batch."""
