@@ -12,7 +12,7 @@ client that burns CPU otherwise slows the very server it measures. Figures only:
 
     python benchmarks/bench_vs_guidellm.py [--concurrency 8] [--requests 200] [--rounds 2]
                                            [--target scripted|unimodel] [--url URL --model NAME]
-                                           [--guidellm-venv /tmp/unimodel-guidellm-venv]
+                                           [--guidellm-venv /tmp/unimodel-guidellm-venv] [--smoke]
 """
 
 from __future__ import annotations
@@ -126,9 +126,13 @@ def main() -> None:
     ap.add_argument("--guidellm-venv", type=Path, default=Path("/tmp/unimodel-guidellm-venv"))
     ap.add_argument("--no-pin", dest="pin", action="store_false",
                     help="do not split the CPUs between the endpoint (first half) and the tools (second half)")
+    ap.add_argument("--smoke", action="store_true", help="a few requests through unimodel, `unimodel bench` only "
+                    "(GuideLLM is neither installed nor run), to check the code path (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.concurrency, args.requests, args.rounds, args.output_tokens, args.target = 2, 6, 1, 16, "unimodel"
 
-    exe = ensure_guidellm(args.guidellm_venv)
+    exe = None if args.smoke else ensure_guidellm(args.guidellm_venv)
     work = Path(tempfile.mkdtemp(prefix="bench-vs-guidellm-"))
     data = work / "prompts.jsonl"
     guidellm_data(data, args.requests, args.input_tokens, args.output_tokens)
@@ -150,18 +154,24 @@ def main() -> None:
               f"{args.rounds} round(s) each, prompts ~{args.input_tokens} tokens", flush=True)
         ours, theirs = [], []
         for i in range(args.rounds):
-            theirs.append(run_guidellm(exe, url, args.model, args, data, work / f"guidellm-{i}.json"))
+            if exe is not None:
+                theirs.append(run_guidellm(exe, url, args.model, args, data, work / f"guidellm-{i}.json"))
             ours.append(run_unimodel(url, args.model, args, work / f"unimodel-{i}"))
-            print(f"round {i + 1}: GuideLLM {theirs[-1]['completed']} completed / {theirs[-1]['errors']} errors, "
-                  f"unimodel bench {ours[-1]['completed']} / {ours[-1]['errors']}", flush=True)
+            print(f"round {i + 1}: GuideLLM " + (f"{theirs[-1]['completed']} completed / {theirs[-1]['errors']} "
+                                                 "errors" if theirs else "not run (--smoke)") +
+                  f", unimodel bench {ours[-1]['completed']} / {ours[-1]['errors']}", flush=True)
     print(f"\n{'figure (median of rounds)':<26}{'unimodel':>12}{'GuideLLM':>12}{'ratio':>9}   within 5 %")
     for label, *_ in FIGURES:
         a = statistics.median(r[label] for r in ours)
+        if not theirs:
+            print(f"{label:<26}{a:>12.2f}{'-':>12}{'-':>9}   -")
+            continue
         b = statistics.median(r[label] for r in theirs)
         ratio = a / b if b else float("nan")
         print(f"{label:<26}{a:>12.2f}{b:>12.2f}{ratio:>9.3f}   {'yes' if abs(ratio - 1) <= 0.05 else 'NO'}")
     label = "CPU s used by the tool"  # on a small machine a heavy client slows the server it measures
-    a, b = (statistics.median(r[label] for r in rows) for rows in (ours, theirs))
+    a = statistics.median(r[label] for r in ours)
+    b = statistics.median(r[label] for r in theirs) if theirs else float("nan")
     print(f"{label:<26}{a:>12.2f}{b:>12.2f}{a / b:>9.3f}   (its process and children, start-up included)")
     print(f"\noutputs in {work}")
 

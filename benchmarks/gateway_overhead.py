@@ -10,7 +10,7 @@ stages (auth, parse, validate, image policy, observers) and service around a nul
 22-event answer, against the bare minimum (the same events encoded as SSE frames).
 
     python benchmarks/gateway_overhead.py [--requests 300] [--concurrency 32] [--model bench-think]
-                                          [--pipeline-only]
+                                          [--pipeline-only] [--litellm]
 """
 
 from __future__ import annotations
@@ -42,21 +42,26 @@ async def one(client: httpx.AsyncClient, url: str, model: str, governed: bool = 
 
 async def run(url: str, model: str, requests: int, concurrency: int,
               governed: bool = False) -> tuple[list[float], float]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        for _ in range(min(10, requests)):  # warm-up: connections, imports, caches
+    """``requests`` streamed requests from ``concurrency`` workers, each on its own connection (kept alive)."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [httpx.AsyncClient(limits=limits, timeout=60) for _ in range(concurrency)]
+    try:
+        for client in clients:  # warm-up: connections, imports, caches
             await one(client, url, model, governed)
         queue = list(range(requests))
         lat: list[float] = []
 
-        async def worker() -> None:
+        async def worker(client: httpx.AsyncClient) -> None:
             while queue:
                 queue.pop()
                 lat.append((await one(client, url, model, governed))[0])
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(c) for c in clients))
         return lat, requests / (time.perf_counter() - t0)
+    finally:
+        for client in clients:
+            await client.aclose()
 
 
 async def pipeline_cost(requests: int, metrics: bool = False) -> tuple[float, float]:
@@ -144,7 +149,12 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--model", default="bench-think")
     ap.add_argument("--pipeline-only", action="store_true", help="only the in-process pipeline cost")
+    ap.add_argument("--litellm", action="store_true", help="LiteLLM's proxy too (installed into its own venv "
+                    "on first use: benchmarks/_litellm.py)")
+    ap.add_argument("--smoke", action="store_true", help="a few requests, to check the code path (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.requests, args.concurrency = 10, 4
 
     import logging
 
@@ -154,7 +164,7 @@ def main() -> None:
                                   ("access log and metrics on", logging.INFO, True)):
         access.handlers = [logging.NullHandler()]  # the line is formatted, not written anywhere
         access.setLevel(level)
-        bare, full = asyncio.run(pipeline_cost(max(args.requests, 2000), metrics))
+        bare, full = asyncio.run(pipeline_cost(args.requests if args.smoke else max(args.requests, 2000), metrics))
         print(f"pipeline, in process, {label}: bare SSE encoding {bare:.1f} µs/request, with every stage "
               f"{full:.1f} µs/request: the pipeline adds {full - bare:.1f} µs")
     access.propagate = True
@@ -173,6 +183,11 @@ def main() -> None:
             "all, mem": started.unimodel(*common, *every),
             "all, redis": started.unimodel(*common, *every, "--redis", redis_url),
         }
+        if args.litellm:
+            import _litellm
+
+            gateways["litellm"] = _litellm.start(started, upstream, args.model, KEY)
+            print(f"litellm: LiteLLM {_litellm.version()} proxy, 1 worker, its master key checked")
         print("every stage on: a named key, the route stage, rpm/tpm and concurrency limits, a fresh "
               "Idempotency-Key per request, retries and the breaker")
         print(f"{'mode':<12}{'path':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"

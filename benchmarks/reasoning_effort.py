@@ -4,7 +4,7 @@ For each effort level, sends the same prompts (streaming) and prints a table of 
 tokens, TTFT (first byte of anything) and time to the first answer token, p50/p95. Default endpoint: the
 embedded engine on `tiny-random`, started here on 127.0.0.1; or point it at any unimodel with --url.
 
-    python benchmarks/reasoning_effort.py [--url http://127.0.0.1:8000/v1 --model NAME] [--requests 8]
+    python benchmarks/reasoning_effort.py [--url http://127.0.0.1:8000/v1 --model NAME] [--requests 8] [--smoke]
     python benchmarks/reasoning_effort.py --scripted-upstream   # budgets on a model that thinks 6,000 tokens
 
 tiny-random never opens its thinking, so on the default endpoint every level thinks 0 tokens; the scripted
@@ -65,7 +65,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=8192)
     ap.add_argument("--scripted-upstream", action="store_true",
                     help="serve the scripted 6,000-token thinker through `unimodel serve --engine upstream`")
+    ap.add_argument("--smoke", action="store_true", help="one short request per level, to check the code path (CI)")
     args = ap.parse_args()
+    if args.smoke:
+        args.requests, args.max_tokens = 1, 8
 
     with processes() as started:
         url = args.url

@@ -301,6 +301,8 @@ def main() -> None:
         # benchmarks/bench_vs_guidellm.py measures it with two tools
         "bench-paced": Script(mode="parsed", reasoning="step " * 16, content="word " * 48, chunk_chars=4,
                               delay_s=0.05, frame_delay_s=0.004),
+        # a client error on every call (not retried, not counted by the breaker): benchmarks/soak.py's failures
+        "bench-fail": Script(error_status=400, error_message="scripted client error"),
     }
     with ScriptedUpstream(scripts) as upstream:
         port_file = sys.argv[1] if len(sys.argv) > 1 else None

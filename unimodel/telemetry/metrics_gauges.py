@@ -4,6 +4,9 @@
 section is logged and left out, so a scrape never fails:
 
 * the chat service: ``unimodel_requests_in_flight`` (requests between their start and their end);
+* the event loop: ``unimodel_asyncio_tasks`` (tasks not yet done, the scrape's own included; a count that keeps
+  growing under steady load is a leak: ``benchmarks/soak.py`` reads it). Left out when the scrape runs off the
+  loop's thread;
 * the engine: ``unimodel_engine_ready``; for the local engine its scheduler's ``stats()``:
   ``unimodel_engine_queue_depth`` (requests waiting for a slot), ``unimodel_engine_running_sequences``,
   ``unimodel_engine_max_sequences``, ``unimodel_engine_batch_occupancy`` (running / max, 0 to 1),
@@ -22,6 +25,7 @@ section is logged and left out, so a scrape never fails:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional
@@ -51,7 +55,8 @@ class ServingCollector:
         self._failed: set[str] = set()
 
     def collect(self) -> Iterator[Metric]:
-        for section in (self._service, self._engine, self._upstreams, self._limits, self._request_log):
+        for section in (self._service, self._event_loop, self._engine, self._upstreams, self._limits,
+                        self._request_log):
             try:
                 families = list(section())
             except Exception:
@@ -64,6 +69,14 @@ class ServingCollector:
     def _service(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("unimodel_requests_in_flight", "Chat requests started and not yet over.",
                                 value=self.in_flight())
+
+    def _event_loop(self) -> Iterator[Metric]:
+        try:
+            tasks = asyncio.all_tasks()
+        except RuntimeError:  # no running loop in this thread: nothing honest to report
+            return
+        yield GaugeMetricFamily("unimodel_asyncio_tasks", "asyncio tasks not yet done in the server's event loop.",
+                                value=len(tasks))
 
     def _engine(self) -> Iterator[Metric]:
         engine = self.engine

@@ -180,3 +180,23 @@ def test_settings_switch_and_protect_metrics(monkeypatch: pytest.MonkeyPatch) ->
     assert loaded.metrics is False and loaded.metrics_key is not None
     assert loaded.metrics_key.get_secret_value() == "from-env" and "from-env" not in repr(loaded)
     assert key_names(Settings(api_keys=["a", "b"])) == ["anonymous", "key-1", "key-2"]
+
+
+def test_asyncio_tasks_are_counted_on_the_loop_and_left_out_off_it() -> None:
+    import asyncio
+
+    metrics = Metrics(bounds(), process=False)
+    metrics.watch(ServingCollector(in_flight=lambda: 0, engine=_Engine()))  # type: ignore[arg-type]
+    assert not any(name == "unimodel_asyncio_tasks" for name, _ in samples(metrics.registry))  # no running loop
+
+    async def scrape_with_sleepers() -> tuple[float, float]:
+        before = value(metrics.registry, "unimodel_asyncio_tasks")
+        sleepers = [asyncio.create_task(asyncio.sleep(10)) for _ in range(3)]
+        during = value(metrics.registry, "unimodel_asyncio_tasks")
+        for task in sleepers:
+            task.cancel()
+        await asyncio.gather(*sleepers, return_exceptions=True)
+        return before, during
+
+    before, during = asyncio.run(asyncio.wait_for(scrape_with_sleepers(), 10))
+    assert before >= 1 and during == before + 3
