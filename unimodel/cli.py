@@ -12,6 +12,7 @@ from typer.exceptions import TyperException
 
 from unimodel.config import ConfigError, Settings
 from unimodel.server.run import StartFailed, run_server
+from unimodel.server.workers import run_workers
 
 app = typer.Typer(
     name="unimodel",
@@ -44,6 +45,8 @@ def serve(
     api_key: Optional[List[str]] = typer.Option(None, "--api-key", help="Accepted client key (repeatable)."),
     max_request_bytes: Optional[int] = typer.Option(None, help="Largest accepted request body."),
     shutdown_grace_s: Optional[float] = typer.Option(None, help="Seconds in-flight requests get on SIGTERM."),
+    workers: Optional[int] = typer.Option(None, help="Gateway processes sharing the port (--engine upstream; "
+                                                     "with limits or idempotency, --redis)."),
     log_level: Optional[str] = typer.Option(None, help="debug | info | warning | error"),
     device: Optional[str] = typer.Option(None, help="local engine: auto | cpu | cuda"),
     dtype: Optional[str] = typer.Option(None, help="local engine: auto | bfloat16 | float16 | float32"),
@@ -54,6 +57,11 @@ def serve(
     queue_timeout_s: Optional[float] = typer.Option(None, "--queue-timeout",
                                                     help="local engine: seconds a request may wait for a slot "
                                                          "(then 503 with Retry-After)."),
+    max_prefill_tokens: Optional[int] = typer.Option(None, help="local engine: longer prompts are prefilled in "
+                                                                "chunks of this many tokens, between decode steps."),
+    kv_memory_gb: Optional[float] = typer.Option(None, help="local engine: KV cache budget in GB; requests beyond "
+                                                            "it wait (default: 90% of free CUDA memory; none on "
+                                                            "CPU)."),
     unknown_fields: Optional[str] = typer.Option(None, help="drop | reject: request fields unimodel does not "
                                                             "know (reject: 400 naming the field)."),
     upstream_extra_field: Optional[List[str]] = typer.Option(None, "--upstream-extra-field",
@@ -158,9 +166,11 @@ def serve(
         config, model=model, engine=engine, upstream=upstream, upstream_parse=upstream_parse,
         upstream_api_key=upstream_api_key, model_family=model_family, host=host, port=port,
         served_model_name=served_model_name, api_keys=api_key or None,
-        max_request_bytes=max_request_bytes, shutdown_grace_s=shutdown_grace_s, log_level=log_level,
+        max_request_bytes=max_request_bytes, shutdown_grace_s=shutdown_grace_s, workers=workers,
+        log_level=log_level,
         device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-        max_queue=max_queue, queue_timeout_s=queue_timeout_s, unknown_fields=unknown_fields,
+        max_queue=max_queue, queue_timeout_s=queue_timeout_s, max_prefill_tokens=max_prefill_tokens,
+        kv_memory_gb=kv_memory_gb, unknown_fields=unknown_fields,
         upstream_extra_fields=upstream_extra_field or None, allow_image_urls=allow_image_urls,
         redis=redis, rpm=rpm, tpm=tpm, user_rpm=user_rpm, user_tpm=user_tpm, high_reasoning_rpm=high_reasoning_rpm,
         high_reasoning_tpm=high_reasoning_tpm, high_reasoning_effort=high_reasoning_effort,
@@ -182,7 +192,10 @@ def serve(
         log_spill_path=log_spill_path, metrics=metrics, metrics_key=metrics_key,
         dashboard=dashboard, admin_key=admin_key, alert_webhook_url=alert_webhook_url,
     )
-    run_server(settings)
+    if settings.workers > 1:
+        run_workers(settings)
+    else:
+        run_server(settings)
 
 
 def _register_optional_commands() -> None:

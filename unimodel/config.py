@@ -96,6 +96,7 @@ class Settings(BaseSettings):
     api_keys: list[str] = Field(default_factory=list)
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     shutdown_grace_s: float = Field(default=30.0, ge=0)
+    workers: int = Field(default=1, ge=1, le=64)  # gateway processes sharing the port (server/workers.py)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     # keys and routes (gateway/keys.py, gateway/routes.py): named routes merged over the shipped default, hard,
@@ -210,6 +211,8 @@ class Settings(BaseSettings):
     max_num_seqs: int = Field(default=16, ge=1)
     max_queue: int = Field(default=64, ge=0)  # requests waiting beyond the free slots; more → 503
     queue_timeout_s: float = Field(default=60.0, gt=0)  # longest wait for a slot, then 503 with Retry-After
+    max_prefill_tokens: int = Field(default=512, ge=16)  # longer prompts are prefilled in chunks of this many
+    kv_memory_gb: Optional[float] = Field(default=None, gt=0)  # KV cache budget (default: 90% of free CUDA memory)
     allow_image_urls: bool = False
     cache_dir: Optional[Path] = None
 
