@@ -94,6 +94,7 @@ class GenerationRequest:
     thinking_budget: Optional[int] = None
     include_reasoning: bool = True
     continue_final_message: bool = False
+    connect_timeout_s: Optional[float] = None  # a route's own connect timeout; engines without one ignore it
 
     @property
     def image_count(self) -> int:
@@ -117,6 +118,11 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def is_ready(self) -> bool:
         """True when a request sent now would be served."""
+
+    def stats(self) -> Optional[dict[str, int]]:
+        """Gauges of the engine's own batch for metrics (``waiting``, ``running``, ``max_sequences``, ``steps``,
+        ``tokens``), or ``None`` for an engine that keeps no batch of its own (an upstream's is its own)."""
+        return None
 
     @abc.abstractmethod
     def models(self) -> list[ModelCard]:

@@ -231,23 +231,23 @@ class UpstreamEngine(Engine):
     def _decoder(self, request: GenerationRequest) -> UpstreamStreamDecoder:
         return UpstreamStreamDecoder(self._format_for(request), parse_content=self.parse_mode != "upstream")
 
-    async def generate(self, request: GenerationRequest, *,
-                       connect_timeout_s: Optional[float] = None) -> AsyncIterator[Event]:
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         """One upstream call; with a thinking budget, two spliced into one response.
 
         At the budget the first call is cut (closing the connection stops the upstream's work), then the
         upstream continues from an assistant prefix holding the thinking so far, closed, and answers. vLLM's
         ``thinking_token_budget`` is not used: it cannot be relied on in Mistral tokenizer mode.
 
-        ``connect_timeout_s`` overrides the engine's connect (and pool) timeout for this request only (a route's
-        own timeout, passed by the resilience stage); the read timeout stays the engine's.
+        ``request.connect_timeout_s`` overrides the engine's connect (and pool) timeout for this request only (a
+        route's own timeout, set by the resilience stage); the read timeout stays the engine's.
         """
         if request.sampling.logprobs:  # not carried through our events yet: refuse rather than drop silently
             raise UnsupportedFeatureError("logprobs are not supported through unimodel yet", param="logprobs")
         budget = request.thinking_budget
         decoder = self._decoder(request)
-        timeout = None if connect_timeout_s is None else httpx.Timeout(
-            connect=connect_timeout_s, read=self._timeout.read, write=self._timeout.write, pool=connect_timeout_s)
+        connect = request.connect_timeout_s
+        timeout = None if connect is None else httpx.Timeout(
+            connect=connect, read=self._timeout.read, write=self._timeout.write, pool=connect)
         first = self._call(self.build_payload(request), decoder, timeout)
         reasoning: list[str] = []
         try:

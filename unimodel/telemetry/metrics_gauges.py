@@ -7,7 +7,7 @@ section is logged and left out, so a scrape never fails:
 * the event loop: ``unimodel_asyncio_tasks`` (tasks not yet done, the scrape's own included; a count that keeps
   growing under steady load is a leak: ``benchmarks/soak.py`` reads it). Left out when the scrape runs off the
   loop's thread;
-* the engine: ``unimodel_engine_ready``; for the local engine its scheduler's ``stats()``:
+* the engine: ``unimodel_engine_ready``; for an engine with a batch of its own, its ``Engine.stats()``:
   ``unimodel_engine_queue_depth`` (requests waiting for a slot), ``unimodel_engine_running_sequences``,
   ``unimodel_engine_max_sequences``, ``unimodel_engine_batch_occupancy`` (running / max, 0 to 1),
   ``unimodel_engine_decode_steps_total`` and ``unimodel_engine_generated_tokens_total`` (``rate()`` of it is
@@ -84,11 +84,10 @@ class ServingCollector:
                                   labels=["engine"])
         ready.add_metric([engine.kind], 1.0 if engine.is_ready() else 0.0)
         yield ready
-        if engine.kind != "local" or not engine.is_ready():
+        stats = engine.stats() if engine.is_ready() else None
+        if stats is None:  # an upstream's batch is the upstream's to report
             return
-        scheduler: Any = getattr(engine, "scheduler")
-        stats = scheduler.stats()
-        slots = int(scheduler.max_num_seqs)
+        slots = int(stats["max_sequences"])
         yield GaugeMetricFamily("unimodel_engine_queue_depth", "Requests waiting for a slot in the local batch.",
                                 value=stats["waiting"])
         yield GaugeMetricFamily("unimodel_engine_running_sequences", "Sequences in the local batch.",

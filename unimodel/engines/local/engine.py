@@ -188,6 +188,12 @@ class LocalEngine(Engine):
     def is_ready(self) -> bool:
         return self._loaded is not None and self._scheduler is not None
 
+    def stats(self) -> dict[str, int] | None:
+        if self._scheduler is None:
+            return None
+        stats = self._scheduler.stats()
+        return {**stats, "max_sequences": self._scheduler.max_num_seqs}
+
     def models(self) -> list[ModelCard]:
         limit = self._loaded.max_model_len if self._loaded is not None else self.requested_max_model_len
         return [ModelCard(id=self.served_model_name, max_model_len=limit)]

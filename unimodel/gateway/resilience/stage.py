@@ -19,6 +19,7 @@ nothing to do (no extra upstream, no retries, no timeouts, no breaker) ``wrap`` 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from unimodel.engines.base import GenerationRequest
-from unimodel.engines.upstream import UpstreamEngine
 from unimodel.errors import CircuitOpenError, UnimodelError, UpstreamTimeoutError
 from unimodel.gateway.resilience.breaker import NO_PROBE, Permit
 from unimodel.gateway.resilience.deadline import PRECISE_DEADLINES, DeadlinePassed, StreamDeadline, next_before
@@ -280,8 +280,8 @@ class _GiveUp(Exception):
 def _open(upstream: Upstream, primary: Generate, request: GenerationRequest,
           connect_s: Optional[float]) -> AsyncIterator[Event]:
     generate: Generate = primary if upstream.engine is None else upstream.engine.generate
-    if connect_s is not None and isinstance(getattr(generate, "__self__", None), UpstreamEngine):
-        return generate(request, connect_timeout_s=connect_s)  # type: ignore[call-arg]
+    if connect_s is not None:  # engines that open connections honour it; the local engine has none
+        request = dataclasses.replace(request, connect_timeout_s=connect_s)
     return generate(request)
 
 
