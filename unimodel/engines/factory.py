@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from unimodel.config import ConfigError, Settings
 from unimodel.engines.base import Engine
+from unimodel.engines.upstream import UpstreamEngine
 
 
 def build_engine(settings: Settings) -> Engine:
     if settings.engine == "upstream":
-        from unimodel.engines.upstream import UpstreamEngine
 
         if not settings.upstream:
             raise ConfigError("--engine upstream needs --upstream URL (e.g. http://gpu-box:8000/v1)")
-        return UpstreamEngine(
-            settings.upstream,
-            served_model_name=settings.served_model_name or settings.model,
-            upstream_model=settings.model,
-            family=settings.model_family,
-            families=dict(settings.model_families),
-            parse_mode=settings.upstream_parse,
-            api_key=settings.upstream_api_key,
-            connect_timeout_s=settings.upstream_connect_timeout_s,
-            read_timeout_s=settings.upstream_read_timeout_s,
-            max_connections=settings.upstream_max_connections,
-        )
+        return upstream_engine(settings, settings.upstream,
+                               served_model_name=settings.served_model_name or settings.model,
+                               upstream_model=settings.model)
     if settings.engine == "local":
         if not settings.model:
             raise ConfigError("--engine local needs --model HUB_ID_OR_PATH (or --model tiny-random for a "
@@ -87,3 +80,21 @@ def _build_vllm(settings: Settings) -> Engine:
     argv = merge_args(plan.vllm, settings.vllm_args)
     return VllmEngine(argv, port=port, served_model_name=served, family=settings.model_family,
                       parse_mode=settings.upstream_parse)
+
+
+def upstream_engine(settings: Settings, url: str, *, served_model_name: Optional[str] = None,
+                    upstream_model: Optional[str] = None, api_key: Optional[str] = None) -> UpstreamEngine:
+    """An upstream engine at ``url`` with the server's upstream settings (the primary, and the resilience
+    stage's fallbacks and canary); ``api_key`` overrides ``--upstream-api-key``."""
+    return UpstreamEngine(
+        url,
+        served_model_name=served_model_name,
+        upstream_model=upstream_model,
+        family=settings.model_family,
+        families=dict(settings.model_families),
+        parse_mode=settings.upstream_parse,
+        api_key=api_key if api_key is not None else settings.upstream_api_key,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        read_timeout_s=settings.upstream_read_timeout_s,
+        max_connections=settings.upstream_max_connections,
+    )

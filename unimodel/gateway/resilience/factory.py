@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Optional
+
+from unimodel.engines.factory import upstream_engine
+from unimodel.engines.upstream import UpstreamEngine
 
 from unimodel.gateway.resilience.breaker import CircuitBreaker
 from unimodel.gateway.resilience.stage import ResiliencePolicy, ResilienceStage
 from unimodel.gateway.resilience.upstreams import (
     CANARY,
     PRIMARY,
-    EngineTemplate,
     Upstream,
     UpstreamPool,
     fallback_name,
@@ -19,39 +22,35 @@ if TYPE_CHECKING:
     from unimodel.config import Settings
 
 
-def engine_template(settings: "Settings") -> EngineTemplate:
+def engine_maker(settings: "Settings") -> Callable[..., UpstreamEngine]:
     """Extra upstreams get the primary's settings. Behind an upstream primary they ask for the same upstream
     model name; behind a local or vLLM primary, for the name the client used (a local path means nothing to a
     remote server). They send ``--upstream-api-key`` unless a named upstream has its own key."""
     upstream_primary = settings.engine == "upstream"
-    return EngineTemplate(
-        served_model_name=(settings.served_model_name or settings.model) if upstream_primary else None,
-        upstream_model=settings.model if upstream_primary else None,
-        family=settings.model_family,
-        families=dict(settings.model_families),
-        parse_mode=settings.upstream_parse,
-        api_key=settings.upstream_api_key,
-        connect_timeout_s=settings.upstream_connect_timeout_s,
-        read_timeout_s=settings.upstream_read_timeout_s,
-        max_connections=settings.upstream_max_connections,
-    )
+    served = (settings.served_model_name or settings.model) if upstream_primary else None
+    model = settings.model if upstream_primary else None
+
+    def make(url: str, api_key: Optional[str] = None) -> UpstreamEngine:
+        return upstream_engine(settings, url, served_model_name=served, upstream_model=model, api_key=api_key)
+
+    return make
 
 
 def build_resilience(settings: "Settings") -> ResilienceStage:
     """The stage; the primary is whatever engine call the pipeline hands to its ``wrap``."""
-    template = engine_template(settings)
+    engine = engine_maker(settings)
 
     def breaker(name: str) -> CircuitBreaker:
         return CircuitBreaker(name, failures=settings.breaker_failures, window_s=settings.breaker_window_s,
                               cooldown_s=settings.breaker_cooldown_s)
 
     primary = Upstream(PRIMARY, breaker(PRIMARY), settings.retries)
-    fallbacks = [Upstream(fallback_name(i), breaker(fallback_name(i)), settings.retries, template.engine(url))
+    fallbacks = [Upstream(fallback_name(i), breaker(fallback_name(i)), settings.retries, engine(url))
                  for i, url in enumerate(settings.fallback_upstreams, start=1)]
     # a failing canary goes straight on to the primary: no retries on it
     canary = None if settings.canary_upstream is None else \
-        Upstream(CANARY, breaker(CANARY), 0, template.engine(settings.canary_upstream))
-    named = [Upstream(name, breaker(name), settings.retries, template.engine(spec.url, spec.api_key))
+        Upstream(CANARY, breaker(CANARY), 0, engine(settings.canary_upstream))
+    named = [Upstream(name, breaker(name), settings.retries, engine(spec.url, spec.api_key))
              for name, spec in settings.upstreams.items()]
     pool = UpstreamPool(primary, fallbacks, canary, settings.canary_weight, named)
     check_routes(settings, pool.names)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from unimodel.engines.base import Engine
-from unimodel.engines.upstream import ParseMode, UpstreamEngine
 from unimodel.gateway.resilience.breaker import CircuitBreaker
 
 log = logging.getLogger("unimodel.resilience")
@@ -30,28 +29,6 @@ CANARY = "canary"
 
 def fallback_name(i: int) -> str:
     return f"fallback-{i}"
-
-
-@dataclass(frozen=True)
-class EngineTemplate:
-    """What every extra upstream engine shares with the primary."""
-
-    served_model_name: Optional[str] = None
-    upstream_model: Optional[str] = None
-    family: str = "mistral"
-    families: Optional[dict[str, str]] = None
-    parse_mode: ParseMode = "auto"
-    api_key: Optional[str] = None
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 600.0
-    max_connections: int = 256
-
-    def engine(self, url: str, api_key: Optional[str] = None) -> UpstreamEngine:
-        return UpstreamEngine(url, served_model_name=self.served_model_name, upstream_model=self.upstream_model,
-                              family=self.family, families=dict(self.families or {}), parse_mode=self.parse_mode,
-                              api_key=api_key if api_key is not None else self.api_key,
-                              connect_timeout_s=self.connect_timeout_s, read_timeout_s=self.read_timeout_s,
-                              max_connections=self.max_connections)
 
 
 @dataclass(eq=False)
