@@ -120,6 +120,8 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
                           (["--workload", "poems"], "unknown workload")):
         code, output = bench("--url", "http://127.0.0.1:9/v1", "--model", "m", "--out", str(tmp_path), *args)
         assert code == 2 and message in output
+    code, output = bench("--url", "notaurl", "--model", "m", "--out", str(tmp_path))
+    assert code == 2 and "--url must be an http(s) URL" in output
 
 
 def test_cli_against_the_local_engine(tiny_cache_dir: Path, tmp_path: Path) -> None:

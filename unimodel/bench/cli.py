@@ -93,6 +93,8 @@ def register(app: typer.Typer) -> None:
         timeout: float = typer.Option(600.0, help="Read timeout of one request, in seconds."),
     ) -> None:
         """Measure an OpenAI-compatible endpoint: TTFT, time to first answer token, ITL, throughput, goodput."""
+        if not url.startswith(("http://", "https://")):
+            _fail(f"--url must be an http(s) URL such as http://127.0.0.1:8000/v1, not {url[:200]!r}")
         _check(concurrency, rate, sweep, requests, duration, warmup, max_concurrency)
         efforts = parse_efforts(reasoning_effort)
         try:
