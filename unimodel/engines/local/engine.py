@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from unimodel.engines.local.grammar import GrammarCompiler
 from unimodel.engines.local.hooks import BanTokens, RepetitionPenalties, ThinkingBudget
 from unimodel.engines.local.images import resolve_images
 from unimodel.engines.local.kv_budget import KvBudget, budget_bytes, bytes_per_token
+from unimodel.engines.local.mailbox import Item, Mailbox
 from unimodel.engines.local.loader import LoadedModel, load_model
 from unimodel.engines.local.output import OutputAssembler
 from unimodel.engines.local.sampling import SamplingParams
@@ -66,42 +66,6 @@ from unimodel.protocol.openai import ModelCard, NamedToolChoice, ResponseFormat
 
 log = logging.getLogger("unimodel.local")
 
-_Item = tuple[list[int], "StopReason | None", "BaseException | None"]
-
-
-class _Mailbox:
-    """Hands scheduler results to one event loop with one wake-up per decode step, not one per sequence.
-
-    Every ``call_soon_threadsafe`` writes to the loop's self-pipe and takes the GIL from the decode thread;
-    with 16 streams that was 16 wake-ups per step. ``post`` only queues (from the scheduler thread);
-    ``wake`` (the sequences' ``flush``, called once at the end of a step) schedules one drain.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._lock = threading.Lock()
-        self._items: list[tuple[asyncio.Queue[_Item], _Item]] = []
-        self._scheduled = False
-        self.wake_once: Callable[[], None] = self.wake  # one object, so the scheduler can de-duplicate it
-
-    def post(self, inbox: asyncio.Queue[_Item], item: _Item) -> None:
-        if self._loop.is_closed():  # the scheduler then treats the sequence as cancelled
-            raise RuntimeError("the event loop of this request is closed")
-        with self._lock:
-            self._items.append((inbox, item))
-
-    def wake(self) -> None:
-        with self._lock:
-            if self._scheduled or not self._items:
-                return
-            self._scheduled = True
-        self._loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        with self._lock:
-            items, self._items, self._scheduled = self._items, [], False
-        for inbox, item in items:
-            inbox.put_nowait(item)
 
 
 class LocalEngine(Engine):
@@ -141,7 +105,7 @@ class LocalEngine(Engine):
         self._loaded: LoadedModel | None = None
         self._scheduler: BatchScheduler | None = None
         self._markers = FormatMarkers()
-        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = weakref.WeakKeyDictionary()
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = weakref.WeakKeyDictionary()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -252,7 +216,7 @@ class LocalEngine(Engine):
         opened = self._format.prompt_opens_thinking(prompt.token_ids, self._markers, loaded.renderer.control_ids)
         hooks = self._hooks(request, opened=opened) + await self._grammar_hooks(request, opened=opened)
         mailbox = self._mailbox(asyncio.get_running_loop())
-        inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        inbox: asyncio.Queue[Item] = asyncio.Queue()
 
         def sink(tokens: list[int], reason: StopReason | None, error: BaseException | None) -> None:
             mailbox.post(inbox, (tokens, reason, error))
@@ -288,7 +252,7 @@ class LocalEngine(Engine):
             if not seq.done:
                 scheduler.cancel(seq)
 
-    async def _next_item(self, inbox: asyncio.Queue[_Item], seq: SequenceRequest) -> _Item:
+    async def _next_item(self, inbox: asyncio.Queue[Item], seq: SequenceRequest) -> Item:
         """The next result; while ``seq`` still waits for a slot, at most ``queue_timeout_s`` (then 503)."""
         if seq.admitted or not inbox.empty():
             return await inbox.get()
@@ -301,10 +265,10 @@ class LocalEngine(Engine):
                 f"the server is busy: no slot or KV cache room freed up within {self.queue_timeout_s:g} s "
                 "(--queue-timeout); retry later", retry_after=max(1.0, self.queue_timeout_s / 4)) from None
 
-    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> _Mailbox:
+    def _mailbox(self, loop: asyncio.AbstractEventLoop) -> Mailbox:
         box = self._mailboxes.get(loop)
         if box is None:
-            box = self._mailboxes[loop] = _Mailbox(loop)
+            box = self._mailboxes[loop] = Mailbox(loop)
         return box
 
     def _sampling_params(self, request: GenerationRequest, prompt_len: int) -> SamplingParams:
