@@ -126,19 +126,40 @@ def _cards(match: re.Match[str]) -> str:
     return _replace_spans(text, _checked_spans(text, luhn_ok, range(13, 20)), CARD)
 
 
-def _ibans(match: re.Match[str]) -> str:
-    text = match.group(0)
+def _iban_spans(text: str) -> list[tuple[int, int]]:
+    """The IBANs of one candidate run, as spans of ``text``."""
     spans = _checked_spans(text, iban_ok, range(15, 35), lambda c: c[:2].isalpha() and c[2:4].isdigit())
-    if not spans:  # the groups may split the country code from the check digits: try the whole run's prefixes
-        compact = re.sub(r"[^A-Za-z0-9]", "", text)
-        for n in range(min(34, len(compact)), 14, -1):
-            if iban_ok(compact[:n]):
-                end, seen = 0, 0
-                while seen < n:
-                    seen += text[end].isalnum()
-                    end += 1
-                return IBAN + text[end:]
-    return _replace_spans(text, spans, IBAN)
+    if spans:
+        return spans
+    # the groups may split the country code from the check digits: try the whole run's prefixes
+    compact = re.sub(r"[^A-Za-z0-9]", "", text)
+    for n in range(min(34, len(compact)), 14, -1):
+        if iban_ok(compact[:n]):
+            end, seen = 0, 0
+            while seen < n:
+                seen += text[end].isalnum()
+                end += 1
+            return [(0, end)]
+    return []
+
+
+def _redact_ibans(text: str) -> str:
+    """Every IBAN of ``text``. A candidate run can go on over the words after an IBAN and end inside the next
+    one, so the search resumes right after the last IBAN found, not after the candidate."""
+    out, pos = [], 0
+    while (match := _IBAN_CANDIDATE.search(text, pos)) is not None:
+        candidate = match.group(0)
+        spans = _iban_spans(candidate)
+        if not spans:
+            out.append(text[pos:match.end()])
+            pos = match.end()
+            continue
+        end = spans[-1][1]
+        out.append(text[pos:match.start()])
+        out.append(_replace_spans(candidate[:end], spans, IBAN))
+        pos = match.start() + end
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _ipv6(match: re.Match[str]) -> str:
@@ -168,7 +189,7 @@ def redact(text: str) -> str:
     text = _API_KEY.sub(API_KEY, text)
     text = _ASSIGNED_SECRET.sub(lambda m: m.group(1) + API_KEY, text)
     text = _EMAIL.sub(EMAIL, text)
-    text = _IBAN_CANDIDATE.sub(_ibans, text)
+    text = _redact_ibans(text)
     text = _PHONE_E164.sub(_e164, text)  # before cards: "+1 000 000 000 000 0" passes Luhn too
     text = _CARD_CANDIDATE.sub(_cards, text)
     text = _IPV6_CANDIDATE.sub(_ipv6, text)
