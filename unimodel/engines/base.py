@@ -107,6 +107,10 @@ class Engine(abc.ABC):
     #: short label used in logs and metrics ("local", "upstream", "vllm")
     kind: str = "engine"
 
+    #: ``generate`` yields :class:`~unimodel.protocol.events.Flush` wherever it is about to wait, so the server
+    #: may hold what came before it for one write; an engine that does not (False) gets one write per event
+    flushes: bool = False
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Acquire resources (load a model, open a pool, launch a child). Returns when started, not ready."""

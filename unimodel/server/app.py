@@ -167,7 +167,7 @@ def create_app(settings: Settings, engine: Engine,
                                        request_log=request_log))
     app.state.models_pipeline = Pipeline([s for s in stages if isinstance(s, ApiKeyAuth)])
     errors.install(app)
-    app.include_router(chat.router)
+    app.router.add_route(chat.PATH, chat.ChatCompletionsEndpoint(), methods=["POST"], include_in_schema=False)
     app.include_router(meta.router)
     if metrics is not None:
         app.include_router(metrics_route.router)

@@ -120,6 +120,25 @@ class CompletionBuilder:
         )
 
 
+def merge_deltas(events: list[Event]) -> list[Event]:
+    """``events`` with each run of adjacent deltas of one kind (content, reasoning, one tool call's
+    arguments) joined into one delta: events that go out in one write then make one chunk, not one per
+    token. Folding the result gives the same message as folding ``events``."""
+    out: list[Event] = []
+    for event in events:
+        last = out[-1] if out else None
+        if type(event) is type(last):
+            if isinstance(event, (ContentDelta, ReasoningDelta)):
+                out[-1] = type(event)(last.text + event.text)  # type: ignore[union-attr]
+                continue
+            if isinstance(event, ToolCallArgsDelta) and isinstance(last, ToolCallArgsDelta) \
+                    and event.index == last.index:
+                out[-1] = ToolCallArgsDelta(event.index, last.text + event.text)
+                continue
+        out.append(event)
+    return out
+
+
 class ChunkEncoder:
     """Maps events to ``chat.completion.chunk`` payloads (dicts ready for JSON)."""
 

@@ -23,6 +23,7 @@ from unimodel.protocol.events import (
     ContentDelta,
     Event,
     Finish,
+    Flush,
     ReasoningDelta,
     ThinkingBudgetReached,
     ToolCallStart,
@@ -30,7 +31,13 @@ from unimodel.protocol.events import (
 )
 from unimodel.protocol.openai import ChatCompletion
 from unimodel.protocol.sse import DONE, frame
-from unimodel.service.assemble import ChunkEncoder, CompletionBuilder, reasoning_applied, reasoning_header
+from unimodel.service.assemble import (
+    ChunkEncoder,
+    CompletionBuilder,
+    merge_deltas,
+    reasoning_applied,
+    reasoning_header,
+)
 from unimodel.service.context import CLIENT_CLOSED
 from unimodel.service.observer import Observers
 from unimodel.service.pipeline import Call, Pipeline, Stage
@@ -125,30 +132,45 @@ class ChatService:
         return body
 
     async def stream(self, prepared: PreparedChat) -> AsyncGenerator[bytes, None]:
-        """SSE frames to ``[DONE]``; a failure mid-stream ends it with an error frame, never a hang."""
+        """SSE frames to ``[DONE]``; a failure mid-stream ends it with an error frame, never a hang.
+
+        Each yielded ``bytes`` is meant as one body write. With an engine that ``flushes``, the events up to
+        each :class:`~unimodel.protocol.events.Flush` go out together, adjacent deltas merged into one chunk;
+        otherwise one write per event (its frames together: finish and usage)."""
         call, request = prepared.call, prepared.call.generation
         wire = call.wire
         encoder = ChunkEncoder(request.request_id, request.served_model, include_reasoning=request.include_reasoning,
                                include_usage=bool(wire and wire.wants_usage_in_stream),
                                applied=call.ctx.reasoning, created=call.created)
+        held: Optional[list[Event]] = [] if self.engine.flushes else None  # events waiting for a Flush
         error: Optional[BaseException] = None
         try:
-            yield frame(encoder.first())
+            opening = [frame(encoder.first())]
             for event in prepared.first:
-                if chunks := encoder.encode(event):
-                    yield _frames(chunks)
+                opening.extend(frame(c) for c in encoder.encode(event))
+            yield b"".join(opening)
             async for event in prepared.events:
+                if isinstance(event, Flush):
+                    if held:
+                        yield _encoded(encoder, merge_deltas(held))
+                        held.clear()
+                    continue
                 self._track(call, event)
-                if chunks := encoder.encode(event):
-                    yield _frames(chunks)  # one body write per event (finish and usage frames go together)
+                if held is not None:
+                    held.append(event)
+                elif chunks := encoder.encode(event):
+                    yield _frames(chunks)
+            if held:
+                yield _encoded(encoder, merge_deltas(held))
         except UnimodelError as exc:
             error = exc
             log.warning("stream %s failed: %s", call.ctx.request_id, exc.message)
-            yield frame(exc.to_dict())
+            yield _encoded(encoder, merge_deltas(held or [])) + frame(exc.to_dict())
         except Exception as exc:
             error = exc
             log.exception("stream %s failed", call.ctx.request_id)
-            yield frame(UnimodelError("The server had an internal error; it is logged.").to_dict())
+            yield _encoded(encoder, merge_deltas(held or [])) + frame(
+                UnimodelError("The server had an internal error; it is logged.").to_dict())
         except BaseException as exc:  # cancelled or closed: the client left
             error = exc
             raise
@@ -231,6 +253,10 @@ _ANSWER_PARTS = "chat.answer_parts"
 
 def _frames(chunks: list[dict[str, Any]]) -> bytes:
     return frame(chunks[0]) if len(chunks) == 1 else b"".join([frame(c) for c in chunks])
+
+
+def _encoded(encoder: ChunkEncoder, events: list[Event]) -> bytes:
+    return b"".join([frame(c) for e in events for c in encoder.encode(e)])
 
 
 def _capture_text(call: Call, limit: int) -> None:

@@ -117,8 +117,8 @@ async def test_a_client_that_leaves_gives_back_what_it_did_not_use(new_store: St
     svc = service(engine, await limits(new_store, tpm=1000, max_concurrent=1))
     _, prepared = await start(svc, max_tokens=500, stream=True)
     async with aclosing(svc.stream(prepared)) as frames:
-        await anext(frames)
-        await anext(frames)  # one delta out
+        opening = await anext(frames)  # the role frame and the first delta, in one write
+        assert b'"content"' in opening.split(b"\n\n")[1]
     # the client left: (11 + 4) / 4 → 4 tokens kept, 496 back, and its slot is free again
     engine.gate = None
     answer = await ask(svc, max_tokens=10)

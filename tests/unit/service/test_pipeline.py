@@ -234,26 +234,32 @@ def test_stage_names_must_be_distinct() -> None:
         Pipeline([Recorder("a", []), Recorder("a", [])])
 
 
-async def test_a_prepared_stream_never_iterated_still_ends_once() -> None:
-    """The client left between prepare and the first byte: Starlette never iterates the body, yet the stages
-    are released, the engine closed and the request observed (once)."""
-    from unimodel.server.routes.chat import PreparedStream
+async def test_a_prepared_stream_never_written_still_ends_once() -> None:
+    """The client left between prepare and the first byte (the server's first write fails): the stream is
+    never iterated, yet the stages are released, the engine closed and the request observed (once)."""
+    import json
+    from types import SimpleNamespace
+
+    from unimodel.server.routes.chat import ChatCompletionsEndpoint
 
     log: list[str] = []
     engine = ScriptedEngine()
     service, seen = make_service(engine, Recorder("a", log))
-    prepared = await service.prepare(make_call({**BODY, "stream": True}))
-    response = PreparedStream(service, prepared, media_type="text/event-stream")
+    messages = [{"type": "http.request", "body": json.dumps({**BODY, "stream": True}).encode(), "more_body": False}]
 
     async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(3600)  # the client sends nothing more; the server finds out when it writes
         return {"type": "http.disconnect"}
 
     async def send(message: Any) -> None:
         raise OSError("the client is gone")
 
+    scope = {"type": "http", "app": SimpleNamespace(state=SimpleNamespace(chat=service)),
+             "headers": [(b"content-type", b"application/json")]}
     with pytest.raises(OSError):
-        await response({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
+        await asyncio.wait_for(ChatCompletionsEndpoint()(scope, receive, send), 10)
     assert engine.closed == 1 and log[-1].startswith("exit a ")
     assert [c.status for c in seen.contexts] == [499]
-    await service.abandon(prepared)  # idempotent
     assert len(seen.contexts) == 1 and service.in_flight == 0

@@ -61,7 +61,7 @@ from unimodel.formats.base import FormatMarkers, ModelFormat
 from unimodel.formats.grammar import ThinkingMode, build_grammar, json_answer
 from unimodel.formats.render import RenderedPrompt, has_images
 from unimodel.images.decode import DEFAULT_LIMITS, ImageLimits
-from unimodel.protocol.events import Event, ThinkingBudgetReached
+from unimodel.protocol.events import FLUSH, Event, ThinkingBudgetReached
 from unimodel.protocol.openai import ModelCard, NamedToolChoice, ResponseFormat
 
 log = logging.getLogger("unimodel.local")
@@ -70,6 +70,7 @@ log = logging.getLogger("unimodel.local")
 
 class LocalEngine(Engine):
     kind = "local"
+    flushes = True  # after the tokens of every step that were waiting for this request
 
     def __init__(
         self,
@@ -232,6 +233,7 @@ class LocalEngine(Engine):
         scheduler.submit(seq)
         try:
             reason: StopReason | None = None
+            unflushed = False
             while reason is None and not out.stopped:
                 tokens, reason, error = await self._next_item(inbox, seq)
                 if error is not None:
@@ -242,7 +244,11 @@ class LocalEngine(Engine):
                     raise UnimodelError("generation failed in the model; the error is logged") from error
                 for token in tokens:
                     for event in out.feed(token):
+                        unflushed = True
                         yield event
+                if unflushed and inbox.empty():  # caught up with the scheduler: what we have goes out now
+                    unflushed = False
+                    yield FLUSH
             budget = next((h for h in hooks if isinstance(h, ThinkingBudget)), None)
             if budget is not None and budget.forced:
                 yield ThinkingBudgetReached(out.reasoning_tokens)

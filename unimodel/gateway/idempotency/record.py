@@ -2,8 +2,8 @@
 
 A stored response is the request body's fingerprint, the original request id and ``created`` time (so a
 replay carries the same completion id and timestamp), and the neutral generation events
-(``protocol/events.py``), not the rendered bytes: a replay goes through the same encoder as the original,
-streamed or not. Events are written as short JSON arrays (``["c", "text"]``) by hand rather than pickled
+(``protocol/events.py``, with the ``Flush`` write boundaries), not the rendered bytes: a replay goes through
+the same encoder as the original, streamed or not, and makes the same chunks. Events are written as short JSON arrays (``["c", "text"]``) by hand rather than pickled
 (the bytes may live in a shared Redis, and unpickling what a store hands back would run its code) or dumped
 with a generic dataclass codec (the events are few and fixed; a tag per class keeps the record small).
 """
@@ -17,7 +17,9 @@ from typing import Any
 from unimodel.protocol.events import (
     ContentDelta,
     Event,
+    FLUSH,
     Finish,
+    Flush,
     ReasoningDelta,
     ThinkingBudgetReached,
     ToolCallArgsDelta,
@@ -59,6 +61,8 @@ def _encode_event(e: Event) -> list[Any]:
         return ["b", e.thinking_tokens]
     if isinstance(e, Finish):
         return ["f", e.reason]
+    if isinstance(e, Flush):  # where the original's writes ended, so a replay is written alike
+        return ["w"]
     raise TypeError(f"not a generation event: {type(e).__name__}")
 
 
@@ -71,6 +75,7 @@ _DECODERS: dict[str, Any] = {
     "u": lambda a: Usage(int(a[0]), int(a[1]), int(a[2]), bool(a[3])),
     "b": lambda a: ThinkingBudgetReached(int(a[0])),
     "f": lambda a: Finish(str(a[0])),  # type: ignore[arg-type]
+    "w": lambda a: FLUSH,
 }
 
 

@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 
 from unimodel.engines.base import GenerationRequest
+from tests.support.flush_rules import check_flush_rules
 from tests.support.requests import gen_request
 from unimodel.engines.local import LocalEngine
 from unimodel.errors import ContextLengthExceededError, OverloadedError, UnsupportedFeatureError
-from unimodel.protocol.events import ContentDelta, Event, Finish, ReasoningDelta, Usage
+from unimodel.protocol.events import ContentDelta, Event, Finish, Flush, ReasoningDelta, Usage
 from unimodel.protocol.openai import ChatCompletionRequest
 
 from .conftest import start_engine
@@ -223,3 +224,9 @@ def test_thinking_budget_and_penalties_become_hooks(engine: LocalEngine) -> None
     kinds = {type(h) for h in engine._hooks(budget)}
     assert kinds == {ThinkingBudget, RepetitionPenalties}
     assert engine._hooks(request("plain")) == []
+
+
+async def test_flushes_follow_the_steps_and_keep_the_rules(engine: LocalEngine) -> None:
+    events = await collect(engine, request("Hello", max_tokens=12))
+    batches = check_flush_rules(events)
+    assert sum(isinstance(e, Flush) for e in events) >= 1 and len(batches) >= 2

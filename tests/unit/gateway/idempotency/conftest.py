@@ -104,7 +104,9 @@ class Harness:
         return await self.service.complete(await self.service.prepare(call))
 
     async def stream(self, call: Call) -> list[bytes]:
-        return [f async for f in self.service.stream(await self.service.prepare(call))]
+        """The SSE frames (``data: ...\n\n`` each), however the service grouped them into writes."""
+        body = b"".join([w async for w in self.service.stream(await self.service.prepare(call))])
+        return [part + b"\n\n" for part in body.split(b"\n\n") if part]
 
 
 @pytest.fixture()
