@@ -1,9 +1,20 @@
 """The upstream engine: any OpenAI-compatible server (vLLM, SGLang, llama.cpp, a hosted API).
 
-All I/O goes through one injected ``httpx.AsyncClient`` (pooled, keep-alive), so tests swap in a
-``MockTransport`` or a real loopback server. We always ask the upstream to stream, whatever the client asked:
-one code path, early cancellation when the client leaves, and room for budget enforcement; a server that
-answers a streaming request with one JSON body is handled too.
+All I/O goes through one ``aiohttp.ClientSession`` (a pool of ``max_connections`` keep-alive connections),
+made in :meth:`UpstreamEngine.start` or injected (tests hand in one of their own). aiohttp rather than httpx:
+streaming a 23-frame answer cost about 0.4 ms of CPU a request against httpx's 1.1 ms, the largest item in the
+gateway's profile. The session is configured to surprise no one: no proxies or credentials from the
+environment (the upstream is configured explicitly), no cookies, no redirects followed, no error raised for a
+status (we map every status ourselves), and the TLS trust httpx gave (``SSL_CERT_FILE``/``SSL_CERT_DIR``,
+else certifi's bundle).
+
+We always ask the upstream to stream, whatever the client asked: one code path, early cancellation when the
+client leaves (the connection is closed at once, so the upstream stops its work), and room for budget
+enforcement; a server that answers a streaming request with one JSON body is handled too.
+
+Timeouts: connecting, waiting for a free connection in the pool included, is bounded by the connect timeout
+(per request by ``request.connect_timeout_s``); the read timeout bounds each silence between reads; nothing
+bounds the whole answer (the resilience stage does, per route).
 
 Parse modes (``--upstream-parse``):
 
@@ -23,14 +34,16 @@ import email.utils
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any, Literal, Optional
 
+import aiohttp
 import httpx
 
 from unimodel.engines.base import Engine, GenerationRequest
-from unimodel.engines.upstream_pool import upstream_transport
+from unimodel.engines.sse_lines import SseLineSplitter
 from unimodel.engines.upstream_payload import build_payload, prompt_text
 from unimodel.engines.upstream_stream import UpstreamStreamDecoder, status_error
 from unimodel.errors import (
@@ -43,17 +56,20 @@ from unimodel.errors import (
 )
 from unimodel.formats.base import ModelFormat
 from unimodel.formats.registry import get_format
-from unimodel.protocol.events import Event, Finish, ReasoningDelta, ThinkingBudgetReached, Usage
+from unimodel.protocol.events import FLUSH, Event, Finish, ReasoningDelta, ThinkingBudgetReached, Usage
+from unimodel.protocol.jsonbytes import dumps
 from unimodel.protocol.openai import ModelCard
 
 log = logging.getLogger("unimodel.upstream")
 
 ParseMode = Literal["auto", "upstream", "gateway"]
 
+KEEPALIVE_S = 5.0  # an idle pooled connection is closed after this (httpx's default; vLLM's uvicorn keeps 5 s)
 
 
 class UpstreamEngine(Engine):
     kind = "upstream"
+    flushes = True  # after the events of each network read
 
     def __init__(
         self,
@@ -65,7 +81,7 @@ class UpstreamEngine(Engine):
         families: Optional[dict[str, str]] = None,
         parse_mode: ParseMode = "auto",
         api_key: Optional[str] = None,
-        client: Optional[httpx.AsyncClient] = None,
+        session: Optional[aiohttp.ClientSession] = None,
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 600.0,
         max_connections: int = 256,
@@ -80,12 +96,13 @@ class UpstreamEngine(Engine):
         self._formats = {name: get_format(fam) for name, fam in (families or {}).items()}
         self.parse_mode: ParseMode = parse_mode
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._own_client = client is None
-        self._client = client
-        self._timeout = httpx.Timeout(connect=connect_timeout_s, read=read_timeout_s,
-                                      write=read_timeout_s, pool=connect_timeout_s)
-        self._limits = httpx.Limits(max_connections=max_connections,
-                                    max_keepalive_connections=max_connections)
+        self._post_headers = {**self._headers, "Content-Type": "application/json"}
+        self._own_session = session is None
+        self._session = session
+        self._read_timeout_s = read_timeout_s
+        self._timeout = _timeouts(connect_timeout_s, read_timeout_s)
+        self._probe_timeout = _timeouts(connect_timeout_s, connect_timeout_s)
+        self._max_connections = max_connections
         self._probe_interval_s = probe_interval_s
         self._probe_task: Optional[asyncio.Task[None]] = None
         self._ready = False
@@ -96,9 +113,8 @@ class UpstreamEngine(Engine):
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self._timeout, limits=self._limits,
-                                             transport=upstream_transport(self._limits))
+        if self._session is None:
+            self._session = self._new_session()
         await self.probe()
         self._probe_task = asyncio.create_task(self._probe_loop(), name="upstream-probe")
 
@@ -110,9 +126,16 @@ class UpstreamEngine(Engine):
             except asyncio.CancelledError:
                 pass
             self._probe_task = None
-        if self._own_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _new_session(self) -> aiohttp.ClientSession:
+        """The engine's own session (see the module docstring for why each setting)."""
+        tls: ssl.SSLContext | bool = httpx.create_ssl_context() if self.base_url.lower().startswith("https:") else True
+        connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=KEEPALIVE_S, ssl=tls)
+        return aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False,
+                                     cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
 
     def is_ready(self) -> bool:
         return self._ready
@@ -139,17 +162,18 @@ class UpstreamEngine(Engine):
         return ok
 
     async def _probe_once(self) -> tuple[bool, str]:
-        if self._client is None:
+        if self._session is None:
             return False, "not started"
-        try:
-            resp = await self._client.get(f"{self.base_url}/models", headers=self._headers,
-                                          timeout=self._timeout.connect)
-        except httpx.HTTPError as exc:
+        try:  # the whole body is read, so the connection goes back to the pool
+            async with self._session.get(f"{self.base_url}/models", headers=self._headers,
+                                         timeout=self._probe_timeout, allow_redirects=False) as resp:
+                status, raw = resp.status, await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             return False, type(exc).__name__
-        if resp.status_code != 200:
-            return False, f"HTTP {resp.status_code}"
+        if status != 200:
+            return False, f"HTTP {status}"
         try:
-            body = resp.json()
+            body = json.loads(raw)
         except ValueError:  # not JSON, or not UTF-8
             return False, "the models list is not JSON"
         if not isinstance(body, dict):
@@ -197,16 +221,16 @@ class UpstreamEngine(Engine):
         upstream continues from an assistant prefix holding the thinking so far, closed, and answers. vLLM's
         ``thinking_token_budget`` is not used: it cannot be relied on in Mistral tokenizer mode.
 
-        ``request.connect_timeout_s`` overrides the engine's connect (and pool) timeout for this request only (a
-        route's own timeout, set by the resilience stage); the read timeout stays the engine's.
+        ``request.connect_timeout_s`` overrides the engine's connect timeout (the wait for a pooled connection
+        included) for this request only (a route's own timeout, set by the resilience stage); the read timeout
+        stays the engine's.
         """
         if request.sampling.logprobs:  # not carried through our events yet: refuse rather than drop silently
             raise UnsupportedFeatureError("logprobs are not supported through unimodel yet", param="logprobs")
         budget = request.thinking_budget
         decoder = self._decoder(request)
         connect = request.connect_timeout_s
-        timeout = None if connect is None else httpx.Timeout(
-            connect=connect, read=self._timeout.read, write=self._timeout.write, pool=connect)
+        timeout = None if connect is None else _timeouts(connect, self._read_timeout_s)
         first = self._call(self.build_payload(request), decoder, timeout)
         reasoning: list[str] = []
         try:
@@ -238,35 +262,55 @@ class UpstreamEngine(Engine):
             yield _continued(spent, event) if isinstance(event, Usage) else event
 
     async def _call(self, payload: dict[str, Any], decoder: UpstreamStreamDecoder,
-                    timeout: Optional[httpx.Timeout] = None) -> AsyncGenerator[Event, None]:
-        if self._client is None:
+                    timeout: Optional[aiohttp.ClientTimeout] = None) -> AsyncGenerator[Event, None]:
+        session = self._session
+        if session is None:
             raise ServiceUnavailableError("the upstream engine is not started", retry_after=1)
         decoder.set_counting(self._count_tokens, lambda: prompt_text(payload))
+        options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}  # else the session's own
         try:
-            async with self._client.stream(
-                "POST", f"{self.base_url}/chat/completions", json=payload, headers=self._headers,
-                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-            ) as resp:
-                if resp.status_code >= 400:
-                    await resp.aread()
-                    raise _status_error(resp)
+            resp = await session.post(f"{self.base_url}/chat/completions", data=dumps(payload),
+                                      headers=self._post_headers, allow_redirects=False, **options)
+            read_to_end = False
+            try:
+                if resp.status >= 400:
+                    raw = await resp.read()
+                    read_to_end = True
+                    raise _status_error(resp, raw)
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
-                    await resp.aread()
-                    for event in decoder.whole_response(_json_body(resp)):
+                    raw = await resp.read()
+                    read_to_end = True
+                    for event in decoder.whole_response(_json_body(raw)):
                         yield event
                     return
                 # read to the end of the body even after [DONE], so the connection goes back to the pool
-                async for line in resp.aiter_lines():
+                lines = SseLineSplitter()
+                async for chunk in resp.content.iter_any():  # all that arrived since the last read
+                    unflushed = False
+                    for line in lines.feed(chunk):
+                        for event in decoder.sse_line(line):
+                            unflushed = True
+                            yield event
+                    if unflushed:  # the next read may wait: what this one gave can go out together
+                        yield FLUSH
+                read_to_end = True
+                for line in lines.close():
                     for event in decoder.sse_line(line):
                         yield event
+            finally:
+                if read_to_end:
+                    resp.release()  # back to the pool
+                else:
+                    resp.close()  # the consumer left or the stream failed: cut it, the upstream stops its work
         # the client gets our words; where the upstream is and what went wrong on the wire go to our log
-        except httpx.TimeoutException as exc:
-            log.warning("upstream %s timed out: %s", self.base_url, type(exc).__name__)
-            raise UpstreamTimeoutError(f"the upstream did not answer in time ({type(exc).__name__})") from exc
-        except httpx.ConnectError as exc:
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+            name = _timeout_name(exc)
+            log.warning("upstream %s timed out: %s (%s)", self.base_url, name, exc)
+            raise UpstreamTimeoutError(f"the upstream did not answer in time ({name})") from exc
+        except aiohttp.ClientConnectorError as exc:
             log.warning("cannot connect to the upstream at %s: %s", self.base_url, exc)
             raise UpstreamConnectionError("cannot connect to the upstream") from exc
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             log.warning("the connection to upstream %s failed: %s: %s", self.base_url, type(exc).__name__, exc)
             raise UpstreamError("the upstream connection failed") from exc
         for event in decoder.close():
@@ -282,23 +326,34 @@ def _continued(spent: Usage, more: Usage) -> Usage:
                  estimated=spent.estimated or more.estimated)
 
 
-def _json_body(resp: httpx.Response) -> dict[str, Any]:
+def _timeouts(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:
+    """Connect (a new connection, or the wait for a pooled one) within ``connect_s``, no silence between reads
+    longer than ``read_s``, no bound on the whole answer."""
+    return aiohttp.ClientTimeout(total=None, connect=connect_s, sock_connect=connect_s, sock_read=read_s)
+
+
+def _timeout_name(exc: BaseException) -> str:
+    """Which timeout fired, in the names clients have seen in our messages (httpx's)."""
+    return "ConnectTimeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "ReadTimeout"
+
+
+def _json_body(raw: bytes) -> dict[str, Any]:
     try:
-        body = resp.json()
+        body = json.loads(raw)
     except ValueError as exc:
-        log.warning("the upstream answered with a body that is not JSON: %r", resp.content[:200])
+        log.warning("the upstream answered with a body that is not JSON: %r", raw[:200])
         raise UpstreamError("the upstream answered with a body that is not JSON") from exc
     if not isinstance(body, dict):
-        log.warning("the upstream answered with JSON that is not an object: %r", resp.content[:200])
+        log.warning("the upstream answered with JSON that is not an object: %r", raw[:200])
         raise UpstreamError("the upstream answered with JSON that is not an object")
     return body
 
 
-def _status_error(resp: httpx.Response) -> UnimodelError:
+def _status_error(resp: aiohttp.ClientResponse, raw: bytes) -> UnimodelError:
     """Our error for an upstream's error status (see :func:`status_error` for what the client is told)."""
-    message, param, code, etype = f"the upstream answered HTTP {resp.status_code}", None, None, None
+    message, param, code, etype = f"the upstream answered HTTP {resp.status}", None, None, None
     try:
-        body = json.loads(resp.content or b"null")
+        body = json.loads(raw or b"null")
     except ValueError:  # not JSON, or not UTF-8
         body = None
     err = body.get("error") if isinstance(body, dict) else None
@@ -311,11 +366,19 @@ def _status_error(resp: httpx.Response) -> UnimodelError:
         message = body["message"]  # vLLM's older flat error shape
     elif isinstance(err, str):
         message = err
-    return status_error(resp.status_code, message, param=param, code=code, error_type=etype,
-                        retry_after=_retry_after(resp.headers), body=resp.text)
+    return status_error(resp.status, message, param=param, code=code, error_type=etype,
+                        retry_after=_retry_after(resp.headers), body=_text(raw, resp.charset))
 
 
-def _retry_after(headers: httpx.Headers) -> Optional[float]:
+def _text(raw: bytes, charset: Optional[str]) -> str:
+    """A body as text for our log, in its declared charset (else UTF-8), never failing."""
+    try:
+        return raw.decode(charset or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know
+        return raw.decode("utf-8", "replace")
+
+
+def _retry_after(headers: Mapping[str, str]) -> Optional[float]:
     """``Retry-After`` in seconds, from seconds or an HTTP-date (or OpenAI's ``retry-after-ms``)."""
     value = headers.get("retry-after", "").strip()
     if value:

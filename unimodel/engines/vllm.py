@@ -81,6 +81,7 @@ def merge_args(planned: Sequence[str], overrides: Sequence[str]) -> list[str]:
 
 class VllmEngine(Engine):
     kind = "vllm"
+    flushes = True  # its events are its UpstreamEngine's
 
     def __init__(
         self,

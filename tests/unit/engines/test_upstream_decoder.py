@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
 import pytest
+from aiohttp import web
 
-from unimodel.engines.base import GenerationRequest
+from tests.support.loopback_http import http_server
 from tests.support.requests import gen_request
 from unimodel.engines.upstream import UpstreamEngine
 from unimodel.engines.upstream_stream import UpstreamStreamDecoder
@@ -26,11 +26,12 @@ from unimodel.protocol.events import (
 from unimodel.protocol.openai import ChatCompletionRequest
 
 
-def _frame(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-    return "data: " + json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+def _frame(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+    return b"data: " + json.dumps({"choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                                   **extra}).encode()
 
 
-def _decode(lines: list[str]) -> list[Event]:
+def _decode(lines: list[bytes]) -> list[Event]:
     dec = UpstreamStreamDecoder(get_format("mistral"), parse_content=True)
     out: list[Event] = []
     for ln in lines:
@@ -43,7 +44,7 @@ def test_upstream_and_gateway_tool_calls_share_one_index_space() -> None:
         _frame({"tool_calls": [{"index": 0, "id": "up-1", "function": {"name": "a", "arguments": "{}"}}]}),
         _frame({"content": '[TOOL_CALLS]b[ARGS]{"x": 1}'}),
         _frame({}, "tool_calls"),
-        "data: [DONE]",
+        b"data: [DONE]",
     ])
     starts = [e for e in events if isinstance(e, ToolCallStart)]
     assert [(s.index, s.name) for s in starts] == [(0, "a"), (1, "b")]
@@ -60,49 +61,64 @@ def test_arguments_sent_as_object_are_serialised() -> None:
 
 
 def test_ignores_comments_and_other_choices_and_maps_unknown_finish() -> None:
-    events = _decode([": keep-alive", "event: message", "",
-                      "data: " + json.dumps({"choices": [{"index": 1, "delta": {"content": "other"}}]}),
+    events = _decode([b": keep-alive", b"event: message", b"",
+                      b"data: " + json.dumps({"choices": [{"index": 1, "delta": {"content": "other"}}]}).encode(),
                       _frame({"content": "hi"}), _frame({}, "eos")])
     assert [e for e in events if isinstance(e, ContentDelta)] == [ContentDelta("hi")]
     assert events[-1] == Finish("stop")
 
 
 @pytest.mark.parametrize("lines,error", [
-    (["data: {not json"], UpstreamError),
-    (["data: [1]"], UpstreamError),
+    ([b"data: {not json"], UpstreamError),
+    ([b"data: [1]"], UpstreamError),
+    ([b"data: \xff{"], UpstreamError),
+    ([b"data: " + b"[" * 100_000], UpstreamError),  # nested past any parser's depth
     ([_frame({"content": "partial"})], UpstreamError),  # ended without finish or [DONE]
-    (['data: {"error": {"message": "boom", "code": 400}}'], UpstreamStatusError),
+    ([b'data: {"error": {"message": "boom", "code": 400}}'], UpstreamStatusError),
 ])
-def test_bad_streams_raise(lines: list[str], error: type[Exception]) -> None:
+def test_bad_streams_raise(lines: list[bytes], error: type[Exception]) -> None:
     with pytest.raises(error):
         _decode(lines)
 
 
-async def test_engine_payload_and_status_mapping_over_mock_transport() -> None:
+@pytest.mark.parametrize("line,content", [
+    (b'data: {"choices": [{"index": 0, "delta": {"content": "a\\ud800b"}}]}', "a\ud800b"),  # a lone surrogate
+    (b'data: {"choices": [{"index": 0, "delta": {"content": "caf\xe9"}}]}', "caf\ufffd"),  # not UTF-8
+    (b'data: {"choices": [{"index": 0, "delta": {"content": "x"}}], "usage": {"prompt_tokens": NaN}}', "x"),
+    (b'data:{"choices": [{"index": 0, "delta": {"content": "no space"}}]}\t ', "no space"),
+])
+def test_frames_orjson_refuses_read_as_before(line: bytes, content: str) -> None:
+    events = _decode([line, _frame({}, "stop"), b"data: \xc2\xa0[DONE]\xc2\xa0"])
+    assert [e for e in events if isinstance(e, ContentDelta)] == [ContentDelta(content)]
+
+
+async def test_engine_payload_and_status_mapping_over_a_loopback_upstream() -> None:
     seen: list[dict[str, Any]] = []
+    headers: list[str] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/models"):
-            return httpx.Response(200, json={"data": [{"id": "up-model", "max_model_len": 4096}]})
-        seen.append(json.loads(request.content))
-        return httpx.Response(422, json={"error": {"message": "bad field", "param": "top_k", "code": "x"}})
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/models"):
+            return web.json_response({"data": [{"id": "up-model", "max_model_len": 4096}]})
+        headers.append(request.headers.get("Content-Type", ""))
+        seen.append(json.loads(await request.read()))
+        return web.json_response({"error": {"message": "bad field", "param": "top_k", "code": "x"}}, status=422)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    engine = UpstreamEngine("http://up/v1", served_model_name="small4", upstream_model="up-model", client=client)
-    await engine.start()
-    try:
-        assert engine.is_ready() and engine.models()[0].max_model_len == 4096
-        wire = ChatCompletionRequest.model_validate({
-            "model": "small4", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9,
-            "top_k": 5, "route": "r"})
-        request = gen_request(request_id="r", served_model="small4", wire=wire, max_tokens=9)
-        with pytest.raises(UpstreamStatusError) as err:
-            async for _ in engine.generate(request):
-                pass
-        assert err.value.status_code == 422 and err.value.param == "top_k" and err.value.message == "bad field"
-        sent = seen[0]
-        assert sent["model"] == "up-model" and sent["max_tokens"] == 9 and "max_completion_tokens" not in sent
-        assert sent["top_k"] == 5 and "route" not in sent and sent["stream"] is True
-    finally:
-        await engine.aclose()
-        await client.aclose()
+    async with http_server(handle) as url:
+        engine = UpstreamEngine(url, served_model_name="small4", upstream_model="up-model")
+        await engine.start()
+        try:
+            assert engine.is_ready() and engine.models()[0].max_model_len == 4096
+            wire = ChatCompletionRequest.model_validate({
+                "model": "small4", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9,
+                "top_k": 5, "route": "r"})
+            request = gen_request(request_id="r", served_model="small4", wire=wire, max_tokens=9)
+            with pytest.raises(UpstreamStatusError) as err:
+                async for _ in engine.generate(request):
+                    pass
+        finally:
+            await engine.aclose()
+    assert err.value.status_code == 422 and err.value.param == "top_k" and err.value.message == "bad field"
+    sent = seen[0]
+    assert headers == ["application/json"]
+    assert sent["model"] == "up-model" and sent["max_tokens"] == 9 and "max_completion_tokens" not in sent
+    assert sent["top_k"] == 5 and "route" not in sent and sent["stream"] is True

@@ -24,7 +24,7 @@ import enum
 import random
 from typing import Optional
 
-import httpx
+import aiohttp
 
 from unimodel.errors import (
     OverloadedError,
@@ -39,10 +39,15 @@ from unimodel.errors import (
 
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
 
-# transport failures where the request most likely never reached the model: retrying is safe and useful
+# transport failures (the upstream engine's aiohttp client) where the request most likely never reached the
+# model: retrying is safe and useful. A connect failure (ClientConnectorError), a connect or pool timeout
+# (ConnectionTimeoutError), the upstream closing or resetting the connection (ServerDisconnectedError,
+# ClientOSError, ClientConnectionResetError), a broken body (ClientPayloadError) or an answer that is not HTTP
+# (ClientResponseError: raise_for_status is off, so aiohttp raises it only for a response it cannot parse)
 _TRANSIENT_CAUSES: tuple[type[BaseException], ...] = (
-    httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.RemoteProtocolError, httpx.ReadError,
-    httpx.WriteError,
+    aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.ServerDisconnectedError,
+    aiohttp.ClientOSError, aiohttp.ClientConnectionResetError, aiohttp.ClientPayloadError,
+    aiohttp.ClientResponseError,
 )
 
 
@@ -72,8 +77,8 @@ def classify(exc: BaseException) -> Verdict:
             return Verdict.RETRY
         return Verdict.CLIENT if 400 <= exc.upstream_status < 500 else Verdict.FAILOVER
     if isinstance(exc, UpstreamTimeoutError):
-        return Verdict.RETRY if isinstance(exc.__cause__, (httpx.ConnectTimeout, httpx.PoolTimeout)) \
-            else Verdict.FAILOVER
+        # connecting (or waiting for a pooled connection) took too long: retry; a read timeout: the next upstream
+        return Verdict.RETRY if isinstance(exc.__cause__, aiohttp.ConnectionTimeoutError) else Verdict.FAILOVER
     if isinstance(exc, UpstreamError):
         return Verdict.RETRY if isinstance(exc.__cause__, _TRANSIENT_CAUSES) else Verdict.FAILOVER
     if isinstance(exc, ServiceUnavailableError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-import httpx
+import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,9 +30,6 @@ def caused(exc: BaseException, cause: BaseException) -> BaseException:
     return exc
 
 
-REQ = httpx.Request("POST", "http://upstream/v1/chat/completions")
-
-
 @pytest.mark.parametrize(("exc", "verdict"), [
     (UpstreamConnectionError("cannot connect"), Verdict.RETRY),
     (UpstreamStatusError("bad gateway", upstream_status=502), Verdict.RETRY),
@@ -46,12 +43,18 @@ REQ = httpx.Request("POST", "http://upstream/v1/chat/completions")
     (OverloadedError("queue full", retry_after=1), Verdict.THROTTLED),
     (ServiceUnavailableError("not ready", retry_after=1), Verdict.RETRY),
     (CircuitOpenError("open", retry_after=3), Verdict.RETRY),
-    (caused(UpstreamTimeoutError("timed out"), httpx.ConnectTimeout("c", request=REQ)), Verdict.RETRY),
-    (caused(UpstreamTimeoutError("timed out"), httpx.PoolTimeout("p", request=REQ)), Verdict.RETRY),
-    (caused(UpstreamTimeoutError("timed out"), httpx.ReadTimeout("r", request=REQ)), Verdict.FAILOVER),
+    # connect or pool wait timed out: retry; a read timed out: the next upstream
+    (caused(UpstreamTimeoutError("timed out"), aiohttp.ConnectionTimeoutError("c")), Verdict.RETRY),
+    (caused(UpstreamTimeoutError("timed out"), aiohttp.SocketTimeoutError("r")), Verdict.FAILOVER),
     (UpstreamTimeoutError("no first token in time"), Verdict.FAILOVER),
-    (caused(UpstreamError("connection failed"), httpx.RemoteProtocolError("gone", request=REQ)), Verdict.RETRY),
-    (caused(UpstreamError("connection failed"), httpx.ReadError("reset", request=REQ)), Verdict.RETRY),
+    (caused(UpstreamError("connection failed"), aiohttp.ServerDisconnectedError()), Verdict.RETRY),
+    (caused(UpstreamError("connection failed"), aiohttp.ClientOSError(104, "reset")), Verdict.RETRY),
+    (caused(UpstreamError("connection failed"), aiohttp.ClientConnectionResetError("closing")), Verdict.RETRY),
+    (caused(UpstreamError("connection failed"), aiohttp.ClientPayloadError("cut")), Verdict.RETRY),
+    (caused(UpstreamError("connection failed"),  # an answer that is not HTTP
+            aiohttp.ClientResponseError(None, (), message="bad status line")), Verdict.RETRY),  # type: ignore[arg-type]
+    (caused(UpstreamError("connection failed"), aiohttp.ServerFingerprintMismatch(b"a", b"b", "up", 443)),
+     Verdict.FAILOVER),
     (UpstreamError("the upstream refused the gateway's credentials"), Verdict.FAILOVER),
     (UpstreamError("malformed stream frame"), Verdict.FAILOVER),
     (InvalidRequestError("bad", param="messages"), Verdict.CLIENT),

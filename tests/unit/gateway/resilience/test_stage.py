@@ -11,9 +11,11 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import httpx
+import aiohttp
 import pytest
+from aiohttp import web
 
+from tests.support.loopback_http import http_server
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.engines.upstream import UpstreamEngine
 from unimodel.errors import (
@@ -401,28 +403,41 @@ async def test_waits_never_run_past_the_total_timeout() -> None:
     assert h.waits == [] and h.primary.calls == 1
 
 
+class RecordingConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, noting the timeouts each connection was asked for."""
+
+    def __init__(self, seen: list[aiohttp.ClientTimeout]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    async def connect(self, req: Any, traces: Any, timeout: aiohttp.ClientTimeout) -> Any:
+        self.seen.append(timeout)
+        return await super().connect(req, traces, timeout)
+
+
 async def test_the_connect_timeout_reaches_an_upstream_engines_client() -> None:
-    seen: list[dict[str, Any]] = []
+    seen: list[aiohttp.ClientTimeout] = []
+    body = "".join(f"data: {json.dumps(f)}\n\n" for f in [
+        {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]) + "data: [DONE]\n\n"
+    answers = [web.Response(text=body, headers={"Content-Type": "text/event-stream"}) for _ in range(2)]
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.extensions["timeout"])
-        body = "".join(f"data: {json.dumps(f)}\n\n" for f in [
-            {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
-            {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}]) + "data: [DONE]\n\n"
-        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return answers.pop(0)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler), timeout=httpx.Timeout(7.0))
-    engine = UpstreamEngine("http://up/v1", served_model_name="m", client=client)
-    h = harness(retries=0)
-    call = new_call(Route(timeouts=Timeouts(connect_s=0.5)))
-    async with aclosing(h.stage.wrap(call, engine.generate)(REQUEST)) as events:  # type: ignore[type-var]
-        assert [e async for e in events][0] == ContentDelta("hi")
-    call = new_call()
-    async with aclosing(h.stage.wrap(call, engine.generate)(REQUEST)) as events:  # type: ignore[type-var]
-        assert [e async for e in events]
-    await client.aclose()
-    assert seen[0]["connect"] == 0.5 and seen[0]["pool"] == 0.5 and seen[0]["read"] == 600.0
-    assert seen[1]["connect"] == 7.0  # no route override: the client's own
+    async with http_server(handle) as url, aiohttp.ClientSession(
+            connector=RecordingConnector(seen), timeout=aiohttp.ClientTimeout(connect=7.0, sock_read=9.0)) as session:
+        engine = UpstreamEngine(url, served_model_name="m", session=session)
+        h = harness(retries=0)
+        call = new_call(Route(timeouts=Timeouts(connect_s=0.5)))
+        async with aclosing(h.stage.wrap(call, engine.generate)(REQUEST)) as events:  # type: ignore[type-var]
+            assert [e async for e in events][0] == ContentDelta("hi")
+        call = new_call()
+        async with aclosing(h.stage.wrap(call, engine.generate)(REQUEST)) as events:  # type: ignore[type-var]
+            assert [e async for e in events]
+    assert seen[0].connect == 0.5 and seen[0].sock_connect == 0.5  # the wait for a pooled one, and a new one
+    assert seen[0].sock_read == 600.0 and seen[0].total is None  # the engine's read timeout; no total
+    assert seen[1].connect == 7.0 and seen[1].sock_read == 9.0  # no route override: the session's own
 
 
 # ---- lifecycle ----------------------------------------------------------------------------------------------
