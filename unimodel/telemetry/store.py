@@ -13,10 +13,10 @@ Rows cross this boundary as plain dicts keyed by :data:`~unimodel.telemetry.sche
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from sqlalchemy import (
     Column,
@@ -33,8 +33,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from unimodel.telemetry.schema import COLUMNS, HAS_TEXT, MIGRATIONS, REQUESTS, Migration
 
@@ -118,6 +119,7 @@ class LogStore:
                                         max_overflow=2, pool_timeout=connect_timeout_s,
                                         connect_args={"connect_timeout": max(1, round(connect_timeout_s)),
                                                       "options": options})
+        self._insert = _PreparedInsert(self.engine.dialect)
 
     @property
     def display_url(self) -> str:
@@ -163,11 +165,9 @@ class LogStore:
         a batch that was written but not acknowledged inserts nothing twice)."""
         if not rows:
             return
-        values = [{**{c: row.get(c) for c in COLUMNS}, "created_at": _utc(row["created_at"])} for row in rows]
-        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
-        stmt = dialect_insert(REQUESTS).on_conflict_do_nothing(index_elements=["log_id"])
+        params = self._insert.params(rows)
         with self.engine.begin() as conn:
-            conn.execute(stmt, values)
+            conn.exec_driver_sql(self._insert.sql, params)
 
     def clear_prompts(self, before: datetime) -> int:
         """Empty ``prompt``/``answer`` of rows that arrived before ``before``; the number of rows changed. It
@@ -210,6 +210,55 @@ class LogStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _PreparedInsert:
+    """The batch insert, compiled once: the SQL of ``INSERT … ON CONFLICT (log_id) DO NOTHING`` for this
+    database, built by SQLAlchemy from :data:`REQUESTS` (the schema stays in one place), and each column's bind
+    processor (the same functions SQLAlchemy applies: dates as SQLite stores them, booleans, JSON).
+
+    Why not ``conn.execute(stmt, rows)``: per batch SQLAlchemy looks the statement up in its cache and then
+    processes every parameter of every row through generic code, about half of the writer thread's time per
+    row (``benchmarks/request_log_rows.py``). Here a row becomes its parameters in one pass and the DBAPI's
+    ``executemany`` runs the statement, still through the connection (its transaction, and its errors wrapped
+    as SQLAlchemy's ``IntegrityError``/``DataError`` with the parameters hidden)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        dialect_insert = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
+        # inline(): no RETURNING of the new ids, which nothing reads
+        stmt = dialect_insert(REQUESTS).inline().on_conflict_do_nothing(index_elements=["log_id"])
+        compiled = stmt.compile(dialect=dialect, column_keys=list(COLUMNS))
+        assert isinstance(compiled, SQLCompiler)
+        self.sql = compiled.string
+        self.positional = compiled.positional
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ()) if self.positional else COLUMNS
+        if set(self.names) != set(COLUMNS) or len(self.names) != len(COLUMNS):
+            raise RuntimeError(f"the compiled insert binds {self.names}, not the columns {COLUMNS}")
+        # (position, processor, what it makes of None): most values of a row are None, and JSON's processor
+        # serialises None each time (to the JSON null SQLAlchemy has always stored there)
+        self.processors: list[tuple[int, Callable[[Any], Any], Any]] = []
+        for i, name in enumerate(self.names):
+            column_type = REQUESTS.c[name].type
+            processor = column_type.dialect_impl(dialect).bind_processor(dialect)
+            if processor is not None:
+                self.processors.append((i, processor, processor(None)))
+        self.created_at = self.names.index("created_at")
+
+    def params(self, rows: Sequence[Mapping[str, Any]]) -> Union[list[tuple[Any, ...]], list[dict[str, Any]]]:
+        """The rows' parameters for ``executemany``: tuples in the statement's order (SQLite's ``?``) or dicts
+        (psycopg's ``%(name)s``). ``created_at`` is required (an ISO 8601 string); a missing column is NULL."""
+        values = [self._values(row) for row in rows]
+        if self.positional:
+            return values
+        return [dict(zip(self.names, row_values)) for row_values in values]
+
+    def _values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        values = [row.get(name) for name in self.names]
+        values[self.created_at] = _utc(row["created_at"])
+        for i, processor, if_none in self.processors:
+            value = values[i]
+            values[i] = if_none if value is None else processor(value)
+        return tuple(values)
 
 
 def _sqlite_transactions(engine: Engine) -> None:

@@ -7,6 +7,8 @@ import asyncio
 import hashlib
 import hmac
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,9 @@ from unimodel.telemetry.request_log import (
     CAPTURE_CHARS,
     TEXT_CHARS,
     RequestLogConfig,
+    UserHashes,
     load_or_create_secret,
+    new_log_id,
     open_request_log,
     prepare_row,
     row_from,
@@ -134,6 +138,29 @@ def test_the_row_has_every_column_and_keeps_the_text_only_when_asked() -> None:
     assert row["prompt"] is None and row["answer"] is None
     kept = row_from(ctx, b"k", keep_text=True)
     assert (kept["prompt"], kept["answer"]) == ("user: hi", "hello")
+
+
+def test_log_ids_are_uuid7_unique_and_increasing() -> None:
+    first = [new_log_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = new_log_id()
+    assert len(set(first)) == 1000 and all(len(i) == 32 for i in first)
+    parsed = uuid.UUID(hex=later)
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert max(first) < later  # a later millisecond sorts after (the index is appended to)
+    assert abs(int(later[:12], 16) / 1000 - time.time()) < 60  # the time in ms comes first
+
+
+def test_the_remembered_user_hashes_are_the_keyed_hashes_and_stay_bounded() -> None:
+    hashes = UserHashes(b"k", size=3)
+    for user in ("u-1", "u-2", "u-1", "u-3", "u-4", "u-1", "\ud800"):
+        assert hashes(user) == user_hash(b"k", user)
+        assert len(hashes._known) <= 3
+    assert hashes(None) is None and hashes("") is None
+    assert UserHashes(b"other")("u-1") != hashes("u-1")
+    ctx = RequestContext("r", received_wall=1_777_000_000.0)
+    ctx.user = "u-1"
+    assert row_from(ctx, hashes)["user_hash"] == row_from(ctx, b"k")["user_hash"] == user_hash(b"k", "u-1")
 
 
 def test_a_refused_request_still_makes_a_row() -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import DataError, IntegrityError
 
 from tests.unit.telemetry.conftest import make_row
 from unimodel.telemetry.schema import MIGRATIONS, Migration
@@ -65,6 +66,22 @@ def test_a_row_is_stored_once_even_when_its_batch_is_written_twice(store: LogSto
     assert got[1]["tool_names"] == ["get_weather"]
     assert got[0]["created_at"] == "2026-05-01T12:00:00+00:00"
     assert got[0]["idempotent_replay"] is False and got[0]["status"] == 200
+
+
+def test_values_are_stored_in_the_columns_types_and_a_refused_batch_raises_sqlalchemys_error(
+        store: LogStore) -> None:
+    store.migrate()
+    store.insert([make_row(0, created_at="2026-05-01T14:00:00+02:00", tool_names=["a", "b\u00e9"],
+                           thinking_truncated=True, ttft_ms=12)])
+    [got] = store.rows()
+    assert got["created_at"] == "2026-05-01T12:00:00+00:00"  # converted to UTC
+    assert got["tool_names"] == ["a", "b\u00e9"] and got["thinking_truncated"] is True and got["ttft_ms"] == 12.0
+    # a refusal for the data must be SQLAlchemy's IntegrityError/DataError (the writer then goes row by row),
+    # with the row's values kept out of the message
+    with pytest.raises((IntegrityError, DataError)) as refused:
+        store.insert([make_row(1, request_id="secret-value"), make_row(2, status=None)])
+    assert "secret-value" not in str(refused.value)
+    assert store.count() == 1  # the batch is one transaction: its good row is not stored either
 
 
 def test_queries_filter_by_time_route_and_key(store: LogStore) -> None:
