@@ -7,6 +7,11 @@ model's :class:`ReasoningPolicy` (DESIGN.md). Engines enforce the budget.
 Assistant prefill (``prefix`` on the final message, or ``continue_final_message``) is checked here and
 becomes ``GenerationRequest.continue_final_message`` (see :func:`_continue_final_message` for what is refused).
 
+The served models are asked of the engine at most once a second (:attr:`ValidateStage.models_ttl_s`), not
+per request: an engine builds its list on each call, and an upstream's only changes when its probe runs (every
+few seconds). A name not in the remembered list, or an engine serving none yet, asks again at once, so a model
+discovered since is served without waiting; a changed context length is seen within the second.
+
 Unknown top-level fields are dropped (logged at debug), or refused with a 400 naming the field when the
 operator sets ``unknown_fields: reject``; fields named in ``upstream_extra_fields`` are kept, as-is, for an
 upstream.
@@ -15,6 +20,7 @@ upstream.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Collection
 from typing import Literal
@@ -168,17 +174,32 @@ class ValidateStage(Stage):
     def __init__(self, models: Callable[[], list[ModelCard]],
                  policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy(),
                  default_max_tokens: int | None = None, *, unknown_fields: UnknownFields = "drop",
-                 upstream_extra_fields: Collection[str] = ()) -> None:
+                 upstream_extra_fields: Collection[str] = (), models_ttl_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.models = models
         self.policy_for = policy_for
         self.default_max_tokens = default_max_tokens
         self.unknown_fields: UnknownFields = unknown_fields
         self.upstream_extra_fields = frozenset(upstream_extra_fields)
+        self.models_ttl_s = models_ttl_s
+        self._clock = clock
+        self._known: list[ModelCard] = []  # the engine's last non-empty answer…
+        self._known_until = 0.0  # …trusted until then
+
+    def served_models(self, name: str) -> list[ModelCard]:
+        """The engine's models, remembered for ``models_ttl_s``; asked again at once when ``name`` is not among
+        them or the engine served none."""
+        now = self._clock()
+        if now < self._known_until and any(card.id == name for card in self._known):
+            return self._known
+        models = self.models()
+        self._known, self._known_until = models, (now + self.models_ttl_s if models else 0.0)
+        return models
 
     async def enter(self, call: Call) -> None:
         if call.wire is None:
             raise InvalidRequestError("the request was not parsed")
-        models = self.models()
+        models = self.served_models(call.wire.model)
         if not models:
             raise ServiceUnavailableError("no model is being served yet: the engine is not ready", retry_after=2)
         default_max_tokens = self.default_max_tokens
