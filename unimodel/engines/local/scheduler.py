@@ -12,9 +12,9 @@ otherwise and runs its own thread and queues. What we need is small enough to ow
   request with images alone) into a fresh ``DynamicCache``, and their first tokens are sampled from the
   prefill logits;
 * a text prompt longer than ``max_prefill_tokens`` is prefilled in chunks of that many tokens into a cache of
-  its own, one chunk per step, each followed by a decode step of the running batch, so a long prompt never
-  stalls the running streams for more than one chunk; its first token is sampled from the last chunk's
-  logits, and only then does it join the batch (one chunked prefill at a time; requests behind it wait);
+  its own (:mod:`.chunked_prefill`), one chunk per step, each followed by a decode step of the running batch,
+  so a long prompt never stalls the running streams for more than one chunk; it joins the batch with its
+  first token, sampled from the last chunk's logits (one chunked prefill at a time; requests behind it wait);
 * with a KV budget (:mod:`.kv_budget`), a request is admitted only if the batch, with it, still fits the
   budget for its whole life (every row's prompt + max new tokens); otherwise it waits at the head of the queue
   (the engine bounds the wait by ``--queue-timeout``), and a request that could not fit even alone is refused
@@ -49,6 +49,7 @@ from typing import Any, Literal, Protocol
 import torch
 
 from unimodel.engines.local.batch import RunningBatch
+from unimodel.engines.local.chunked_prefill import ChunkedPrefill
 from unimodel.engines.local.kv_budget import KvBudget
 from unimodel.engines.local.sampling import SamplingParams, sample_rows
 from unimodel.errors import InvalidRequestError, OverloadedError, ServiceUnavailableError
@@ -95,15 +96,6 @@ class SequenceRequest:
     generator: torch.Generator | None = None
 
 
-@dataclass(eq=False)
-class _ChunkedPrefill:
-    """A long prompt being prefilled a chunk per step, into its own cache, before it joins the batch."""
-
-    seq: SequenceRequest
-    cache: Any
-    done: int = 0  # prompt tokens already in ``cache``
-
-
 class BatchScheduler:
     """Admits, prefills and decodes sequences in one worker thread; see the module docstring."""
 
@@ -127,7 +119,7 @@ class BatchScheduler:
         self._new_cache = new_cache
         self.max_prefill_tokens = max_prefill_tokens
         self.kv_budget = kv_budget or KvBudget(None, 1)
-        self._chunked: _ChunkedPrefill | None = None
+        self._chunked: ChunkedPrefill | None = None
         self._waiting: deque[SequenceRequest] = deque()
         self._batch = RunningBatch()
         self._cond = threading.Condition()
@@ -273,7 +265,7 @@ class BatchScheduler:
             seq.admitted = True
             if chunked:
                 seq.generator = seq.params.new_generator()
-                self._chunked = _ChunkedPrefill(seq, self._new_cache())
+                self._chunked = ChunkedPrefill(seq, self._new_cache(), self.max_prefill_tokens)
                 break
             group.append(seq)
             if seq.prefill_inputs:
@@ -290,38 +282,27 @@ class BatchScheduler:
         rows = self._batch.seqs + ([self._chunked.seq] if self._chunked else []) + new
         return self.kv_budget.fits([self.reservation(s) for s in rows])
 
-    def _prefill_chunk(self, job: _ChunkedPrefill) -> None:
-        """Prefill the next ``max_prefill_tokens`` of a long prompt into its own cache; after the last chunk,
-        sample its first token and merge it into the running batch."""
+    def _prefill_chunk(self, job: ChunkedPrefill) -> None:
+        """Prefill the next chunk of a long prompt (:mod:`.chunked_prefill`); after the last one, sample its
+        first token and merge it into the running batch."""
         seq = job.seq
         if seq.cancelled:
             self._chunked = None
             seq.done = True
             return
-        n = len(seq.prompt_ids)
-        start, end = job.done, min(job.done + self.max_prefill_tokens, n)
         try:
-            out = self.model(
-                input_ids=torch.tensor([seq.prompt_ids[start:end]], dtype=torch.long, device=self.device),
-                attention_mask=torch.ones((1, end), dtype=torch.long, device=self.device),
-                position_ids=torch.arange(start, end, device=self.device)[None],
-                **{self._cache_kwarg: job.cache},
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            job.done = end
-            if end < n:
+            logits = job.forward_next(self.model, self.device, self._cache_kwarg)
+            if logits is None:
                 return
             self._chunked = None
-            token = self._sample([seq], out.logits[:, -1, :])[0]
+            token = self._sample([seq], logits)[0]
         except Exception as exc:
             log.exception("chunked prefill failed")
             self._chunked = None
             self._deliver(seq, [], None, exc)
             return
-        if self._accept(seq, token, n):
-            mask = torch.ones((1, n), dtype=torch.long, device=self.device)
-            self._batch.merge([seq], job.cache, mask, [n], [token])
+        if self._accept(seq, token, job.length):
+            self._batch.merge([seq], job.cache, job.mask(self.device), [job.length], [token])
 
     def _prefill(self, group: list[SequenceRequest]) -> None:
         """One forward over the prompts of ``group`` (left-padded), then their first tokens join the batch."""
