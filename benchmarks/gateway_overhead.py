@@ -5,6 +5,11 @@ sends the same streaming requests straight to the upstream and through unimodel 
 concurrency 32), and prints p50/p99 latency, the added latency, and the ratio of request rates measured in
 this one run. Figures only: nothing is asserted.
 
+Besides the rates, the CPU time each process spent per request (``gw ms``: the gateway, ``up ms``: the
+upstream, ``cli ms``: this load generator), read from /proc: on a machine where the load generator, the
+upstream and the gateway share a few cores, the rate ratio says mostly how the cores were shared, while
+the gateway's CPU per request against the upstream's says what the gateway costs wherever it runs.
+
 First, in process and without HTTP, what the request pipeline itself costs per request: the server's
 stages (auth, parse, validate, image policy, observers) and service around a null engine that yields a
 22-event answer, against the bare minimum (the same events encoded as SSE frames).
@@ -21,6 +26,7 @@ import time
 import uuid
 
 import httpx
+from _proc_stats import cpu_seconds
 from _processes import pct, processes
 
 KEY = "sk-bench-every-stage"
@@ -42,6 +48,13 @@ async def one(client: httpx.AsyncClient, url: str, model: str, governed: bool = 
 
 async def run(url: str, model: str, requests: int, concurrency: int,
               governed: bool = False) -> tuple[list[float], float]:
+    """See :func:`measured_run`, without the CPU figures."""
+    lat, rps, _ = await measured_run(url, model, requests, concurrency, governed)
+    return lat, rps
+
+
+async def measured_run(url: str, model: str, requests: int, concurrency: int, governed: bool = False,
+                       pids: tuple[int, ...] = ()) -> tuple[list[float], float, list[float]]:
     """``requests`` streamed requests from ``concurrency`` workers, each on its own connection (kept alive)."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     clients = [httpx.AsyncClient(limits=limits, timeout=60) for _ in range(concurrency)]
@@ -56,9 +69,12 @@ async def run(url: str, model: str, requests: int, concurrency: int,
                 queue.pop()
                 lat.append((await one(client, url, model, governed))[0])
 
+        cpu0 = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in clients))
-        return lat, requests / (time.perf_counter() - t0)
+        rate = requests / (time.perf_counter() - t0)
+        cpu1 = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
+        return lat, rate, [(b - a) / requests * 1e3 for a, b in zip(cpu0, cpu1)]
     finally:
         for client in clients:
             await client.aclose()
@@ -174,35 +190,37 @@ def main() -> None:
 
     with processes() as started:
         upstream = started.scripted_upstream()
+        upstream_pid = started.procs[-1].pid
         redis_url = started.redis()
         common = ("--engine", "upstream", "--upstream", upstream)
         bare_flags = ("--retries", "0", "--breaker-failures", "0", "--no-idempotency")
         every = ("--api-key", KEY, "--rpm", "1000000", "--tpm", "1000000000", "--max-concurrent", "10000")
-        gateways = {
-            "bare": started.unimodel(*common, *bare_flags),
-            "all, mem": started.unimodel(*common, *every),
-            "all, redis": started.unimodel(*common, *every, "--redis", redis_url),
-        }
+        gateways: dict[str, tuple[str, int]] = {}
+        for path, flags in (("bare", (*common, *bare_flags)), ("all, mem", (*common, *every)),
+                            ("all, redis", (*common, *every, "--redis", redis_url))):
+            gateways[path] = (started.unimodel(*flags), started.procs[-1].pid)
         if args.litellm:
             import _litellm
 
-            gateways["litellm"] = _litellm.start(started, upstream, args.model, KEY)
+            gateways["litellm"] = (_litellm.start(started, upstream, args.model, KEY), started.procs[-1].pid)
             print(f"litellm: LiteLLM {_litellm.version()} proxy, 1 worker, its master key checked")
         print("every stage on: a named key, the route stage, rpm/tpm and concurrency limits, a fresh "
               "Idempotency-Key per request, retries and the breaker")
+        print("CPU ms per request: gw = the gateway process, up = the upstream, cli = this load generator")
         print(f"{'mode':<12}{'path':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
-              f"{'rate/direct':>13}")
+              f"{'rate/direct':>13}{'gw ms':>8}{'up ms':>8}{'cli ms':>8}")
         for label, conc, n in (("sequential", 1, args.requests), (f"conc {args.concurrency}", args.concurrency,
                                                                    args.requests * 2)):
-            direct, direct_rps = asyncio.run(run(upstream, args.model, n, conc))
+            direct, direct_rps, (up_ms, cli_ms) = asyncio.run(measured_run(upstream, args.model, n, conc,
+                                                                           pids=(upstream_pid,)))
             print(f"{label:<12}{'direct':<12}{direct_rps:>9.1f}{pct(direct, 50) * 1e3:>9.2f}"
-                  f"{pct(direct, 99) * 1e3:>9.2f}")
-            for path, url in gateways.items():
-                via, via_rps = asyncio.run(run(url, args.model, n, conc, governed=path != "bare"))
+                  f"{pct(direct, 99) * 1e3:>9.2f}{'':>9}{'':>9}{'':>13}{'':>8}{up_ms:>8.2f}{cli_ms:>8.2f}")
+            for path, (url, pid) in gateways.items():
+                via, via_rps, (gw_ms, up_ms, cli_ms) = asyncio.run(measured_run(
+                    url, args.model, n, conc, governed=path != "bare", pids=(pid, upstream_pid)))
                 print(f"{label:<12}{path:<12}{via_rps:>9.1f}{pct(via, 50) * 1e3:>9.2f}{pct(via, 99) * 1e3:>9.2f}"
                       f"{(pct(via, 50) - pct(direct, 50)) * 1e3:>9.2f}{(pct(via, 99) - pct(direct, 99)) * 1e3:>9.2f}"
-                      f"{via_rps / direct_rps:>13.2f}")
-
+                      f"{via_rps / direct_rps:>13.2f}{gw_ms:>8.2f}{up_ms:>8.2f}{cli_ms:>8.2f}")
 
 if __name__ == "__main__":
     main()
