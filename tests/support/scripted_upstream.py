@@ -14,6 +14,7 @@ chunked response, which real servers do when they crash.
 from __future__ import annotations
 
 import json
+import select
 import socket
 import threading
 import time
@@ -178,9 +179,12 @@ class ScriptedUpstream:
             message["content"] = script.raw_text(skip_special=body.get("skip_special_tokens", True) is not False)
         finish = script.finish_reason or ("tool_calls" if script.tool_calls and script.mode == "parsed"
                                           else "stop")
-        return {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-                "usage": {"prompt_tokens": script.prompt_tokens, "completion_tokens": 7, "total_tokens": 18}}
+        answer = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                  "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+        if script.report_usage:  # the same counts as the streamed answer's (one token a frame)
+            streamed = self.frames(script, {**body, "stream_options": {"include_usage": True}}, model)
+            answer["usage"] = streamed[-1]["usage"]
+        return answer
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         upstream = self
@@ -254,7 +258,7 @@ class ScriptedUpstream:
                                     chunk_chars=script.chunk_chars, prompt_tokens=script.prompt_tokens + 100,
                                     report_usage=script.report_usage, continuous_usage=script.continuous_usage)
                 if not body.get("stream") or script.ignore_stream:
-                    self._json(200, upstream.whole(script, body, model))
+                    self._whole(script, body, model)
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -280,6 +284,29 @@ class ScriptedUpstream:
                 except (BrokenPipeError, ConnectionResetError):
                     upstream.disconnects += 1
                     self.close_connection = True
+
+            def _whole(self, script: Script, body: dict[str, Any], model: str) -> None:
+                """One JSON body, after as long as streaming it would take (a client that leaves meanwhile is
+                counted in ``disconnects``, as vLLM aborts it); ``drop_after_frames``: cut mid-body."""
+                answer = json.dumps(upstream.whole(script, body, model)).encode()
+                deadline = time.monotonic() + script.frame_delay_s * len(upstream.frames(script, body, model))
+                while time.monotonic() < deadline:
+                    readable, _, _ = select.select([self.connection], [], [], min(0.05, deadline - time.monotonic()))
+                    if readable and not self.connection.recv(1, socket.MSG_PEEK):  # the client closed
+                        upstream.disconnects += 1
+                        self.close_connection = True
+                        return
+                if script.drop_after_frames is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(answer)))
+                    self.end_headers()
+                    self.wfile.write(answer[: len(answer) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(2)  # a crash: the body ends short
+                    self.close_connection = True
+                    return
+                self._json(200, None, raw=answer)
 
             def _chunk(self, data: bytes) -> None:
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

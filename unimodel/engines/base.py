@@ -76,6 +76,10 @@ class GenerationRequest:
     is closed and the model goes on to answer.
     ``continue_final_message``: the last message is an assistant message the model continues (Mistral's
     ``prefix: true``, vLLM's ``continue_final_message``); the output holds only the continuation.
+    ``streamed``: the client reads the answer as it is made. When ``False`` an engine may make the answer in
+    one piece: the upstream engine then asks its upstream for one JSON body (no per-token frames to relay),
+    unless it must watch the thinking for a budget; a stage that must see the first token as it comes (a
+    first-token timeout) sets it back to ``True``.
     """
 
     request_id: str
@@ -95,6 +99,7 @@ class GenerationRequest:
     include_reasoning: bool = True
     continue_final_message: bool = False
     connect_timeout_s: Optional[float] = None  # a route's own connect timeout; engines without one ignore it
+    streamed: bool = True
 
     @property
     def image_count(self) -> int:

@@ -8,9 +8,11 @@ environment (the upstream is configured explicitly), no cookies, no redirects fo
 status (we map every status ourselves), and the TLS trust httpx gave (``SSL_CERT_FILE``/``SSL_CERT_DIR``,
 else certifi's bundle).
 
-We always ask the upstream to stream, whatever the client asked: one code path, early cancellation when the
-client leaves (the connection is closed at once, so the upstream stops its work), and room for budget
-enforcement; a server that answers a streaming request with one JSON body is handled too.
+The upstream is asked to stream when the client streams, when the model is told to think (a budget to watch,
+thinking tokens to count one a frame), or when a route times the first token (``request.streamed``); a client that waits for the whole answer gets it from one
+JSON body, with no per-token frames to relay. Either way both answers are decoded into the same events, a
+client that leaves closes the connection at once (so the upstream stops its work), and a server that answers
+a streaming request with one JSON body is handled too.
 
 Timeouts: connecting, waiting for a free connection in the pool included, is bounded by the connect timeout
 (per request by ``request.connect_timeout_s``); the read timeout bounds each silence between reads; nothing

@@ -28,8 +28,13 @@ def build_payload(request: GenerationRequest, model: str, *, raw_output: bool = 
     payload.update(request.sampling.fields_set())
     payload["model"] = model
     payload["messages"] = messages
-    payload["stream"] = True
-    payload["stream_options"] = {"include_usage": True}
+    # A client that waits for the whole answer gets it from one body, unless the model is told to think: thinking
+    # is watched for a budget, and counted exactly (one token a frame) where the upstream reports no count.
+    streamed = request.streamed or request.model_effort == "high" or request.thinking_budget is not None \
+        or continue_from is not None
+    payload["stream"] = streamed
+    if streamed:
+        payload["stream_options"] = {"include_usage": True}
     if request.tools:
         payload["tools"] = [t.model_dump(mode="json", exclude_none=True, by_alias=True) for t in request.tools]
     if request.tool_choice is not None:
@@ -49,7 +54,7 @@ def build_payload(request: GenerationRequest, model: str, *, raw_output: bool = 
         payload["reasoning_effort"] = request.model_effort
     if raw_output:
         payload["skip_special_tokens"] = False
-        if request.thinking_budget is not None:
+        if request.thinking_budget is not None and streamed:
             # vLLM: usage in every frame, so a call we cut at the budget still reports its prompt tokens
             payload["stream_options"]["continuous_usage_stats"] = True
     if request.continue_final_message:  # assistant prefill: Mistral-style APIs read the message's `prefix`

@@ -305,8 +305,7 @@ class UpstreamStreamDecoder:
                 reasoning = self._count_text("".join(self._reasoning_text))
             else:
                 reasoning = self._reasoning_frames
-            if estimated:
-                reasoning = min(reasoning, completion)
+            reasoning = min(reasoning, completion)  # our count of a part never exceeds the whole
         return Usage(prompt_tokens=prompt, completion_tokens=completion, reasoning_tokens=reasoning,
                      estimated=estimated)
 

@@ -111,6 +111,7 @@ def to_generation_request(
         include_reasoning=wire.include_reasoning if wire.include_reasoning is not None
         else policy.include_reasoning,
         continue_final_message=continue_final,
+        streamed=bool(wire.stream),
     )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 from aiohttp import web
@@ -121,4 +121,18 @@ async def test_engine_payload_and_status_mapping_over_a_loopback_upstream() -> N
     sent = seen[0]
     assert headers == ["application/json"]
     assert sent["model"] == "up-model" and sent["max_tokens"] == 9 and "max_completion_tokens" not in sent
-    assert sent["top_k"] == 5 and "route" not in sent and sent["stream"] is True
+    assert sent["top_k"] == 5 and "route" not in sent
+    assert sent["stream"] is False and "stream_options" not in sent  # a plain request: one body upstream too
+
+
+@pytest.mark.parametrize(("stream", "effort", "budget", "expect"), [
+    (True, None, None, True), (False, None, None, False), (False, "none", None, False), (False, "high", None, True),
+    (False, "high", 64, True)])
+def test_the_upstream_streams_when_the_client_does_or_the_model_thinks(stream: bool, effort: Optional[str],
+                                                                       budget: Optional[int], expect: bool) -> None:
+    from unimodel.engines.upstream_payload import build_payload
+
+    wire = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    request = gen_request("r", "m", wire, thinking_budget=budget, model_effort=effort)
+    payload = build_payload(request, "m")
+    assert payload["stream"] is expect and ("stream_options" in payload) is expect

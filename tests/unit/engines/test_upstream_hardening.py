@@ -29,6 +29,7 @@ from tests.support.loopback_http import (
     tcp_server,
 )
 from tests.support.flush_rules import check_flush_rules
+from unimodel.service.assemble import merge_deltas
 from tests.support.requests import gen_request
 from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.engines.base import GenerationRequest
@@ -45,7 +46,7 @@ from unimodel.errors import (
 )
 from unimodel.formats.registry import get_format
 from unimodel.gateway.resilience.retry import Verdict, classify
-from unimodel.protocol.events import ContentDelta, Event, Finish, ThinkingBudgetReached, Usage
+from unimodel.protocol.events import ContentDelta, Event, Finish, Flush, ThinkingBudgetReached, Usage
 from unimodel.service.assemble import ChunkEncoder, CompletionBuilder
 
 ClientMiddleware = Callable[[aiohttp.ClientRequest, Any], Awaitable[aiohttp.ClientResponse]]
@@ -71,8 +72,9 @@ async def _engine(handler: Handler, **kw: Any) -> AsyncIterator[UpstreamEngine]:
         yield engine
 
 
-def _request(model: str = "small4", **overrides: Any) -> GenerationRequest:
-    wire = {"model": model, "messages": [{"role": "user", "content": "What is six times seven?"}]}
+def _request(model: str = "small4", stream: bool = True, **overrides: Any) -> GenerationRequest:
+    """A streamed request unless ``stream=False`` (then the upstream is asked for one JSON body)."""
+    wire = {"model": model, "messages": [{"role": "user", "content": "What is six times seven?"}], "stream": stream}
     return gen_request("r", model, wire, overrides.pop("max_tokens", None), **overrides)
 
 
@@ -645,3 +647,19 @@ async def test_a_flush_follows_the_events_of_each_network_read_and_never_leads()
     assert batches[0] == [ContentDelta("a")]
     assert batches[1] == [ContentDelta("b"), ContentDelta("c")]
     assert isinstance(batches[-1][-1], Finish)
+
+
+async def test_a_plain_request_gets_one_body_from_the_upstream_with_the_same_events() -> None:
+    with ScriptedUpstream(_scripts()) as up:
+        engine = UpstreamEngine(up.base_url)
+        await engine.start()
+        try:
+            streamed = await _collect(engine, _request("thinker"))
+            plain = await _collect(engine, _request("thinker", stream=False))
+        finally:
+            await engine.aclose()
+    def answer(events: list[Event]) -> list[Event]:
+        return merge_deltas([e for e in events if not isinstance(e, (Flush, Usage))])
+
+    assert answer(streamed) == answer(plain)
+    assert not _usage(plain).estimated  # the body's own usage

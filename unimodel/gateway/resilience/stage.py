@@ -233,7 +233,7 @@ class ResilienceStage(Stage):
                 first_deadline = min(first_deadline, deadline)
         events: Optional[AsyncIterator[Event]] = None
         try:
-            events = _open(upstream, primary, request, timeouts.connect_s)
+            events = _open(upstream, primary, request, timeouts)
             try:
                 first = await (anext(events) if first_deadline is None else next_before(events, first_deadline))
             except DeadlinePassed as exc:
@@ -278,10 +278,12 @@ class _GiveUp(Exception):
 
 
 def _open(upstream: Upstream, primary: Generate, request: GenerationRequest,
-          connect_s: Optional[float]) -> AsyncIterator[Event]:
+          timeouts: _Timeouts) -> AsyncIterator[Event]:
     generate: Generate = primary if upstream.engine is None else upstream.engine.generate
-    if connect_s is not None:  # engines that open connections honour it; the local engine has none
-        request = dataclasses.replace(request, connect_timeout_s=connect_s)
+    if timeouts.connect_s is not None:  # engines that open connections honour it; the local engine has none
+        request = dataclasses.replace(request, connect_timeout_s=timeouts.connect_s)
+    if timeouts.first_token_s is not None and not request.streamed:  # the first token must be seen as it comes
+        request = dataclasses.replace(request, streamed=True)
     return generate(request)
 
 

@@ -4,6 +4,7 @@ canary, per-route timeouts and upstreams, and a client that leaves. Waits are re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 from collections.abc import AsyncIterator
@@ -469,3 +470,21 @@ def test_an_engine_yielding_nothing_is_fine() -> None:
             return [e async for e in events]
 
     assert asyncio.run(go()) == []
+
+
+@pytest.mark.parametrize(("first_token_s", "expect"), [(None, False), (5.0, True)])
+async def test_a_first_token_timeout_makes_a_plain_request_stream_from_the_engine(
+        first_token_s: Optional[float], expect: bool) -> None:
+    seen: list[GenerationRequest] = []
+
+    async def generate(request: GenerationRequest) -> AsyncIterator[Event]:
+        seen.append(request)
+        yield ContentDelta("hi")
+        yield Finish("stop")
+
+    h = harness(retries=1)
+    call = new_call(Route(timeouts=Timeouts(first_token_s=first_token_s, total_s=30)))
+    plain = dataclasses.replace(REQUEST, streamed=False)
+    async with aclosing(h.stage.wrap(call, generate)(plain)) as events:  # type: ignore[type-var]
+        assert [e async for e in events] == [ContentDelta("hi"), Finish("stop")]
+    assert seen[0].streamed is expect  # without one, the engine may answer in one piece
