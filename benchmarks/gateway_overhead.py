@@ -1,20 +1,22 @@
 """Added latency of the unimodel gateway in front of an OpenAI-compatible upstream.
 
 Starts the scripted upstream and `unimodel serve --engine upstream` as separate processes on 127.0.0.1,
-sends the same streaming requests straight to the upstream and through unimodel (sequential, then at
-concurrency 32), and prints p50/p99 latency, the added latency, and the ratio of request rates measured in
+sends the same requests, streamed and plain (non-streamed), straight to the upstream and through unimodel
+(sequential, then at concurrency 32 and 64), and prints p50/p99 latency, the added latency, and the ratio of request rates measured in
 this one run. Figures only: nothing is asserted.
 
 Besides the rates, the CPU time each process spent per request (``gw ms``: the gateway, ``up ms``: the
 upstream, ``cli ms``: this load generator), read from /proc: on a machine where the load generator, the
 upstream and the gateway share a few cores, the rate ratio says mostly how the cores were shared, while
-the gateway's CPU per request against the upstream's says what the gateway costs wherever it runs.
+the gateway's CPU per request against the upstream's says what the gateway costs wherever it runs. The load
+generator is aiohttp, the lightest well-kept asyncio client (httpx took about three times its CPU per
+request here), so that it takes as little as it can of the cores it shares with what it measures.
 
 First, in process and without HTTP, what the request pipeline itself costs per request: the server's
 stages (auth, parse, validate, image policy, observers) and service around a null engine that yields a
 22-event answer, against the bare minimum (the same events encoded as SSE frames).
 
-    python benchmarks/gateway_overhead.py [--requests 300] [--concurrency 32] [--model bench-think]
+    python benchmarks/gateway_overhead.py [--requests 300] [--concurrency 32,64] [--model bench-think]
                                           [--pipeline-only] [--litellm]
 """
 
@@ -25,23 +27,27 @@ import asyncio
 import time
 import uuid
 
-import httpx
+import aiohttp
+import orjson
 from _proc_stats import cpu_seconds
 from _processes import pct, processes
 
 KEY = "sk-bench-every-stage"
 
 
-async def one(client: httpx.AsyncClient, url: str, model: str, governed: bool = False) -> tuple[float, float]:
-    body = {"model": model, "messages": [{"role": "user", "content": "2+2?"}], "stream": True}
-    # with every stage on: a key, and a fresh Idempotency-Key per request (each one claimed and stored)
-    headers = {"Authorization": f"Bearer {KEY}", "Idempotency-Key": uuid.uuid4().hex} if governed else None
+async def one(client: aiohttp.ClientSession, url: str, model: str, governed: bool = False,
+              stream: bool = True) -> tuple[float, float]:
+    body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "2+2?"}], "stream": stream})
+    headers = {"Content-Type": "application/json"}
+    if governed:  # with every stage on: a key, and a fresh Idempotency-Key per request (each claimed and stored)
+        headers.update({"Authorization": f"Bearer {KEY}", "Idempotency-Key": uuid.uuid4().hex})
     t0 = time.perf_counter()
     ttft = None
-    async with client.stream("POST", url + "/chat/completions", json=body, headers=headers) as resp:
-        resp.raise_for_status()
-        async for line in resp.aiter_lines():
-            if ttft is None and line.startswith("data:"):
+    async with client.post(url + "/chat/completions", data=body, headers=headers) as resp:
+        if resp.status != 200:
+            raise SystemExit(f"{url}: HTTP {resp.status}: {(await resp.read())[:300]!r}")
+        async for chunk in resp.content.iter_any():  # the whole body, as it arrives
+            if ttft is None and chunk:
                 ttft = time.perf_counter() - t0
     return time.perf_counter() - t0, ttft or 0.0
 
@@ -54,20 +60,21 @@ async def run(url: str, model: str, requests: int, concurrency: int,
 
 
 async def measured_run(url: str, model: str, requests: int, concurrency: int, governed: bool = False,
-                       pids: tuple[int, ...] = ()) -> tuple[list[float], float, list[float]]:
-    """``requests`` streamed requests from ``concurrency`` workers, each on its own connection (kept alive)."""
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    clients = [httpx.AsyncClient(limits=limits, timeout=60) for _ in range(concurrency)]
+                       pids: tuple[int, ...] = (), stream: bool = True) -> tuple[list[float], float, list[float]]:
+    """``requests`` requests (streamed, or plain) from ``concurrency`` workers, each on its own connection (kept
+    alive); with ``pids``, the CPU ms per request of those processes and of this one, in that order."""
+    clients = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(60))
+               for _ in range(concurrency)]
     try:
         for client in clients:  # warm-up: connections, imports, caches
-            await one(client, url, model, governed)
+            await one(client, url, model, governed, stream)
         queue = list(range(requests))
         lat: list[float] = []
 
-        async def worker(client: httpx.AsyncClient) -> None:
+        async def worker(client: aiohttp.ClientSession) -> None:
             while queue:
                 queue.pop()
-                lat.append((await one(client, url, model, governed))[0])
+                lat.append((await one(client, url, model, governed, stream))[0])
 
         cpu0 = [cpu_seconds(pid) for pid in pids] + [time.process_time()]
         t0 = time.perf_counter()
@@ -77,7 +84,7 @@ async def measured_run(url: str, model: str, requests: int, concurrency: int, go
         return lat, rate, [(b - a) / requests * 1e3 for a, b in zip(cpu0, cpu1)]
     finally:
         for client in clients:
-            await client.aclose()
+            await client.close()
 
 
 async def pipeline_cost(requests: int, metrics: bool = False) -> tuple[float, float]:
@@ -162,7 +169,8 @@ async def pipeline_cost(requests: int, metrics: bool = False) -> tuple[float, fl
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=300)
-    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--concurrency", type=lambda v: [int(c) for c in v.split(",")], default=[32, 64],
+                    help="comma-separated load levels besides the sequential one")
     ap.add_argument("--model", default="bench-think")
     ap.add_argument("--pipeline-only", action="store_true", help="only the in-process pipeline cost")
     ap.add_argument("--litellm", action="store_true", help="LiteLLM's proxy too (installed into its own venv "
@@ -170,7 +178,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="a few requests, to check the code path (CI)")
     args = ap.parse_args()
     if args.smoke:
-        args.requests, args.concurrency = 10, 4
+        args.requests, args.concurrency = 10, [4]
 
     import logging
 
@@ -207,20 +215,23 @@ def main() -> None:
         print("every stage on: a named key, the route stage, rpm/tpm and concurrency limits, a fresh "
               "Idempotency-Key per request, retries and the breaker")
         print("CPU ms per request: gw = the gateway process, up = the upstream, cli = this load generator")
-        print(f"{'mode':<12}{'path':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
+        print(f"{'mode':<16}{'path':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'+p50 ms':>9}{'+p99 ms':>9}"
               f"{'rate/direct':>13}{'gw ms':>8}{'up ms':>8}{'cli ms':>8}")
-        for label, conc, n in (("sequential", 1, args.requests), (f"conc {args.concurrency}", args.concurrency,
-                                                                   args.requests * 2)):
-            direct, direct_rps, (up_ms, cli_ms) = asyncio.run(measured_run(upstream, args.model, n, conc,
-                                                                           pids=(upstream_pid,)))
-            print(f"{label:<12}{'direct':<12}{direct_rps:>9.1f}{pct(direct, 50) * 1e3:>9.2f}"
-                  f"{pct(direct, 99) * 1e3:>9.2f}{'':>9}{'':>9}{'':>13}{'':>8}{up_ms:>8.2f}{cli_ms:>8.2f}")
-            for path, (url, pid) in gateways.items():
-                via, via_rps, (gw_ms, up_ms, cli_ms) = asyncio.run(measured_run(
-                    url, args.model, n, conc, governed=path != "bare", pids=(pid, upstream_pid)))
-                print(f"{label:<12}{path:<12}{via_rps:>9.1f}{pct(via, 50) * 1e3:>9.2f}{pct(via, 99) * 1e3:>9.2f}"
-                      f"{(pct(via, 50) - pct(direct, 50)) * 1e3:>9.2f}{(pct(via, 99) - pct(direct, 99)) * 1e3:>9.2f}"
-                      f"{via_rps / direct_rps:>13.2f}{gw_ms:>8.2f}{up_ms:>8.2f}{cli_ms:>8.2f}")
+        loads = [("sequential", 1, args.requests)] + [(f"conc {c}", c, args.requests * 2) for c in args.concurrency]
+        for stream in (True, False):
+            for load, conc, n in loads:
+                label = f"{'stream' if stream else 'plain'} {load}"
+                direct, direct_rps, (up_ms, cli_ms) = asyncio.run(measured_run(
+                    upstream, args.model, n, conc, pids=(upstream_pid,), stream=stream))
+                print(f"{label:<16}{'direct':<12}{direct_rps:>9.1f}{pct(direct, 50) * 1e3:>9.2f}"
+                      f"{pct(direct, 99) * 1e3:>9.2f}{'':>9}{'':>9}{'':>13}{'':>8}{up_ms:>8.2f}{cli_ms:>8.2f}")
+                for path, (url, pid) in gateways.items():
+                    via, via_rps, (gw_ms, up_ms, cli_ms) = asyncio.run(measured_run(
+                        url, args.model, n, conc, governed=path != "bare", pids=(pid, upstream_pid), stream=stream))
+                    print(f"{label:<16}{path:<12}{via_rps:>9.1f}{pct(via, 50) * 1e3:>9.2f}"
+                          f"{pct(via, 99) * 1e3:>9.2f}{(pct(via, 50) - pct(direct, 50)) * 1e3:>9.2f}"
+                          f"{(pct(via, 99) - pct(direct, 99)) * 1e3:>9.2f}{via_rps / direct_rps:>13.2f}"
+                          f"{gw_ms:>8.2f}{up_ms:>8.2f}{cli_ms:>8.2f}")
 
 if __name__ == "__main__":
     main()
