@@ -62,6 +62,8 @@ def serve(
     kv_memory_gb: Optional[float] = typer.Option(None, help="local engine: KV cache budget in GB; requests beyond "
                                                             "it wait (default: 90% of free CUDA memory; none on "
                                                             "CPU)."),
+    cpu_threads: Optional[int] = typer.Option(None, help="local engine on CPU: PyTorch's kernel threads (default: "
+                                                         "the cores less one, so the server keeps a core)."),
     unknown_fields: Optional[str] = typer.Option(None, help="drop | reject: request fields unimodel does not "
                                                             "know (reject: 400 naming the field)."),
     upstream_extra_field: Optional[List[str]] = typer.Option(None, "--upstream-extra-field",
@@ -170,7 +172,7 @@ def serve(
         log_level=log_level,
         device=device, dtype=dtype, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
         max_queue=max_queue, queue_timeout_s=queue_timeout_s, max_prefill_tokens=max_prefill_tokens,
-        kv_memory_gb=kv_memory_gb, unknown_fields=unknown_fields,
+        kv_memory_gb=kv_memory_gb, cpu_threads=cpu_threads, unknown_fields=unknown_fields,
         upstream_extra_fields=upstream_extra_field or None, allow_image_urls=allow_image_urls,
         redis=redis, rpm=rpm, tpm=tpm, user_rpm=user_rpm, user_tpm=user_tpm, high_reasoning_rpm=high_reasoning_rpm,
         high_reasoning_tpm=high_reasoning_tpm, high_reasoning_effort=high_reasoning_effort,

@@ -213,6 +213,7 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(default=60.0, gt=0)  # longest wait for a slot, then 503 with Retry-After
     max_prefill_tokens: int = Field(default=512, ge=16)  # longer prompts are prefilled in chunks of this many
     kv_memory_gb: Optional[float] = Field(default=None, gt=0)  # KV cache budget (default: 90% of free CUDA memory)
+    cpu_threads: Optional[int] = Field(default=None, ge=1)  # PyTorch threads on CPU (default: the cores less one)
     allow_image_urls: bool = False
     cache_dir: Optional[Path] = None
 

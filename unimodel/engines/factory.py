@@ -37,6 +37,7 @@ def build_engine(settings: Settings) -> Engine:
             queue_timeout_s=settings.queue_timeout_s,
             max_prefill_tokens=settings.max_prefill_tokens,
             kv_memory_gb=settings.kv_memory_gb,
+            cpu_threads=settings.cpu_threads,
             image_limits=settings.image_limits,
             model_family=settings.model_family if "model_family" in settings.model_fields_set else None,
             cache_dir=settings.cache_dir,

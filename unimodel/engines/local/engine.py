@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from unimodel.engines.base import Engine, GenerationRequest
+from unimodel.engines.local.cpu_threads import apply_cpu_threads
 from unimodel.engines.local.grammar import GrammarCompiler
 from unimodel.engines.local.hooks import BanTokens, RepetitionPenalties, ThinkingBudget
-from unimodel.engines.local.images import resolve_images
+from unimodel.engines.local.images import at_least_two_image_tokens, pixel_inputs, resolve_images
 from unimodel.engines.local.kv_budget import KvBudget, budget_bytes, bytes_per_token
 from unimodel.engines.local.mailbox import Item, Mailbox
 from unimodel.engines.local.loader import LoadedModel, load_model
@@ -86,6 +87,7 @@ class LocalEngine(Engine):
         max_prefill_tokens: int = 512,
         kv_memory_gb: float | None = None,
         kv_cuda_fraction: float = 0.9,
+        cpu_threads: int | None = None,
         image_limits: ImageLimits = DEFAULT_LIMITS,
         model_family: str | None = None,
         cache_dir: Path | None = None,
@@ -100,6 +102,7 @@ class LocalEngine(Engine):
         self.queue_timeout_s = queue_timeout_s
         self.max_prefill_tokens = max_prefill_tokens
         self.kv_memory_gb, self.kv_cuda_fraction = kv_memory_gb, kv_cuda_fraction
+        self.cpu_threads = cpu_threads  # None: the cores less one (see cpu_threads.py); CPU only
         self.image_limits = image_limits
         self.model_family = model_family
         self.cache_dir = cache_dir
@@ -116,6 +119,7 @@ class LocalEngine(Engine):
             max_model_len=self.requested_max_model_len, cache_dir=self.cache_dir, family=self.model_family,
         )
         self._format: ModelFormat = loaded.format
+        threads = apply_cpu_threads(self.cpu_threads) if loaded.device.type == "cpu" else None
         gen_eos = getattr(getattr(loaded.model, "generation_config", None), "eos_token_id", None)
         eos = set(loaded.renderer.eos_ids)
         eos.update([gen_eos] if isinstance(gen_eos, int) else gen_eos or [])
@@ -137,9 +141,10 @@ class LocalEngine(Engine):
         )
         self._scheduler.start()
         self._loaded = loaded
-        log.info("local engine: %s from %s on %s (%s), model family %s, max_model_len %d, max_num_seqs %d, "
+        log.info("local engine: %s from %s on %s (%s%s), model family %s, max_model_len %d, max_num_seqs %d, "
                  "KV budget %s", self.served_model_name, loaded.path, loaded.device, loaded.dtype,
-                 self._format.name, loaded.max_model_len, self.max_num_seqs, kv_budget.describe())
+                 f", {threads} CPU threads" if threads else "", self._format.name, loaded.max_model_len,
+                 self.max_num_seqs, kv_budget.describe())
         if loaded.is_tiny_random:
             log.warning("%s has random weights: its output is gibberish (for smoke tests and demos only)",
                         self.model_name)
@@ -197,7 +202,7 @@ class LocalEngine(Engine):
                     f"the model '{self.served_model_name}' is text-only and does not accept images; "
                     "remove the image_url parts", param="messages")
             images = await resolve_images(request.messages, self.image_limits)
-            images = {url: _at_least_two_image_tokens(img, loaded.config) for url, img in images.items()}
+            images = {url: at_least_two_image_tokens(img, loaded.config) for url, img in images.items()}
         return await asyncio.to_thread(loaded.renderer.render, request, images)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
@@ -222,7 +227,7 @@ class LocalEngine(Engine):
         def sink(tokens: list[int], reason: StopReason | None, error: BaseException | None) -> None:
             mailbox.post(inbox, (tokens, reason, error))
 
-        seq = SequenceRequest(prompt.token_ids, params, sink, prefill_inputs=self._image_inputs(prompt),
+        seq = SequenceRequest(prompt.token_ids, params, sink, prefill_inputs=pixel_inputs(prompt.images, self.loaded),
                               hooks=hooks, flush=mailbox.wake_once)
         out = OutputAssembler(
             self._format.new_parser(special_ids=self._markers.by_text, starts_in_reasoning=opened),
@@ -355,24 +360,6 @@ class LocalEngine(Engine):
             hooks.append(RepetitionPenalties(presence, frequency, int(text_config.vocab_size)))
         return hooks
 
-    def _image_inputs(self, prompt: RenderedPrompt) -> dict[str, Any]:
-        if not prompt.images:
-            return {}
-        import numpy as np
-        import torch
-
-        loaded = self.loaded
-        h = max(int(img.shape[1]) for img in prompt.images)
-        w = max(int(img.shape[2]) for img in prompt.images)
-        batch = np.zeros((len(prompt.images), 3, h, w), dtype=np.float32)
-        for i, img in enumerate(prompt.images):
-            batch[i, :, : img.shape[1], : img.shape[2]] = img
-        return {
-            "pixel_values": torch.from_numpy(batch).to(loaded.device, loaded.dtype),
-            "image_sizes": torch.tensor([[int(i.shape[1]), int(i.shape[2])] for i in prompt.images],
-                                        device=loaded.device),
-        }
-
 
 def _response_schema(response_format: ResponseFormat) -> dict[str, Any]:
     """The JSON schema ``response_format`` asks for (``json_object``: any object)."""
@@ -382,20 +369,6 @@ def _response_schema(response_format: ResponseFormat) -> dict[str, Any]:
     if not isinstance(schema, dict):
         raise InvalidRequestError("response_format json_schema.schema must be an object", param="response_format")
     return schema
-
-
-def _at_least_two_image_tokens(image: Any, config: Any) -> Any:
-    """Upscale an image so small that it would become one image token.
-
-    transformers' Mistral3 ``get_image_features`` squeezes the token axis away when an image yields exactly
-    one merged patch, and then fails (a 500 from a 32x32 icon). Two tokens' worth of width avoids it.
-    """
-    vision = getattr(config, "vision_config", None)
-    patch = int(getattr(vision, "patch_size", 16) or 16) * int(getattr(config, "spatial_merge_size", 1) or 1)
-    width, height = image.size
-    if width > patch or height > patch:
-        return image
-    return image.resize((2 * patch, max(height, 1)))
 
 
 def _sampling_defaults(model: Any) -> dict[str, Any]:

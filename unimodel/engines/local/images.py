@@ -9,6 +9,7 @@ of :mod:`unimodel.images.decode` (format, pixel cap before decode, byte cap), in
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from unimodel.errors import InvalidRequestError
@@ -38,3 +39,36 @@ async def resolve_images(messages: list[Message], limits: ImageLimits = DEFAULT_
                 "gateway (--allow-image-urls)", param=where)
         out[url] = await asyncio.to_thread(_decode_data_uri, url, where, limits)
     return out
+
+
+def at_least_two_image_tokens(image: Any, config: Any) -> Any:
+    """Upscale an image so small that it would become one image token.
+
+    transformers' Mistral3 ``get_image_features`` squeezes the token axis away when an image yields exactly
+    one merged patch, and then fails (a 500 from a 32x32 icon). Two tokens' worth of width avoids it.
+    """
+    vision = getattr(config, "vision_config", None)
+    patch = int(getattr(vision, "patch_size", 16) or 16) * int(getattr(config, "spatial_merge_size", 1) or 1)
+    width, height = image.size
+    if width > patch or height > patch:
+        return image
+    return image.resize((2 * patch, max(height, 1)))
+
+
+def pixel_inputs(images: Sequence[Any], loaded: Any) -> dict[str, Any]:
+    """The model's image inputs for a prompt's images (CHW float arrays): one zero-padded batch and their
+    sizes, on the model's device and dtype; none without images."""
+    if not images:
+        return {}
+    import numpy as np
+    import torch
+
+    h = max(int(img.shape[1]) for img in images)
+    w = max(int(img.shape[2]) for img in images)
+    batch = np.zeros((len(images), 3, h, w), dtype=np.float32)
+    for i, img in enumerate(images):
+        batch[i, :, : img.shape[1], : img.shape[2]] = img
+    return {
+        "pixel_values": torch.from_numpy(batch).to(loaded.device, loaded.dtype),
+        "image_sizes": torch.tensor([[int(i.shape[1]), int(i.shape[2])] for i in images], device=loaded.device),
+    }
