@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from tests.support.fake_engine import InMemoryEngine
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.errors import UnimodelError, UpstreamError
 from unimodel.gateway.limits import LimitsStage
 from unimodel.protocol.events import ContentDelta, Event, Finish, Usage
-from unimodel.protocol.openai import ModelCard
 from unimodel.service.chat import ChatService, PreparedChat
 from unimodel.service.context import Caller, RequestContext
 from unimodel.service.parse import ParseStage
@@ -21,7 +21,7 @@ from unimodel.service.pipeline import Call, Pipeline, Stage
 from unimodel.service.validate import ValidateStage
 
 
-class UsageEngine(Engine):
+class UsageEngine(InMemoryEngine):
     """``n`` deltas of ``delta`` text, then ``Usage(prompt, completion)``; may fail after ``fail_after`` deltas,
     or wait (``gate``) before each delta."""
 
@@ -32,16 +32,6 @@ class UsageEngine(Engine):
         self.fail_after: Optional[int] = None
         self.gate: Optional[asyncio.Event] = None
         self.calls = 0
-
-    async def start(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-    def is_ready(self) -> bool:
-        return True
-
-    def models(self) -> list[ModelCard]:
-        return [ModelCard(id="m", max_model_len=100_000)]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         self.calls += 1

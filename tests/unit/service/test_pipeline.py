@@ -11,11 +11,11 @@ from typing import Any, Optional
 
 import pytest
 
+from tests.support.fake_engine import InMemoryEngine
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.errors import AuthenticationError, RateLimitError, UpstreamError
 from unimodel.gateway.auth import ApiKeyAuth
 from unimodel.protocol.events import ContentDelta, Event, Finish, Usage
-from unimodel.protocol.openai import ModelCard
 from unimodel.service.chat import ChatService
 from unimodel.service.context import RequestContext
 from unimodel.service.observer import Observers
@@ -24,11 +24,12 @@ from unimodel.service.pipeline import Call, Generate, Pipeline, Stage
 from unimodel.service.validate import ValidateStage
 
 
-class ScriptedEngine(Engine):
+class ScriptedEngine(InMemoryEngine):
     """Yields ``n`` content deltas, then usage and finish; optionally fails after ``fail_after`` deltas, or
     waits forever before its first event (``hang``)."""
 
     kind = "scripted"
+    max_model_len = 1000
 
     def __init__(self) -> None:
         self.fail_after: Optional[int] = None
@@ -36,16 +37,6 @@ class ScriptedEngine(Engine):
         self.n = 3
         self.closed = 0
         self.started = 0
-
-    async def start(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-    def is_ready(self) -> bool:
-        return True
-
-    def models(self) -> list[ModelCard]:
-        return [ModelCard(id="m", max_model_len=1000)]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         self.started += 1

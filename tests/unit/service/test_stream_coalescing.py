@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.fake_engine import InMemoryEngine
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.errors import UpstreamError
 from unimodel.protocol.events import (
@@ -23,7 +24,6 @@ from unimodel.protocol.events import (
     ToolCallStart,
     Usage,
 )
-from unimodel.protocol.openai import ModelCard
 from unimodel.service.assemble import CompletionBuilder, merge_deltas
 from unimodel.service.chat import ChatService
 from unimodel.service.context import RequestContext
@@ -39,21 +39,12 @@ SCRIPT: list[Event] = [
 ]
 
 
-class ScriptEngine(Engine):
+class ScriptEngine(InMemoryEngine):
     kind = "script"
+    max_model_len = 1000
 
     def __init__(self, events: list[Event], flushes: bool, fail_at_end: bool = False) -> None:
         self.events, self.flushes, self.fail_at_end = events, flushes, fail_at_end
-
-    async def start(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-    def is_ready(self) -> bool:
-        return True
-
-    def models(self) -> list[ModelCard]:
-        return [ModelCard(id="m", max_model_len=1000)]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         for event in self.events:

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from unimodel.engines.base import Engine, GenerationRequest
+from tests.support.fake_engine import InMemoryEngine
+from unimodel.engines.base import GenerationRequest
 from unimodel.protocol.events import (
     ContentDelta,
     Event,
@@ -24,7 +25,6 @@ from unimodel.protocol.events import (
     ToolCallStart,
     Usage,
 )
-from unimodel.protocol.openai import ModelCard
 from unimodel.service.chat import ChatService
 from unimodel.service.context import RequestContext
 from unimodel.service.observer import Observers
@@ -48,20 +48,10 @@ from unimodel.telemetry.schema import COLUMNS
 EMAIL, CARD, PHONE = "jane.doe@example.org", "4111 1111 1111 1111", "+44 20 7946 0958"
 
 
-class PiiEngine(Engine):
+class PiiEngine(InMemoryEngine):
     """Thinks, answers with the caller's email in the text, calls a tool, reports usage."""
 
     kind = "scripted"
-
-    async def start(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-    def is_ready(self) -> bool:
-        return True
-
-    def models(self) -> list[ModelCard]:
-        return [ModelCard(id="m", max_model_len=100_000)]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         yield ReasoningDelta("thinking about it")

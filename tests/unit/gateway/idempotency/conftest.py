@@ -10,12 +10,12 @@ from typing import Any, Optional
 
 import pytest
 
-from unimodel.engines.base import Engine, GenerationRequest
+from tests.support.fake_engine import InMemoryEngine
+from unimodel.engines.base import GenerationRequest
 from unimodel.errors import UpstreamError
 from unimodel.gateway.auth import ApiKeyAuth
 from unimodel.gateway.idempotency import IdempotencyStage, IdempotencyStore, MemoryStore, RedisStore
 from unimodel.protocol.events import ContentDelta, Event, Finish, ReasoningDelta, Usage
-from unimodel.protocol.openai import ModelCard
 from unimodel.service.chat import ChatService
 from unimodel.service.context import RequestContext
 from unimodel.service.parse import ParseStage
@@ -25,7 +25,7 @@ from unimodel.service.validate import ValidateStage
 BODY: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
-class CountingEngine(Engine):
+class CountingEngine(InMemoryEngine):
     """Counts its calls; answers reasoning, ``n`` content deltas, usage and finish. ``gate`` (when set) holds
     every call before its first event; ``fail_next`` makes the next call fail after one delta."""
 
@@ -36,16 +36,6 @@ class CountingEngine(Engine):
         self.calls = 0
         self.gate: Optional[asyncio.Event] = None
         self.fail_next = False
-
-    async def start(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-    def is_ready(self) -> bool:
-        return True
-
-    def models(self) -> list[ModelCard]:
-        return [ModelCard(id="m", max_model_len=100_000)]
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         self.calls += 1
