@@ -1,4 +1,5 @@
-"""The rules an engine that ``flushes`` keeps (see ``unimodel/protocol/events.py``), checked on its events."""
+"""The rules an engine that ``flushes`` keeps (see ``unimodel/protocol/events.py``), checked on its events; and
+the SSE frames of a streamed answer, whatever its writes."""
 
 from __future__ import annotations
 
@@ -18,3 +19,8 @@ def check_flush_rules(events: Sequence[Event]) -> list[list[Event]]:
         else:
             batches[-1].append(event)
     return [b for b in batches if b]
+
+
+def sse_frames(writes: Sequence[bytes]) -> list[bytes]:
+    """The SSE frames (``data: ...\\n\\n`` each) of a streamed answer, however its writes grouped them."""
+    return [part + b"\n\n" for part in b"".join(writes).split(b"\n\n") if part]

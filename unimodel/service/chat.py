@@ -136,7 +136,9 @@ class ChatService:
 
         Each yielded ``bytes`` is meant as one body write. With an engine that ``flushes``, the events up to
         each :class:`~unimodel.protocol.events.Flush` go out together, adjacent deltas merged into one chunk;
-        otherwise one write per event (its frames together: finish and usage)."""
+        otherwise one write per event (its frames together: finish and usage). What is left when the engine
+        stops (the finish and usage frames, or an error frame) goes out with ``[DONE]`` in the last write, once
+        the request has ended, so the last write always ends with :data:`DONE`."""
         call, request = prepared.call, prepared.call.generation
         wire = call.wire
         encoder = ChunkEncoder(request.request_id, request.served_model, include_reasoning=request.include_reasoning,
@@ -144,6 +146,7 @@ class ChatService:
                                applied=call.ctx.reasoning, created=call.created)
         held: Optional[list[Event]] = [] if self.engine.flushes else None  # events waiting for a Flush
         error: Optional[BaseException] = None
+        tail = b""  # the frames that go out with [DONE]
         try:
             opening = [frame(encoder.first())]
             for event in prepared.first:
@@ -160,23 +163,22 @@ class ChatService:
                     held.append(event)
                 elif chunks := encoder.encode(event):
                     yield _frames(chunks)
-            if held:
-                yield _encoded(encoder, merge_deltas(held))
+            tail = _encoded(encoder, merge_deltas(held or []))
         except UnimodelError as exc:
             error = exc
             log.warning("stream %s failed: %s", call.ctx.request_id, exc.message)
-            yield _encoded(encoder, merge_deltas(held or [])) + frame(exc.to_dict())
+            tail = _encoded(encoder, merge_deltas(held or [])) + frame(exc.to_dict())
         except Exception as exc:
             error = exc
             log.exception("stream %s failed", call.ctx.request_id)
-            yield _encoded(encoder, merge_deltas(held or [])) + frame(
+            tail = _encoded(encoder, merge_deltas(held or [])) + frame(
                 UnimodelError("The server had an internal error; it is logged.").to_dict())
         except BaseException as exc:  # cancelled or closed: the client left
             error = exc
             raise
         finally:
             await self._end(call, prepared.entered, prepared.events, error)
-        yield DONE
+        yield tail + DONE
 
     async def abandon(self, prepared: PreparedChat) -> None:
         """End a prepared request that will never be read (its client left before the response started);

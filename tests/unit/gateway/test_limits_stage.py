@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.unit.gateway.limits_support import Refuse, UsageEngine, ask, service, start
+from tests.support.flush_rules import sse_frames
 from unimodel.gateway.limits import LimitDefaults, LimitsStage, LimitStore, MemoryStore
 from unimodel.gateway.limits.redis_store import RedisStore
 from unimodel.service.context import Caller
@@ -105,7 +106,7 @@ async def test_a_stream_that_fails_gives_back_what_it_did_not_use(new_store: Sto
     engine.fail_after = 2  # two deltas (8 chars) sent, then the upstream fails; no usage reported
     svc = service(engine, await limits(new_store, tpm=1000))
     call, prepared = await start(svc, max_tokens=500, stream=True)
-    frames = [f async for f in svc.stream(prepared)]
+    frames = sse_frames([f async for f in svc.stream(prepared)])
     assert b"upstream" in frames[-2]  # the error frame
     # estimate: ("hello there" 11 chars + 8 chars streamed) / 4 → 5 tokens used; the rest of the 500 came back
     assert (await ask(svc, max_tokens=10)).remaining_tokens == 1000 - 5 - 10

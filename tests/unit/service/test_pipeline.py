@@ -12,6 +12,7 @@ from typing import Any, Optional
 import pytest
 
 from tests.support.fake_engine import InMemoryEngine
+from tests.support.flush_rules import sse_frames
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.errors import AuthenticationError, RateLimitError, UpstreamError
 from unimodel.gateway.auth import ApiKeyAuth
@@ -147,7 +148,7 @@ async def test_stream_failing_midway_ends_with_an_error_frame_and_is_observed_on
     engine.fail_after = 2
     service, seen = make_service(engine, Recorder("a", log))
     prepared = await service.prepare(make_call({**BODY, "stream": True}))
-    frames = [f async for f in service.stream(prepared)]
+    frames = sse_frames([f async for f in service.stream(prepared)])
     assert frames[-1] == b"data: [DONE]\n\n"
     error = json.loads(frames[-2][len(b"data: "):])
     assert error["error"]["code"] == "bad_gateway"

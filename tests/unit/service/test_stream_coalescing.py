@@ -85,14 +85,15 @@ def _fold(writes: list[bytes]) -> dict[str, Any]:
 
 async def test_a_flushing_engine_gets_one_write_per_flush_with_adjacent_deltas_merged() -> None:
     writes = await _writes(ScriptEngine(SCRIPT, flushes=True))
-    # opening (role + the first event), the rest of the first batch, the second, the tool call, the end, [DONE]
+    # opening (role + the first event), the rest of the first batch, the second, the tool call, the end + [DONE]
     deltas = [[c["choices"][0]["delta"] for c in _chunks(w) if c["choices"]] for w in writes]
     assert deltas[0] == [{"role": "assistant", "content": ""}, {"reasoning": "a ", "reasoning_content": "a "}]
     assert deltas[1] == [{"reasoning": "b ", "reasoning_content": "b "}]
     assert deltas[2] == [{"reasoning": "c ", "reasoning_content": "c "}, {"content": "xy"}]
     assert [d.get("tool_calls", [{}])[0].get("function", {}).get("arguments") for d in deltas[3]] == ["", '{"q":"z"}']
-    assert writes[-1] == b"data: [DONE]\n\n"
-    assert len(writes) == 6
+    assert deltas[4] == [{}] and _chunks(writes[4])[0]["choices"][0]["finish_reason"] == "tool_calls"
+    assert writes[-1].endswith(b"data: [DONE]\n\n")
+    assert len(writes) == 5
 
 
 async def test_an_engine_that_does_not_flush_gets_one_write_per_event() -> None:
@@ -101,6 +102,7 @@ async def test_an_engine_that_does_not_flush_gets_one_write_per_event() -> None:
     contents = [d for w in writes for c in _chunks(w) if c["choices"] for d in [c["choices"][0]["delta"]]]
     assert {"content": "x"} in contents and {"content": "y"} in contents  # not merged
     assert len(writes) == 1 + 7 + 1 + 1  # opening, one per event that makes a frame, the finish, [DONE]
+    assert writes[-1] == b"data: [DONE]\n\n"
 
 
 @pytest.mark.parametrize("flushes", [True, False])
@@ -116,9 +118,9 @@ async def test_streamed_and_whole_answers_fold_to_the_same_message(flushes: bool
 async def test_a_failure_mid_batch_still_sends_what_was_held_before_the_error_frame() -> None:
     events = [ContentDelta("x"), FLUSH, ContentDelta("y"), ContentDelta("z")]  # no Flush before the failure
     writes = await _writes(ScriptEngine(events, flushes=True, fail_at_end=True))
-    last = _chunks(writes[-2])
+    last = _chunks(writes[-1])  # the frames held, the error, and [DONE]: one write
     assert last[0]["choices"][0]["delta"] == {"content": "yz"} and last[1]["error"]["type"]
-    assert writes[-1] == b"data: [DONE]\n\n"
+    assert writes[-1].endswith(b"\n\ndata: [DONE]\n\n")
 
 
 def test_merge_deltas_joins_only_adjacent_deltas_of_one_kind_and_one_call() -> None:

@@ -22,6 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from unimodel.errors import UnimodelError
 from unimodel.protocol.jsonbytes import dumps
+from unimodel.protocol.sse import DONE
 from unimodel.service.chat import ChatService, ClientClosedError, PreparedChat
 from unimodel.service.context import RequestContext, request_id_from
 from unimodel.service.pipeline import Call
@@ -83,9 +84,10 @@ async def _send_stream(service: ChatService, prepared: PreparedChat, send: Send,
                        watcher: "_DisconnectWatcher") -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [*_SSE, *_encode_headers(headers)]})
     async for data in service.stream(prepared):
-        await send({"type": "http.response.body", "body": data, "more_body": True})
-    watcher.stop()  # the answer is complete: what the server says next is not the client leaving
-    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        last = data.endswith(DONE)  # the service's last write: it ends the body too (one write, not two)
+        if last:
+            watcher.stop()  # the answer is complete: what the server says next is not the client leaving
+        await send({"type": "http.response.body", "body": data, "more_body": not last})
 
 
 async def _send_error(send: Send, exc: UnimodelError, headers: dict[str, str]) -> None:

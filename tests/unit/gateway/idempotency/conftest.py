@@ -11,6 +11,7 @@ from typing import Any, Optional
 import pytest
 
 from tests.support.fake_engine import InMemoryEngine
+from tests.support.flush_rules import sse_frames
 from unimodel.engines.base import GenerationRequest
 from unimodel.errors import UpstreamError
 from unimodel.gateway.auth import ApiKeyAuth
@@ -95,8 +96,7 @@ class Harness:
 
     async def stream(self, call: Call) -> list[bytes]:
         """The SSE frames (``data: ...\n\n`` each), however the service grouped them into writes."""
-        body = b"".join([w async for w in self.service.stream(await self.service.prepare(call))])
-        return [part + b"\n\n" for part in body.split(b"\n\n") if part]
+        return sse_frames([w async for w in self.service.stream(await self.service.prepare(call))])
 
 
 @pytest.fixture()
