@@ -255,3 +255,38 @@ async def test_a_prepared_stream_never_written_still_ends_once() -> None:
     assert engine.closed == 1 and log[-1].startswith("exit a ")
     assert [c.status for c in seen.contexts] == [499]
     assert len(seen.contexts) == 1 and service.in_flight == 0
+
+
+async def test_a_write_that_fails_mid_stream_closes_the_stream_at_once_and_ends_it_once() -> None:
+    """A server that raises on a write to a client that left (ASGI 2.4): the engine is closed, the stages
+    released and the request observed once, as 499, before the error reaches the server."""
+    import json
+    from types import SimpleNamespace
+
+    from unimodel.server.routes.chat import ChatCompletionsEndpoint
+
+    log: list[str] = []
+    engine = ScriptedEngine()
+    engine.n = 50
+    service, seen = make_service(engine, Recorder("a", log))
+    messages = [{"type": "http.request", "body": json.dumps({**BODY, "stream": True}).encode(), "more_body": False}]
+    writes = 0
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        await asyncio.sleep(3600)
+        return {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        nonlocal writes
+        writes += message["type"] == "http.response.body"
+        if writes == 2:
+            raise OSError("the client is gone")
+
+    scope = {"type": "http", "app": SimpleNamespace(state=SimpleNamespace(chat=service)),
+             "headers": [(b"content-type", b"application/json")]}
+    with pytest.raises(OSError):
+        await asyncio.wait_for(ChatCompletionsEndpoint()(scope, receive, send), 10)
+    assert engine.closed == 1 and log[-1].startswith("exit a ")
+    assert [c.status for c in seen.contexts] == [499] and service.in_flight == 0

@@ -16,6 +16,7 @@ response that completes is never mistaken for a client that left.
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from typing import Any, Optional
 
 from starlette.types import Message, Receive, Scope, Send
@@ -83,11 +84,12 @@ async def _answer(service: ChatService, call: Call, send: Send, watcher: "_Disco
 async def _send_stream(service: ChatService, prepared: PreparedChat, send: Send, headers: dict[str, str],
                        watcher: "_DisconnectWatcher") -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [*_SSE, *_encode_headers(headers)]})
-    async for data in service.stream(prepared):
-        last = data.endswith(DONE)  # the service's last write: it ends the body too (one write, not two)
-        if last:
-            watcher.stop()  # the answer is complete: what the server says next is not the client leaving
-        await send({"type": "http.response.body", "body": data, "more_body": not last})
+    async with aclosing(service.stream(prepared)) as writes:  # closed at once if a write fails
+        async for data in writes:
+            last = data.endswith(DONE)  # the service's last write: it ends the body too (one write, not two)
+            if last:
+                watcher.stop()  # the answer is complete: what the server says next is not the client leaving
+            await send({"type": "http.response.body", "body": data, "more_body": not last})
 
 
 async def _send_error(send: Send, exc: UnimodelError, headers: dict[str, str]) -> None:
