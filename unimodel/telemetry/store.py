@@ -47,6 +47,11 @@ class LogStoreError(ValueError):
     """A ``--log-db`` value that is not a database URL we can use."""
 
 
+class MalformedRowError(ValueError):
+    """A row that cannot become the insert's parameters (no ``created_at``, or one that is not an ISO 8601
+    time, a value of the wrong type): refused like a row the database refuses for its data."""
+
+
 def default_data_dir(override: Optional[Path] = None) -> Path:
     """Where the request log lives by default: ``override`` (``--data-dir``/``UNIMODEL_DATA_DIR``), else the
     platform's user data dir (``~/.local/share/unimodel`` on Linux, via platformdirs)."""
@@ -162,10 +167,14 @@ class LogStore:
 
     def insert(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert ``rows`` in one transaction; a row whose ``log_id`` is already stored is skipped (a replay of
-        a batch that was written but not acknowledged inserts nothing twice)."""
+        a batch that was written but not acknowledged inserts nothing twice). Raises
+        :class:`MalformedRowError` for a row that cannot be made into parameters (nothing is written then)."""
         if not rows:
             return
-        params = self._insert.params(rows)
+        try:
+            params = self._insert.params(rows)
+        except (KeyError, ValueError, TypeError) as exc:  # e.g. a hand-edited or truncated spill file's row
+            raise MalformedRowError(f"a row is malformed: {type(exc).__name__}: {exc}") from exc
         with self.engine.begin() as conn:
             conn.exec_driver_sql(self._insert.sql, params)
 

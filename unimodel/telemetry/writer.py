@@ -37,7 +37,7 @@ from typing import Any, Optional
 from sqlalchemy.exc import DataError, IntegrityError
 
 from unimodel.telemetry.spill import SpillFile
-from unimodel.telemetry.store import LogStore
+from unimodel.telemetry.store import LogStore, MalformedRowError
 
 log = logging.getLogger("unimodel.request_log")
 
@@ -249,14 +249,15 @@ class LogWriter:
         self._retry_s = min(self._retry_s * 2, self.retry_max_s)
 
     def _insert(self, rows: list[Row]) -> None:
-        """One transaction; a batch refused for its data is written row by row, dropping only the bad rows."""
+        """One transaction; a batch refused for its data (by the database, or malformed before it got there) is
+        written row by row, dropping only the bad rows."""
         try:
             self.store.insert(rows)
-        except (DataError, IntegrityError):
+        except (DataError, IntegrityError, MalformedRowError):
             for row in rows:
                 try:
                     self.store.insert([row])
-                except (DataError, IntegrityError) as exc:
+                except (DataError, IntegrityError, MalformedRowError) as exc:
                     self.rejected += 1
                     log.error("request log: the database refused the row of request %s: %s",
                               row.get("request_id"), _first_line(exc))

@@ -234,3 +234,20 @@ def test_two_writers_on_one_spill_path_keep_apart_and_the_survivor_adopts_what_i
         assert [p.name for p in tmp_path.iterdir() if "spill" in p.name] == ["spill.jsonl.lock"]
     finally:
         first.stop()
+
+
+@pytest.mark.parametrize("bad", [{"x": 1}, {"log_id": "f" * 32, "request_id": "bad", "created_at": "yesterday"},
+                                 {"log_id": "e" * 32, "request_id": "bad", "created_at": 17}])
+def test_a_malformed_row_in_the_spill_file_is_dropped_alone_and_the_log_goes_on(
+        store: SwitchableStore, tmp_path: Path, bad: dict[str, Any]) -> None:
+    spill = SpillFile(tmp_path / "spill.jsonl")
+    spill.path.write_text("".join(json.dumps(r) + "\n" for r in [make_row(0), bad, make_row(1)]))
+    writer = writer_for(store, tmp_path)
+    writer.start()
+    try:
+        writer.submit(make_row(2))
+        assert writer.wait_idle(10)
+        assert ids(store) == ["req-0", "req-1", "req-2"]
+        assert writer.rejected == 1 and writer.db_up is True and not writer.spill.path.exists()
+    finally:
+        writer.stop()
