@@ -300,6 +300,9 @@ class LocalEngine(Engine):
         wanted = request.max_tokens
         if wanted is None:  # the server's default, clamped to the room the prompt leaves (never a 400)
             wanted = request.default_max_tokens or self._defaults["max_new_tokens"]
+            budget = self.scheduler.kv_budget.tokens  # in the KV cache budget too, when there is one
+            if budget is not None and budget > prompt_len:
+                room = min(room, budget - prompt_len)
         max_new = min(wanted, room) if wanted is not None else room
         return SamplingParams(max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p),
                               top_k=max(0, top_k), seed=opts.seed, stop_token_ids=frozenset(stop_ids))

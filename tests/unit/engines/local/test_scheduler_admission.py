@@ -169,5 +169,11 @@ async def test_the_engine_refuses_a_request_bigger_than_its_kv_memory_budget(tin
                                                           wire=wire.model_copy(update={"max_tokens": 8}),
                                                           max_tokens=8))]
         assert any(isinstance(e, Usage) and e.completion_tokens == 8 for e in ok)
+        # no max_tokens: the default is clamped to what the budget leaves beside the prompt, never a 400
+        unasked = wire.model_copy(update={"max_tokens": None, "ignore_eos": True})
+        events = [e async for e in small.generate(gen_request(request_id="r", served_model="tiny-random",
+                                                              wire=unasked))]
+        usage = next(e for e in events if isinstance(e, Usage))
+        assert usage.prompt_tokens + usage.completion_tokens == 100
     finally:
         await small.aclose()
