@@ -81,7 +81,7 @@ class ChatService:
         """Run the stages and start generation, pulling the first event so that refusals raise here."""
         self.in_flight += 1
         if self.capture_text_chars:
-            call.state[_ANSWER_PARTS] = []
+            call.state[_ANSWER_PARTS] = _AnswerText(self.capture_text_chars)
         try:
             entered = await self.pipeline.enter(call)
         except BaseException as exc:  # the pipeline already released the stages it had entered
@@ -200,8 +200,8 @@ class ChatService:
                     ctx.first_token_at = ctx.first_answer_at
             if isinstance(event, ToolCallStart):
                 ctx.attributes.setdefault("tool_names", []).append(event.name)
-            elif (parts := call.state.get(_ANSWER_PARTS)) is not None:
-                parts.append(event.text)
+            elif (answer := call.state.get(_ANSWER_PARTS)) is not None:
+                answer.add(event.text)
         elif isinstance(event, ReasoningDelta):
             if ctx.first_token_at is None:
                 ctx.first_token_at = time.perf_counter()
@@ -253,6 +253,21 @@ class ChatService:
 _ANSWER_PARTS = "chat.answer_parts"
 
 
+class _AnswerText:
+    """The answer's content as it streams, kept up to ``limit`` characters (all the request log stores)."""
+
+    __slots__ = ("parts", "room")
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[str] = []
+        self.room = limit
+
+    def add(self, text: str) -> None:
+        if self.room > 0:
+            self.parts.append(text[: self.room])
+            self.room -= len(self.parts[-1])
+
+
 def _frames(chunks: list[dict[str, Any]]) -> bytes:
     return frame(chunks[0]) if len(chunks) == 1 else b"".join([frame(c) for c in chunks])
 
@@ -273,9 +288,9 @@ def _capture_text(call: Call, limit: int) -> None:
             if size >= limit:
                 break
         call.ctx.attributes["prompt_text"] = "\n".join(lines)
-    parts = call.state.get(_ANSWER_PARTS)
-    if parts:
-        call.ctx.attributes["answer_text"] = "".join(parts)[:limit]
+    answer = call.state.get(_ANSWER_PARTS)
+    if answer is not None and answer.parts:
+        call.ctx.attributes["answer_text"] = "".join(answer.parts)
 
 
 async def _close(events: AsyncIterator[Event]) -> None:

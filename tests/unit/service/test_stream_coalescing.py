@@ -135,3 +135,26 @@ def test_merge_deltas_joins_only_adjacent_deltas_of_one_kind_and_one_call() -> N
                            ToolCallEnd(0), Finish("tool_calls")]
     built, merged = CompletionBuilder().add_all(answer), CompletionBuilder().add_all(merge_deltas(answer))
     assert built.message() == merged.message()
+
+
+async def test_with_prompts_logged_the_answer_is_kept_only_up_to_what_the_log_stores() -> None:
+    from unimodel.service.observer import Observers
+
+    seen: list[Any] = []
+
+    class Keep:
+        def request_finished(self, ctx: Any) -> None:
+            seen.append(ctx)
+
+    engine = ScriptEngine([ContentDelta("abcdef"), ContentDelta("ghij"), Finish("stop")], flushes=False)
+    service = ChatService(engine, Pipeline([ParseStage(), ValidateStage(engine.models)]), Observers([Keep()]),
+                          capture_text_chars=8)
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
+
+    async def read() -> bytes:
+        return body
+
+    call = Call(RequestContext("r"), {}, read)
+    await service.complete(await service.prepare(call))
+    assert seen[0].attributes["answer_text"] == "abcdefgh"
+    assert call.state["chat.answer_parts"].parts == ["abcdef", "gh"]  # nothing past the limit is held
