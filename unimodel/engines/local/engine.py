@@ -228,7 +228,7 @@ class LocalEngine(Engine):
             mailbox.post(inbox, (tokens, reason, error))
 
         seq = SequenceRequest(prompt.token_ids, params, sink, prefill_inputs=pixel_inputs(prompt.images, self.loaded),
-                              hooks=hooks, flush=mailbox.wake_once)
+                              hooks=hooks, flush=mailbox.wake)
         out = OutputAssembler(
             self._format.new_parser(special_ids=self._markers.by_text, starts_in_reasoning=opened),
             loaded.renderer.new_detokenizer(), prompt_tokens=n, marker_ids=self._markers.ids,

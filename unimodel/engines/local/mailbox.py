@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
 from typing import Optional
 
 from unimodel.engines.local.scheduler import StopReason
@@ -26,7 +25,6 @@ class Mailbox:
         self._lock = threading.Lock()
         self._items: list[tuple[asyncio.Queue[Item], Item]] = []
         self._scheduled = False
-        self.wake_once: Callable[[], None] = self.wake  # one object, so the scheduler can de-duplicate it
 
     def post(self, inbox: asyncio.Queue[Item], item: Item) -> None:
         if self._loop.is_closed():  # the scheduler then treats the sequence as cancelled

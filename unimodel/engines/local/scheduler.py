@@ -127,7 +127,7 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
         self.steps = 0  # decode steps run (for tests and metrics)
         self.tokens = 0  # tokens generated, prefill's first ones included (for metrics: rate() is tokens/s)
-        self._flushes: dict[int, Callable[[], None]] = {}
+        self._flushes: set[Callable[[], None]] = set()  # bound methods of one mailbox compare equal
         self._cache_kwarg = cache_kwarg(model)
 
     # ---- any thread ------------------------------------------------------------------------------------
@@ -231,8 +231,8 @@ class BatchScheduler:
         self._flush()
 
     def _flush(self) -> None:
-        flushes, self._flushes = self._flushes, {}
-        for flush in flushes.values():
+        flushes, self._flushes = self._flushes, set()
+        for flush in flushes:
             try:
                 flush()
             except Exception:  # a closed event loop: its sequences are cancelled by their next delivery
@@ -392,7 +392,7 @@ class BatchScheduler:
         if error is not None:
             seq.done = True
         if seq.flush is not None:
-            self._flushes.setdefault(id(seq.flush), seq.flush)
+            self._flushes.add(seq.flush)
         try:
             seq.sink(tokens, reason, error)
         except Exception:  # the receiving side is gone (its event loop closed): treat as cancelled
