@@ -52,13 +52,6 @@ async def one(client: aiohttp.ClientSession, url: str, model: str, governed: boo
     return time.perf_counter() - t0, ttft or 0.0
 
 
-async def run(url: str, model: str, requests: int, concurrency: int,
-              governed: bool = False) -> tuple[list[float], float]:
-    """See :func:`measured_run`, without the CPU figures."""
-    lat, rps, _ = await measured_run(url, model, requests, concurrency, governed)
-    return lat, rps
-
-
 async def measured_run(url: str, model: str, requests: int, concurrency: int, governed: bool = False,
                        pids: tuple[int, ...] = (), stream: bool = True) -> tuple[list[float], float, list[float]]:
     """``requests`` requests (streamed, or plain) from ``concurrency`` workers, each on its own connection (kept

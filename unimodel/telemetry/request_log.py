@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from unimodel.service.context import RequestContext
 from unimodel.telemetry.redaction import redact
@@ -68,7 +68,7 @@ class UserHashes:
     def __init__(self, secret: bytes, size: int = 4096) -> None:
         self.secret = secret
         self.size = size
-        self._known: dict[str, str] = {}
+        self._known: dict[str, Optional[str]] = {}  # never a None value: ``user`` is not empty
 
     def __call__(self, user: Optional[str]) -> Optional[str]:
         if not user:
@@ -77,8 +77,7 @@ class UserHashes:
         if known is None:
             if len(self._known) >= self.size:
                 self._known.clear()
-            known = self._known[user] = hmac.new(self.secret, user.encode("utf-8", "surrogatepass"),
-                                                 hashlib.sha256).hexdigest()
+            known = self._known[user] = user_hash(self.secret, user)
         return known
 
 
@@ -94,19 +93,18 @@ def new_log_id() -> str:
 _RAND_B = (1 << 62) - 1
 
 
-def row_from(ctx: RequestContext, secret: Union[bytes, UserHashes], keep_text: bool = False) -> dict[str, Any]:
+def row_from(ctx: RequestContext, user_hashes: UserHashes, keep_text: bool = False) -> dict[str, Any]:
     """The log row of a finished request: cheap (no I/O, no regex), run on the event loop. ``prompt`` and
-    ``answer`` are still raw here; :func:`prepare_row` redacts them in the writer thread. ``secret`` is the
-    HMAC key of ``user_hash``, or a :class:`UserHashes` holding it."""
+    ``answer`` are still raw here; :func:`prepare_row` redacts them in the writer thread. ``user_hashes``
+    makes ``user_hash`` with the log's secret."""
     usage, reasoning, attrs = ctx.usage, ctx.reasoning, ctx.attributes
     tools = attrs.get("tool_names")
-    hashed_user = secret(ctx.user) if isinstance(secret, UserHashes) else user_hash(secret, ctx.user)
     return {
         "log_id": new_log_id(),
         "request_id": ctx.request_id,
         "created_at": datetime.fromtimestamp(ctx.received_wall, timezone.utc).isoformat(),
         "key_name": ctx.key_name,
-        "user_hash": hashed_user,
+        "user_hash": user_hashes(ctx.user),
         "route": ctx.route,
         "model": ctx.model,
         "upstream": attrs.get("upstream"),

@@ -118,7 +118,7 @@ def test_the_row_has_every_column_and_keeps_the_text_only_when_asked() -> None:
     ctx.reasoning = {"effort": "medium", "model_effort": "high", "budget": 4096, "truncated": True}
     ctx.attributes.update(upstream="fallback-1", retries=2, idempotency="replayed", tool_names=["a", "b"],
                           image_count=2, prompt_text="user: hi", answer_text="hello")
-    row = row_from(ctx, b"k")
+    row = row_from(ctx, UserHashes(b"k"))
     assert set(row) == set(COLUMNS)
     assert row["created_at"] == "2026-04-24T03:06:40+00:00"
     assert (row["ttft_ms"], row["ttfa_ms"], row["latency_ms"]) == (100.0, 250.0, 1000.0)
@@ -126,7 +126,7 @@ def test_the_row_has_every_column_and_keeps_the_text_only_when_asked() -> None:
     assert row["thinking_budget"] == 4096 and row["thinking_truncated"] is True
     assert row["user_hash"] == hmac.new(b"k", b"u-1", hashlib.sha256).hexdigest()
     assert row["prompt"] is None and row["answer"] is None
-    kept = row_from(ctx, b"k", keep_text=True)
+    kept = row_from(ctx, UserHashes(b"k"), keep_text=True)
     assert (kept["prompt"], kept["answer"]) == ("user: hi", "hello")
 
 
@@ -150,13 +150,14 @@ def test_the_remembered_user_hashes_are_the_keyed_hashes_and_stay_bounded() -> N
     assert UserHashes(b"other")("u-1") != hashes("u-1")
     ctx = RequestContext("r", received_wall=1_777_000_000.0)
     ctx.user = "u-1"
-    assert row_from(ctx, hashes)["user_hash"] == row_from(ctx, b"k")["user_hash"] == user_hash(b"k", "u-1")
+    fresh = UserHashes(b"k")
+    assert row_from(ctx, hashes)["user_hash"] == row_from(ctx, fresh)["user_hash"] == user_hash(b"k", "u-1")
 
 
 def test_a_refused_request_still_makes_a_row() -> None:
     ctx = RequestContext("r2")
     ctx.finished_at, ctx.status, ctx.error_type = ctx.received_at + 0.001, 401, "invalid_api_key"
-    row = row_from(ctx, b"k")
+    row = row_from(ctx, UserHashes(b"k"))
     assert row["status"] == 401 and row["error_type"] == "invalid_api_key"
     assert row["user_hash"] is None and row["prompt_tokens"] is None and row["tool_names"] is None
 

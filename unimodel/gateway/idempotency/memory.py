@@ -30,6 +30,7 @@ class _Claim:
 
 class MemoryStore:
     kind = "memory"
+    remote = False
 
     def __init__(self, ttl_s: float, claim_ttl_s: float, max_entries: int = 10_000,
                  max_bytes: int = 256 * 1024 * 1024, clock: Callable[[], float] = time.monotonic) -> None:

@@ -52,6 +52,7 @@ return 0
 
 class RedisStore:
     kind = "redis"
+    remote = True
 
     def __init__(self, url: str, prefix: str, ttl_s: float, claim_ttl_s: float, *, timeout_s: float = 1.0,
                  poll_s: float = 0.02, max_poll_s: float = 0.2) -> None:

@@ -156,6 +156,9 @@ class IdempotencyStage(Stage):
         pending: Optional[_Pending] = call.state.get(self.name)
         if pending is None or pending.token is None:
             return
+        if not self.store.remote:
+            await self._settle(call, pending, error)  # never suspends: nothing can interrupt it
+            return
         settle = asyncio.ensure_future(self._settle(call, pending, error))
         self._settling.add(settle)
         settle.add_done_callback(self._settling.discard)

@@ -44,6 +44,9 @@ ClaimResult = Union[Claimed, InFlight, Done]
 
 class IdempotencyStore(Protocol):
     kind: str
+    #: ``finish`` and ``release`` do I/O (so the stage shields them from a cancelled request); a store whose
+    #: calls never suspend is settled inline
+    remote: bool
 
     async def start(self) -> None: ...
 

@@ -96,7 +96,7 @@ class _Held:
     """What an admitted call took, until its ``exit`` gives it back."""
 
     plan: Plan
-    lease: Optional[str]
+    lease: Optional[str]  # the in-flight slot to free (``""`` in memory, where a slot has no name); None: none
     started: bool = False  # every stage entered and the engine asked (else a later stage refused the call)
     output_chars: int = 0  # text streamed, for an estimate when no usage came
 
@@ -152,7 +152,8 @@ class LimitsStage(Stage):
             raise
         if plan is None:
             return
-        lease = uuid.uuid4().hex if plan.concurrency_id is not None else ""
+        # a lease names the call's in-flight slot in Redis; the memory store only counts slots
+        lease = uuid.uuid4().hex if plan.concurrency_id is not None and self.store.remote else ""
         try:
             decision = await self._acquire(plan, lease)
         except StoreUnavailable:
@@ -256,14 +257,14 @@ class LimitsStage(Stage):
         return (prompt_chars + held.output_chars + 3) // 4
 
     def _refusal(self, call: Call, plan: Plan, decision: Decision) -> RateLimitError:
-        short = [(seconds_to(level, b.cost, b.limit, plan.window_s), b, level)
-                 for b, level in zip(plan.buckets, decision.levels) if level < b.cost]
-        if not short:  # the in-flight cap
+        if decision.concurrency_full:
             wait = self.concurrency_retry_s
             message = (f"Too many requests in flight for key '{plan.key}': at most {plan.max_concurrent} at a "
                        "time. Please retry when one has finished.")
         else:
-            wait, b, level = max(short, key=lambda s: s[0])
+            short = [(seconds_to(level, b.cost, b.limit, plan.window_s), b, level)
+                     for b, level in zip(plan.buckets, decision.levels) if level < b.cost]
+            wait, b, level = max(short, key=lambda s: s[0])  # the bucket that takes longest to cover its cost
             message = (f"Rate limit reached for {describe(b, plan.window_s)} on key '{plan.key}': limit {b.limit}, "
                        f"remaining {max(0, math.floor(level))}, requested {b.cost}. Please try again in "
                        f"{go_duration(wait)}.")
