@@ -9,14 +9,20 @@ status (we map every status ourselves), and the TLS trust httpx gave (``SSL_CERT
 else certifi's bundle).
 
 The upstream is asked to stream when the client streams, when the model is told to think (a budget to watch,
-thinking tokens to count one a frame), or when a route times the first token (``request.streamed``); a client that waits for the whole answer gets it from one
-JSON body, with no per-token frames to relay. Either way both answers are decoded into the same events, a
-client that leaves closes the connection at once (so the upstream stops its work), and a server that answers
-a streaming request with one JSON body is handled too.
+thinking tokens to count one a frame), or when a route times the first token (``request.streamed``); a client
+that waits for the whole answer gets it from one JSON body, with no per-token frames to relay. Either way both
+answers are decoded into the same events, a client that leaves closes the connection at once (so the upstream
+stops its work), and a server that answers a streaming request with one JSON body is handled too.
 
 Timeouts: connecting, waiting for a free connection in the pool included, is bounded by the connect timeout
-(per request by ``request.connect_timeout_s``); the read timeout bounds each silence between reads; nothing
-bounds the whole answer (the resilience stage does, per route).
+(per request by ``request.connect_timeout_s``). The read timeout (aiohttp's ``sock_read``) is the longest the
+upstream may stay silent: for a streamed answer, the gap between two reads; for a client that does not stream
+(answered from one upstream body), that is the whole answer, so it must allow the longest generation. Nothing
+else bounds the whole answer (the resilience stage does, per route).
+
+This module owns the connection, the probe, the reads and thinking budgets; the request body is built by
+:mod:`~unimodel.engines.upstream_payload`, the answer decoded into events by
+:mod:`~unimodel.engines.upstream_stream`, and error answers mapped by :mod:`~unimodel.engines.upstream_errors`.
 
 Parse modes (``--upstream-parse``):
 
@@ -32,13 +38,10 @@ Parse modes (``--upstream-parse``):
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
-import math
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
-from datetime import datetime, timezone
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Literal, Optional
 
 import aiohttp
@@ -47,10 +50,10 @@ import httpx
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.engines.sse_lines import SseLineSplitter
 from unimodel.engines.upstream_payload import build_payload, prompt_text
-from unimodel.engines.upstream_stream import UpstreamStreamDecoder, status_error
+from unimodel.engines.upstream_errors import response_error
+from unimodel.engines.upstream_stream import UpstreamStreamDecoder
 from unimodel.errors import (
     ServiceUnavailableError,
-    UnimodelError,
     UnsupportedFeatureError,
     UpstreamConnectionError,
     UpstreamError,
@@ -278,11 +281,11 @@ class UpstreamEngine(Engine):
                 if resp.status >= 400:
                     raw = await resp.read()
                     read_to_end = True
-                    raise _status_error(resp, raw)
+                    raise response_error(resp.status, resp.headers, raw, resp.charset)
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
                     raw = await resp.read()
                     read_to_end = True
-                    for event in decoder.whole_response(_json_body(raw)):
+                    for event in decoder.whole_body(raw):
                         yield event
                     return
                 # read to the end of the body even after [DONE], so the connection goes back to the pool
@@ -338,65 +341,3 @@ def _timeout_name(exc: BaseException) -> str:
     """Which timeout fired, in the names clients have seen in our messages (httpx's)."""
     return "ConnectTimeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "ReadTimeout"
 
-
-def _json_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        log.warning("the upstream answered with a body that is not JSON: %r", raw[:200])
-        raise UpstreamError("the upstream answered with a body that is not JSON") from exc
-    if not isinstance(body, dict):
-        log.warning("the upstream answered with JSON that is not an object: %r", raw[:200])
-        raise UpstreamError("the upstream answered with JSON that is not an object")
-    return body
-
-
-def _status_error(resp: aiohttp.ClientResponse, raw: bytes) -> UnimodelError:
-    """Our error for an upstream's error status (see :func:`status_error` for what the client is told)."""
-    message, param, code, etype = f"the upstream answered HTTP {resp.status}", None, None, None
-    try:
-        body = json.loads(raw or b"null")
-    except ValueError:  # not JSON, or not UTF-8
-        body = None
-    err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(err, dict):
-        message = str(err.get("message") or message)
-        param = err.get("param") if isinstance(err.get("param"), str) else None
-        code = str(err["code"]) if err.get("code") is not None else None
-        etype = err.get("type") if isinstance(err.get("type"), str) else None
-    elif isinstance(body, dict) and isinstance(body.get("message"), str):
-        message = body["message"]  # vLLM's older flat error shape
-    elif isinstance(err, str):
-        message = err
-    return status_error(resp.status, message, param=param, code=code, error_type=etype,
-                        retry_after=_retry_after(resp.headers), body=_text(raw, resp.charset))
-
-
-def _text(raw: bytes, charset: Optional[str]) -> str:
-    """A body as text for our log, in its declared charset (else UTF-8), never failing."""
-    try:
-        return raw.decode(charset or "utf-8", "replace")
-    except LookupError:  # a charset Python does not know
-        return raw.decode("utf-8", "replace")
-
-
-def _retry_after(headers: Mapping[str, str]) -> Optional[float]:
-    """``Retry-After`` in seconds, from seconds or an HTTP-date (or OpenAI's ``retry-after-ms``)."""
-    value = headers.get("retry-after", "").strip()
-    if value:
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                when = email.utils.parsedate_to_datetime(value)
-            except (TypeError, ValueError, IndexError):
-                return None
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
-            seconds = (when - datetime.now(timezone.utc)).total_seconds()
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        ms = float(headers.get("retry-after-ms", ""))
-    except ValueError:
-        return None
-    return max(0.0, ms / 1000) if math.isfinite(ms) else None

@@ -18,8 +18,10 @@ tokenizer when the engine has one (``count_tokens``), else estimated (completion
 characters / 4 of a whole body; prompt: characters / 4 of the messages sent), and the usage is marked
 ``estimated``.
 
-Error messages: what the upstream says about the client's own request (a 4xx) is passed on; anything else
-(its internals, its view of our credentials) only reaches our log, and the client gets our own short text.
+Odd answers: an error object inside a frame or a body becomes our error through
+:mod:`unimodel.engines.upstream_errors`; a frame or body that is not a JSON object, or a body without a list
+of choices, is an :class:`UpstreamError` (502); any other odd field is read for what it holds or ignored,
+never a crash of ours.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from typing import Any, Optional
 
 import orjson
 
-from unimodel.errors import RateLimitError, UnimodelError, UpstreamError, UpstreamStatusError
+from unimodel.engines.upstream_errors import raise_embedded_error
+from unimodel.errors import UpstreamError
 from unimodel.formats.base import ModelFormat, OutputParser, new_call_id
 from unimodel.protocol.events import (
     ContentDelta,
@@ -47,8 +50,6 @@ from unimodel.protocol.events import (
 )
 
 log = logging.getLogger("unimodel.upstream")
-
-CREDENTIALS_REFUSED = "the upstream refused the gateway's credentials; check --upstream-api-key"
 
 _FINISH: dict[str, FinishReason] = {
     "stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls",
@@ -130,7 +131,7 @@ class UpstreamStreamDecoder:
 
     def _frame(self, frame: dict[str, Any]) -> list[Event]:
         if frame.get("error") is not None:
-            _raise_embedded_error(frame["error"])
+            raise_embedded_error(frame["error"])
         self._saw_any = True
         if isinstance(frame.get("usage"), dict):
             self._usage = frame["usage"]
@@ -146,18 +147,31 @@ class UpstreamStreamDecoder:
                 self._finish = str(choice["finish_reason"])
         return out
 
+    def whole_body(self, raw: bytes) -> list[Event]:
+        """An upstream that answered with one JSON body (all of it, as received): its events to the end."""
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested past the interpreter's stack
+            log.warning("the upstream answered with a body that is not JSON: %r", raw[:200])
+            raise UpstreamError("the upstream answered with a body that is not JSON") from exc
+        if not isinstance(body, dict):
+            log.warning("the upstream answered with JSON that is not an object: %r", raw[:200])
+            raise UpstreamError("the upstream answered with JSON that is not an object")
+        return self.whole_response(body)
+
     def whole_response(self, body: dict[str, Any]) -> list[Event]:
         """An upstream that answered with one ``chat.completion`` body."""
         if body.get("error") is not None:
-            _raise_embedded_error(body["error"])
-        choices = body.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
+            raise_embedded_error(body["error"])
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise UpstreamError("the upstream answered without choices")
         message = choices[0].get("message") or {}
         if not isinstance(message, dict):
             raise UpstreamError("the upstream answered with a message that is not an object")
         out = self._delta(message, streamed=False)
-        self._finish = choices[0].get("finish_reason") or "stop"
+        reason = choices[0].get("finish_reason")
+        self._finish = str(reason) if reason else "stop"  # as a frame's: anything unknown finishes as "stop"
         if isinstance(body.get("usage"), dict):
             self._usage = body["usage"]
         self.done = True
@@ -328,31 +342,3 @@ def _count(value: Any) -> Optional[int]:
         return int(value)
     return None
 
-
-def status_error(status: int, message: str, *, param: Optional[str] = None, code: Optional[str] = None,
-                 error_type: Optional[str] = None, retry_after: Optional[float] = None,
-                 body: Optional[str] = None) -> UnimodelError:
-    """Our error for an upstream's error status. Only a 4xx about the client's own request passes the
-    upstream's message on; what the upstream said (``body``, else ``message``) is always logged."""
-    client_fault = 400 <= status < 500 and status not in (401, 403, 429)
-    log.log(logging.INFO if client_fault else logging.WARNING, "the upstream answered %d: %s", status,
-            (body or message)[:2000])
-    if status in (401, 403):  # the gateway's own credentials: never the client's fault, never its business
-        return UpstreamError(CREDENTIALS_REFUSED)
-    if status == 429:
-        return RateLimitError("the upstream is rate limiting requests; retry later", retry_after=retry_after)
-    if client_fault:
-        return UpstreamStatusError(message, upstream_status=status, param=param, code=code, error_type=error_type)
-    return UpstreamStatusError(f"the upstream failed (HTTP {status})", upstream_status=status)
-
-
-def _raise_embedded_error(err: Any) -> None:
-    """An error object inside a stream frame or a 200 body (vLLM sends these when it fails mid-way)."""
-    if isinstance(err, dict):
-        message = str(err.get("message") or "the upstream reported an error")
-        code = err.get("code")
-        status = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600 else 502
-        param = err.get("param") if isinstance(err.get("param"), str) else None
-        raise status_error(status, message, param=param)
-    log.warning("the upstream reported an error: %r", str(err)[:2000])
-    raise UpstreamError("the upstream reported an error")

@@ -18,6 +18,7 @@ from unimodel.protocol.events import (
     ContentDelta,
     Event,
     Finish,
+    FinishReason,
     ToolCallArgsDelta,
     ToolCallEnd,
     ToolCallStart,
@@ -79,6 +80,35 @@ def test_ignores_comments_and_other_choices_and_maps_unknown_finish() -> None:
 def test_bad_streams_raise(lines: list[bytes], error: type[Exception]) -> None:
     with pytest.raises(error):
         _decode(lines)
+
+
+@pytest.mark.parametrize("raw,message", [
+    (b'{"choices": {"a": 1}}', "the upstream answered without choices"),
+    (b'{"choices": "abc"}', "the upstream answered without choices"),
+    (b'{"choices": null}', "the upstream answered without choices"),
+    (b'{"choices": [1]}', "the upstream answered without choices"),
+    (b'{"choices": [{"message": "hi"}]}', "the upstream answered with a message that is not an object"),
+    (b"[]", "the upstream answered with JSON that is not an object"),
+    (b"{not json", "the upstream answered with a body that is not JSON"),
+    (b"\xff{}", "the upstream answered with a body that is not JSON"),
+    (b"[" * 100_000, "the upstream answered with a body that is not JSON"),  # nested past any parser's depth
+])
+def test_odd_whole_bodies_are_upstream_errors(raw: bytes, message: str) -> None:
+    dec = UpstreamStreamDecoder(get_format("mistral"), parse_content=True)
+    with pytest.raises(UpstreamError) as err:
+        dec.whole_body(raw)
+    assert err.value.message == message and err.value.status_code == 502
+
+
+@pytest.mark.parametrize("reason,finish", [
+    (["a"], "stop"), ({"a": 1}, "stop"), (7, "stop"), ("eos", "stop"), (None, "stop"), ("length", "length")])
+def test_a_finish_reason_of_any_type_ends_alike_streamed_or_whole(reason: Any, finish: FinishReason) -> None:
+    frame = {"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": reason}]}
+    streamed = _decode([b"data: " + json.dumps(frame).encode(), b"data: [DONE]"])
+    dec = UpstreamStreamDecoder(get_format("mistral"), parse_content=True)
+    whole = dec.whole_body(json.dumps({"choices": [{"message": {"content": "ok"}, "finish_reason": reason}]}).encode())
+    assert streamed[-1] == whole[-1] == Finish(finish)
+    assert ContentDelta("ok") in streamed and ContentDelta("ok") in whole
 
 
 @pytest.mark.parametrize("line,content", [

@@ -35,7 +35,8 @@ from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.engines.base import GenerationRequest
 from unimodel.engines.sse_lines import MAX_LINE_BYTES
 from unimodel.engines.upstream import UpstreamEngine
-from unimodel.engines.upstream_stream import CREDENTIALS_REFUSED, UpstreamStreamDecoder
+from unimodel.engines.upstream_errors import CREDENTIALS_REFUSED
+from unimodel.engines.upstream_stream import UpstreamStreamDecoder
 from unimodel.errors import (
     RateLimitError,
     UnimodelError,
@@ -292,6 +293,14 @@ async def test_server_errors_are_502_without_upstream_internals(caplog: pytest.L
     assert "CUDA" in caplog.text
 
 
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"\xff\xfe<html>", b"", b"{\"error\": [1]}"])
+async def test_an_error_status_with_any_body_is_our_502(body: bytes) -> None:
+    async with _engine(answer(503, body)) as engine:
+        err = await _error_of(engine)
+    assert isinstance(err, UpstreamStatusError) and err.status_code == 502
+    assert err.message == "the upstream failed (HTTP 503)"
+
+
 async def test_client_errors_keep_the_upstreams_words() -> None:
     async with _engine(answer(400, json_body={"error": {"message": "maximum context length is 10",
                                                          "param": "messages", "code": 400}})) as engine:
@@ -324,6 +333,34 @@ async def test_connection_failures_do_not_reveal_the_upstream(upstream: Any, cls
     assert "internal-upstream" not in json.dumps(err.to_dict())
     assert url in caplog.text  # the operator sees where
     assert classify(err) is verdict
+
+
+async def test_the_read_timeout_bounds_a_whole_body_but_only_the_silences_of_a_stream() -> None:
+    """A client that does not stream is answered from one upstream body: the read timeout is then the whole
+    generation. The same answer, streamed, keeps the connection busy and is served."""
+    read_timeout_s, frames, gap_s = 0.5, 16, 0.05  # either answer takes 0.8 s; a stream is never 0.5 s silent
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        if _is_models(request):
+            return web.json_response({"data": []})
+        if not json.loads(await request.read())["stream"]:
+            await asyncio.sleep(frames * gap_s)  # generating, then the whole body at once
+            return web.json_response({"choices": [{"message": {"content": "hi" * frames}, "finish_reason": "stop"}]})
+        resp = web.StreamResponse(headers=SSE_HEADERS)
+        await resp.prepare(request)
+        for _ in range(frames):
+            await asyncio.sleep(gap_s)
+            await resp.write(sse_body(HI))
+        await resp.write(sse_body(STOP, "[DONE]"))
+        return resp
+
+    async with _engine(slow, read_timeout_s=read_timeout_s, parse_mode="upstream") as engine:
+        err = await _error_of(engine, _request(stream=False))
+        streamed = await _collect(engine, _request())
+    assert isinstance(err, UpstreamTimeoutError)
+    assert err.message == "the upstream did not answer in time (ReadTimeout)"
+    assert [e for e in streamed if isinstance(e, ContentDelta)] == [ContentDelta("hi")] * frames
+    assert streamed[-1] == Finish("stop")
 
 
 async def test_a_full_pool_waits_at_most_the_connect_timeout_and_that_is_retryable() -> None:
@@ -484,6 +521,8 @@ async def test_embedded_errors_are_ours_unless_the_client_is_at_fault(frame: Any
     {"choices": [{"index": 0, "delta": {"content": "ok"}}], "usage": {"prompt_tokens": "many"}, "error": None},
     {"choices": [], "usage": {"prompt_tokens": float("inf"), "completion_tokens": -3,
                               "completion_tokens_details": {"reasoning_tokens": 10 ** 400}}},
+    {"choices": {"a": 1}}, {"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": ["a"]}]},
+    {"choices": [{"index": 0, "delta": {}, "finish_reason": {"a": 1}}]},
 ])
 async def test_odd_frames_do_not_crash_the_decoder(frame: dict[str, Any]) -> None:
     async with _engine(sse(frame, STOP, "[DONE]")) as engine:
