@@ -7,7 +7,7 @@ Precedence (highest first): CLI flags > ``UNIMODEL_*`` environment variables > t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, NamedTuple, Optional
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -23,6 +23,44 @@ UpstreamParse = Literal["auto", "upstream", "gateway"]
 
 class ConfigError(ValueError):
     """A settings problem a user can fix; the CLI prints it as one line and exits 2."""
+
+
+class ConfigFile(NamedTuple):
+    """A YAML config file as read: its text (``unimodel keys revoke`` edits it) and the mapping it holds."""
+
+    text: str
+    values: dict[str, Any]
+
+
+def read_config_file(path: Path) -> ConfigFile:
+    """Read and parse a YAML config file; every way it can be unusable is a :class:`ConfigError` that names it.
+
+    The one reader of the file for :meth:`Settings.load` (``serve``, ``logs``) and ``unimodel keys``: a file
+    that cannot be read, is not UTF-8, is not YAML (PyYAML's constructors raise plain ``ValueError`` and
+    friends for values such as ``2001-13-45`` or ``!!int x``), or is not a mapping of named settings.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from exc
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"config file {path} is nested too deeply") from exc
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        raise ConfigError(f"config file {path} holds a value YAML cannot read: {exc}") from exc
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    odd = next((k for k in values if not isinstance(k, str)), None)
+    if odd is not None:
+        raise ConfigError(f"config file {path}: setting names are text, not {repr(odd)[:60]}")
+    return ConfigFile(text, values)
 
 
 Effort = Literal["none", "minimal", "low", "medium", "high"]
@@ -295,14 +333,7 @@ class Settings(BaseSettings):
         """Build settings from a YAML file, the environment and CLI values (``None`` = flag not given)."""
         file_values: dict[str, Any] = {}
         if config_file is not None:
-            try:
-                raw = yaml.safe_load(Path(config_file).read_text()) or {}
-            except OSError as exc:
-                raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from exc
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from exc
-            if not isinstance(raw, dict):
-                raise ConfigError(f"config file {config_file} must hold a mapping of settings")
+            raw = read_config_file(config_file).values
             file_values = {k.replace("-", "_"): v for k, v in raw.items()}
         flags = {k: v for k, v in cli.items() if v is not None and v != []}
         try:

@@ -20,6 +20,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
+from unimodel.config import ConfigError, read_config_file
 from unimodel.gateway.keyhash import hash_key, key_prefix, new_key, parse_hash
 from unimodel.gateway.policy import KeyPolicy, RoutePolicy, check_key_names, resolve_routes
 
@@ -124,9 +125,9 @@ def revoke(
         typer.echo(f"the key '{name}' is already revoked in {config}")
         return
     edited = _with_revoked(text, index)
-    expected = yaml.safe_load(text)
+    expected = data  # parsed from ``text``; used for nothing else from here on
     expected["keys"][index]["revoked"] = True
-    if edited is None or _load(edited) != expected:
+    if edited is None or _reparsed(edited) != expected:
         typer.echo(f"{config} was left as it is (its layout is not one this command edits); add this line to "
                    f"the key '{name}':\n\n    revoked: true", err=True)
         raise typer.Exit(1)
@@ -147,22 +148,17 @@ def _why(exc: Exception, what: str) -> str:
 
 def _read(config: Path) -> tuple[str, dict[str, Any]]:
     try:
-        text = Path(config).read_text()
-    except OSError as exc:
-        _fail(f"cannot read config file {config}: {exc.strerror}")
-    data = _load(text)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        _fail(f"config file {config} must hold a mapping of settings")
-    return text, data
+        return read_config_file(config)
+    except ConfigError as exc:
+        _fail(str(exc))
 
 
-def _load(text: str) -> Any:
+def _reparsed(text: str) -> Any:
+    """What an edited text says, or ``None`` when the edit broke it (then it is not written)."""
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        _fail(f"the config file is not valid YAML: {exc}")
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError, RecursionError):
+        return None
 
 
 def _records(config: Path, data: dict[str, Any]) -> list[KeyPolicy]:
@@ -246,7 +242,7 @@ def _write_atomically(path: Path, text: str) -> None:
     mode = path.stat().st_mode & 0o777
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as out:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
         os.chmod(tmp, mode)
         os.replace(tmp, path)

@@ -28,6 +28,9 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest
     ("- a\n- b\n", "mapping"),
     ("port: 99999\n", "port"),
     ("no_such_setting: 1\n", "no_such_setting"),
+    ("1: 2\n", "setting names are text"),
+    ("since: 2001-13-45\n", "a value YAML cannot read"),
+    ("port: !!int x\n", "a value YAML cannot read"),
 ])
 def test_bad_config_file(tmp_path: Path, content: str, fragment: str) -> None:
     cfg = tmp_path / "bad.yaml"
@@ -39,6 +42,22 @@ def test_bad_config_file(tmp_path: Path, content: str, fragment: str) -> None:
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         Settings.load(tmp_path / "missing.yaml")
+
+
+def test_config_file_that_is_not_utf8(tmp_path: Path) -> None:
+    cfg = tmp_path / "latin1.yaml"
+    cfg.write_bytes("port: 8001\n# café\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match="latin1.yaml is not UTF-8 text"):
+        Settings.load(cfg)
+
+
+def test_serve_with_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "latin1.yaml"
+    cfg.write_bytes("# café\n".encode("latin-1"))
+    proc = _cli("serve", "--config", str(cfg))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("unimodel: error: ") and "not UTF-8" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -120,12 +120,20 @@ def test_revoke_leaves_a_file_it_cannot_edit_alone(tmp_path: Path, monkeypatch: 
     (["list", "--config", "{missing}"], "cannot read"),
     (["create", "taken", "--config", "{cfg}"], "already has"),
     (["create", "new", "--routes", "nope", "--config", "{cfg}"], "'nope' does not exist"),
+    (["list", "--config", "{latin1}"], "not UTF-8"),
+    (["revoke", "taken", "--config", "{latin1}"], "not UTF-8"),
+    (["create", "new", "--config", "{latin1}"], "not UTF-8"),
+    (["list", "--config", "{bad_yaml}"], "not valid YAML"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], fragment: str) -> None:
     _, lines = create("taken")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(lines)
-    args = [a.format(cfg=cfg, missing=tmp_path / "missing.yaml") for a in args]
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(("# café\n" + lines).encode("latin-1"))
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("keys: [1\n")
+    args = [a.format(cfg=cfg, missing=tmp_path / "missing.yaml", latin1=latin1, bad_yaml=bad_yaml) for a in args]
     code, out, err = invoke(*args)
     assert code == 2 and fragment in err and err.startswith("unimodel: error: ")
     assert len(err.strip().splitlines()) == 1

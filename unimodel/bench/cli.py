@@ -44,7 +44,8 @@ def parse_efforts(text: Optional[str]) -> tuple[Optional[str], ...]:
 
 
 def _check(concurrency: Optional[int], rate: Optional[float], sweep: bool, requests: Optional[int],
-           duration: Optional[float], warmup: int, max_concurrency: int) -> None:
+           duration: Optional[float], warmup: int, max_concurrency: int, *, timeout: float = 600.0,
+           input_tokens: int = 128, output_tokens: int = 128, max_tokens: Optional[int] = None) -> None:
     if concurrency is not None and rate is not None:
         _fail("give --concurrency (closed loop) or --rate (open loop), not both")
     if sweep and (rate is not None or concurrency is not None):
@@ -53,7 +54,9 @@ def _check(concurrency: Optional[int], rate: Optional[float], sweep: bool, reque
     if requests is not None and duration is not None:
         _fail("give --requests or --duration, not both")
     for name, value in (("--concurrency", concurrency), ("--rate", rate), ("--requests", requests),
-                        ("--duration", duration), ("--max-concurrency", max_concurrency)):
+                        ("--duration", duration), ("--max-concurrency", max_concurrency), ("--timeout", timeout),
+                        ("--input-tokens", input_tokens), ("--output-tokens", output_tokens),
+                        ("--max-tokens", max_tokens)):
         if value is not None and not value > 0:
             _fail(f"{name} must be positive, not {value}")
     if warmup < 0:
@@ -95,7 +98,8 @@ def register(app: typer.Typer) -> None:
         """Measure an OpenAI-compatible endpoint: TTFT, time to first answer token, ITL, throughput, goodput."""
         if not url.startswith(("http://", "https://")):
             _fail(f"--url must be an http(s) URL such as http://127.0.0.1:8000/v1, not {url[:200]!r}")
-        _check(concurrency, rate, sweep, requests, duration, warmup, max_concurrency)
+        _check(concurrency, rate, sweep, requests, duration, warmup, max_concurrency, timeout=timeout,
+               input_tokens=input_tokens, output_tokens=output_tokens, max_tokens=max_tokens)
         efforts = parse_efforts(reasoning_effort)
         try:
             limits = parse_slo(slo) if slo else {}

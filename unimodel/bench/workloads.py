@@ -21,7 +21,6 @@ Built-ins (:func:`build_workload`):
 from __future__ import annotations
 
 import base64
-import copy
 import io
 import json
 import random
@@ -65,9 +64,14 @@ class Workload:
     items: tuple[WorkItem, ...]
 
     def request(self, index: int, model: str, effort: Optional[str]) -> tuple[str, dict[str, Any]]:
-        """Request ``index`` (cycling through the items) as (its kind, the JSON body to send)."""
+        """Request ``index`` (cycling through the items) as (its kind, the JSON body to send).
+
+        The body's top level is the caller's to change; its nested values (messages, images, tools) are shared
+        by every request of the item and only to be read (the client serializes them): a shallow copy, where
+        a deep one cost ~40 µs a request for the tools workload.
+        """
         item = self.items[index % len(self.items)]
-        body = copy.deepcopy(dict(item.body))  # the caller's to change (strings, images included, are shared)
+        body = dict(item.body)
         body["model"] = model
         body["stream"] = True
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
@@ -98,6 +102,9 @@ def load_jsonl(path: Path) -> Workload:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise WorkloadError(f"cannot read workload file {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise WorkloadError(f"{path}:{line}: not UTF-8 text") from exc
     items = []
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -108,6 +115,8 @@ def load_jsonl(path: Path) -> Workload:
             raise WorkloadError(f"{path}:{number}: not JSON ({exc.msg})") from exc
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
             raise WorkloadError(f"{path}:{number}: a chat request needs a non-empty 'messages' list")
+        if not isinstance(body.get("stream_options", {}), (dict, type(None))):
+            raise WorkloadError(f"{path}:{number}: 'stream_options' must be an object")
         items.append(WorkItem("file", body))
     if not items:
         raise WorkloadError(f"{path}: no requests in the file")

@@ -48,7 +48,11 @@ def parse_since(value: Optional[str], now: Optional[datetime] = None) -> Optiona
     now = now or datetime.now(timezone.utc)
     match = _SPAN.match(value.strip().lower())
     if match:
-        return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        try:  # a huge span overflows timedelta itself, or the subtraction (before the year 1)
+            return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+        except (OverflowError, ValueError):
+            _fail(f"--since {value.strip()[:40]!r} reaches back too far: give a span such as 30m, 1h, 2d or an "
+                  "ISO 8601 time")
     try:
         when = datetime.fromisoformat(value.strip())
     except ValueError:
@@ -57,9 +61,12 @@ def parse_since(value: Optional[str], now: Optional[datetime] = None) -> Optiona
 
 
 def _open_store(db: Optional[str], config: Optional[Path], data_dir: Optional[Path]) -> LogStore:
-    from unimodel.config import Settings  # the CLI layer: settings give the server's own database
+    from unimodel.config import ConfigError, Settings  # the CLI layer: settings give the server's own database
 
-    settings = Settings.load(config, log_db=db, data_dir=data_dir)
+    try:
+        settings = Settings.load(config, log_db=db, data_dir=data_dir)
+    except ConfigError as exc:
+        _fail(str(exc))
     try:
         store = LogStore(database_url(settings.log_db, default_data_dir(settings.data_dir)))
     except LogStoreError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Iterator
 
 import pytest
@@ -46,6 +47,15 @@ async def test_closed_loop_sends_exactly_what_it_reports(upstream: ScriptedUpstr
     assert run.finished and run.in_flight == 0
     assert s.tokens.reasoning_total > 0 and s.tokens.source == "usage"
     assert s.ttfa.p50 >= s.ttft.p50  # the answer comes after the thinking
+
+
+async def test_a_run_leaves_the_workload_as_it_was(upstream: ScriptedUpstream) -> None:
+    workload = build_workload("mixed")  # nested messages, image parts and tools, shared by every request
+    before = copy.deepcopy(workload.items)
+    run = state(effort="high")
+    await run_closed(Target(upstream.base_url), workload, "think", LoadPlan(concurrency=2, requests=8), run)
+    assert summarize(run.records).completed == 8
+    assert workload.items == before
 
 
 async def test_errors_are_counted_by_type_and_never_stop_the_run(upstream: ScriptedUpstream) -> None:

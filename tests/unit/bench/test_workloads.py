@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from unimodel.bench.workloads import BUILTIN, WorkloadError, WorkloadOptions, build_workload
+from unimodel.bench.workloads import BUILTIN, DEFAULT_MAX_TOKENS, WorkloadError, WorkloadOptions, build_workload
 
 
 @pytest.mark.parametrize("name", BUILTIN)
@@ -28,8 +28,14 @@ def test_requests_cycle_and_do_not_share_state() -> None:
     workload = build_workload("reasoning")
     n = len(workload.items)
     assert workload.request(n + 1, "m", None) == workload.request(1, "m", None)
-    workload.request(0, "m", "high")[1]["messages"].append("x")  # a body is the caller's to change
-    assert len(workload.request(0, "m", None)[1]["messages"]) == 1
+    _, body = workload.request(0, "m", "high")  # a body's top level is the caller's to change
+    body["messages"] = []
+    body["max_tokens"] = 1
+    body["stream_options"]["continuous_usage_stats"] = True
+    _, again = workload.request(0, "m", None)
+    assert len(again["messages"]) == 1 and again["max_tokens"] == DEFAULT_MAX_TOKENS["reasoning"]
+    assert again["stream_options"] == {"include_usage": True} and "reasoning_effort" not in again
+    assert "model" not in workload.items[0].body and "stream" not in workload.items[0].body
 
 
 def test_chat_prompts_have_the_asked_lengths_and_differ() -> None:
@@ -87,11 +93,21 @@ def test_a_jsonl_of_requests(tmp_path: Path) -> None:
     ('{"messages": []}\n', "requests.jsonl:1: a chat request needs"),
     ('{"messages": [{"role": "user", "content": "a"}]}\nnot json\n', "requests.jsonl:2: not JSON"),
     ("\n# nothing\n", "no requests"),
+    ('{"messages": [{"role": "user", "content": "a"}], "stream_options": true}\n',
+     "requests.jsonl:1: 'stream_options' must be an object"),
 ])
 def test_bad_jsonl_says_where(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "requests.jsonl"
     path.write_text(content)
     with pytest.raises(WorkloadError, match=message):
+        build_workload(str(path))
+
+
+def test_a_jsonl_that_is_not_utf8_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    good = '{"messages": [{"role": "user", "content": "a"}]}\n'
+    path.write_bytes(good.encode() + '{"messages": [{"role": "user", "content": "café"}]}\n'.encode("latin-1"))
+    with pytest.raises(WorkloadError, match="requests.jsonl:2: not UTF-8 text"):
         build_workload(str(path))
 
 

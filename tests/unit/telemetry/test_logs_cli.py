@@ -123,6 +123,13 @@ def test_errors_are_one_line(tmp_path: Path) -> None:
     assert code == 2 and "--since" in err
     code, _, err = invoke("stats", "--db", url, "--gpu", "tpu")
     assert code == 2 and "unknown GPU" in err
+    for span in ("99999999999d", "99999999w", "9" * 400 + "s"):  # past timedelta, or before the year 1
+        code, _, err = invoke("--db", url, "--since", span)
+        assert code == 2 and err.startswith("unimodel: error: --since") and err.count("\n") == 1, err
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("# café\n".encode("latin-1"))
+    code, _, err = invoke("--config", str(latin1))
+    assert code == 2 and "not UTF-8" in err and err.count("\n") == 1, err
 
 
 def test_the_unimodel_command_has_logs(tmp_path: Path) -> None:
