@@ -117,7 +117,9 @@ class UpstreamSpec(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UNIMODEL_", extra="forbid", validate_default=True)
+    # no inf or nan in any number: every one is a size, a count or a time (inf crashed later, in the middle of a run)
+    model_config = SettingsConfigDict(env_prefix="UNIMODEL_", extra="forbid", validate_default=True,
+                                      allow_inf_nan=False)
 
     # what to serve
     engine: EngineKind = "local"
@@ -310,11 +312,7 @@ class Settings(BaseSettings):
     @field_validator("upstream")
     @classmethod
     def _upstream_url(cls, v: Optional[str]) -> Optional[str]:
-        if v is None:
-            return v
-        if not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL, e.g. http://gpu-box:8000/v1")
-        return v.rstrip("/")
+        return None if v is None else _http_url(v)
 
     @classmethod
     def settings_customise_sources(

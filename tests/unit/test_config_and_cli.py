@@ -31,6 +31,10 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest
     ("1: 2\n", "setting names are text"),
     ("since: 2001-13-45\n", "a value YAML cannot read"),
     ("port: !!int x\n", "a value YAML cannot read"),
+    ("shutdown_grace_s: .inf\n", "shutdown_grace_s.*finite"),
+    ("kv_memory_gb: .nan\n", "kv_memory_gb.*finite"),
+    ("alerts:\n  - {name: a, kind: error_rate, threshold: .nan}\n", "threshold.*finite"),
+    ("routes:\n  r: {default_temperature: .nan}\n", "default_temperature.*finite"),
 ])
 def test_bad_config_file(tmp_path: Path, content: str, fragment: str) -> None:
     cfg = tmp_path / "bad.yaml"

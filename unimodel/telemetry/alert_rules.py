@@ -39,7 +39,7 @@ def webhook_url(v: str) -> str:
 
 
 class AlertRule(BaseModel):
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "allow_inf_nan": False}
 
     name: str
     kind: AlertKind
