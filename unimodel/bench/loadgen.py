@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -91,6 +91,20 @@ async def _close_all(clients: list[httpx.AsyncClient]) -> None:
     await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
 
+Phase = Callable[["_Requests", Optional[RunState]], Awaitable[None]]
+
+
+async def _warm_up_then_measure(phase: Phase, workload: Workload, model: str, plan: LoadPlan,
+                                state: RunState) -> None:
+    """``plan.warmup`` requests not recorded, then the measured ones (bounded by count and ``duration_s``)."""
+    if plan.warmup:
+        await phase(_Requests(workload, model, state.effort, 0, plan.warmup, None), None)
+    state.started = time.perf_counter()
+    deadline = state.started + plan.duration_s if plan.duration_s else None
+    await phase(_Requests(workload, model, state.effort, plan.warmup, plan.request_limit(), deadline), state)
+    state.finished = True
+
+
 async def run_closed(target: Target, workload: Workload, model: str, plan: LoadPlan, state: RunState) -> None:
     """``plan.concurrency`` workers, each with its own connection, each sending back to back."""
     clients = [make_client(target) for _ in range(plan.concurrency)]
@@ -99,23 +113,17 @@ async def run_closed(target: Target, workload: Workload, model: str, plan: LoadP
         async def worker(client: httpx.AsyncClient) -> None:
             while (item := requests.take()) is not None:
                 index, kind, body = item
-                if sink is None:  # warm-up
-                    await send(client, target.chat_url, body, index=index, kind=kind, effort=state.effort)
-                    continue
-                sink.in_flight += 1  # left as is when cancelled: what was in flight at Ctrl-C is reported
+                if sink is not None:  # left as is when cancelled: what was in flight at Ctrl-C is reported
+                    sink.in_flight += 1
                 record = await send(client, target.chat_url, body, index=index, kind=kind, effort=state.effort)
-                sink.in_flight -= 1
-                sink.add(record)
+                if sink is not None:  # none during the warm-up
+                    sink.in_flight -= 1
+                    sink.add(record)
 
         await asyncio.gather(*(worker(c) for c in clients))
 
     try:
-        if plan.warmup:
-            await phase(_Requests(workload, model, state.effort, 0, plan.warmup, None), None)
-        state.started = time.perf_counter()
-        deadline = state.started + plan.duration_s if plan.duration_s else None
-        await phase(_Requests(workload, model, state.effort, plan.warmup, plan.request_limit(), deadline), state)
-        state.finished = True
+        await _warm_up_then_measure(phase, workload, model, plan, state)
     finally:
         await _close_all(clients)
 
@@ -178,12 +186,7 @@ async def run_open(target: Target, workload: Workload, model: str, plan: LoadPla
             await asyncio.gather(*list(tasks))
 
     try:
-        if plan.warmup:
-            await arrivals(_Requests(workload, model, state.effort, 0, plan.warmup, None), None)
-        state.started = time.perf_counter()
-        deadline = state.started + plan.duration_s if plan.duration_s else None
-        await arrivals(_Requests(workload, model, state.effort, plan.warmup, plan.request_limit(), deadline), state)
-        state.finished = True
+        await _warm_up_then_measure(arrivals, workload, model, plan, state)
     finally:
         for task in list(tasks):
             task.cancel()
