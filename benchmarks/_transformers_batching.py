@@ -2,7 +2,7 @@
 
 Runs in a separate interpreter (a venv pinned to a transformers version whose manager works on the model:
 5.24's raises on Mistral4's MLA cache on CPU), so it imports nothing from unimodel. It builds one long-lived
-``model.init_continuous_batching`` manager with its cache sized by hand (DESIGN.md: left to size itself it took
+``model.init_continuous_batching`` manager with its cache sized by hand (left to size itself it took
 90% of free RAM), greedy, no EOS (every request generates exactly ``--tokens``), then measures rounds of
 1 / 4 / 16 concurrent requests, interleaved, after one warm-up round. Prints one JSON object per line:
 ``{"transformers": version, "torch": version}``, then ``{"streams": n, "tok_s": [per round...]}``.

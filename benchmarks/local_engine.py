@@ -5,9 +5,9 @@ stream generates exactly ``--tokens`` (checked against the usage chunk):
 
 * ours: ``unimodel serve`` as a subprocess, driven over SSE by httpx clients, one connection per stream;
   aggregate tokens/s = completion tokens over the round's wall time (prefill, HTTP and SSE included);
-* theirs: ``model.init_continuous_batching(...)`` in process, its cache sized as in DESIGN.md
-  (``_transformers_batching.py``), run by the interpreter of a venv pinned to a transformers version whose
-  manager works on Mistral4 on CPU (5.24's raises on the MLA cache); the script creates that venv when it is
+* theirs: ``model.init_continuous_batching(...)`` in process, its cache sized by hand
+  (``_transformers_batching.py`` says why), run by the interpreter of a venv pinned to a transformers version
+  whose manager works on Mistral4 on CPU (5.24's raises on the MLA cache); the script creates that venv when it is
   missing (``pip install torch==2.13.0 transformers==5.23.0 safetensors``) and prints which version ran.
 
 Levels are measured in interleaved rounds after a warm-up round, and the best round per level is reported

@@ -90,11 +90,6 @@ def parse_hash(encoded: str) -> KeyHash:
     return KeyHash(n, r, p, salt, digest)
 
 
-def verify_key(key: str, encoded: str) -> bool:
-    """Whether ``key`` matches the encoded hash (a KDF run: milliseconds)."""
-    return parse_hash(encoded).matches(key)
-
-
 def _check_cost(n: int, r: int, p: int) -> None:
     # bounded, so that a config file cannot make one check take seconds or gigabytes
     if n < 2 or n & (n - 1) or n > 2**20 or not 1 <= r <= 32 or not 1 <= p <= 16 or 128 * n * r > 2**30:

@@ -1,22 +1,26 @@
 """Fetch a client's image URL without letting the client reach anything but the public internet (SSRF).
 
-Hand-written because no library does the whole job: httpx resolves and connects on its own (a check before
-the request can be undone by a second DNS answer: rebinding), follows redirects unchecked, honours proxy
-environment variables, and its timeouts are per read, so a server dripping one byte a second never times out.
-Here, for every hop (the URL, then each redirect, at most ``max_redirects``):
+Hand-written around aiohttp (the server's one HTTP client library) because no client does the whole job by
+itself: it resolves and connects on its own (a check before the request can be undone by a second DNS answer:
+rebinding), follows redirects unchecked, can honour proxy environment variables, and its timeouts are per
+read, so a server dripping one byte a second never times out. Here, for every hop (the URL, then each
+redirect, at most ``max_redirects``):
 
-* only http/https, no credentials in the URL; a host that is an IP literal in any spelling browsers and
-  ``inet_aton`` accept (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``) is normalised and checked as
-  that address, never handed to a resolver;
+* only http/https, no credentials in the URL, a host of letters, digits and ``.-_`` (or an IPv6 literal);
+  the URL is parsed once (yarl, as aiohttp does) and that same object is checked and requested, so the host
+  checked is the host connected to; a host that is an IP literal in any spelling browsers and ``inet_aton``
+  accept (``2130706433``, ``0177.0.0.1``, ``0x7f.1``, ``127.1``) is normalised and checked as that address,
+  never handed to a resolver;
 * a host name is resolved once through the resolver seam, and every address it gets must pass
   :func:`is_public_address` (loopback, private, link-local, CGNAT, multicast, reserved, documentation,
   cloud metadata, and the IPv6 forms that embed such an IPv4: mapped, NAT64, 6to4; Teredo refused outright);
-* the connection goes to the first checked address itself: httpcore gets a network backend that maps the
-  host name to that address and cannot resolve anything, while the Host header, TLS SNI and certificate
-  check keep the host name;
-* no proxy (httpcore is used directly, so nothing reads ``HTTP_PROXY``), ``Accept-Encoding: identity`` and
-  any compressed body refused (no gzip bomb), the size capped while streaming, the bytes sniffed as
-  PNG/JPEG/WebP/GIF after the first 12;
+* the connection goes to the first checked address itself: the hop's own connector gets a resolver
+  (:class:`_PinnedResolver`) that answers the checked host name with that address and refuses every other
+  name (an IP literal, already checked, is connected to as written), while the Host header, TLS SNI and
+  certificate check keep the host name;
+* no proxy (``trust_env`` off and none given, so nothing reads ``HTTP_PROXY``), no cookies, redirects not
+  followed by aiohttp; ``Accept-Encoding: identity``, decompression off and any compressed body refused (no
+  gzip bomb), the size capped while streaming, the bytes sniffed as PNG/JPEG/WebP/GIF after the first 12;
 * one deadline (``asyncio.wait_for``) over the whole fetch, resolution, redirects and body included.
 
 Every refusal is an :class:`~unimodel.errors.InvalidRequestError` naming the part (``where``).
@@ -25,23 +29,32 @@ Every refusal is an :class:`~unimodel.errors.InvalidRequestError` naming the par
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
-from typing import Any, Union
+from typing import TYPE_CHECKING, Union
 
-import httpcore
-import httpx
+import aiohttp
+from aiohttp.abc import AbstractResolver
+from yarl import URL
 
 from unimodel.errors import InvalidRequestError
 from unimodel.images.decode import DEFAULT_LIMITS, ImageLimits, sniff_image_mime
+from unimodel.tls import client_context
+
+if TYPE_CHECKING:
+    from aiohttp.abc import ResolveResult
 
 IPAddress = Union[IPv4Address, IPv6Address]
 #: host name → its addresses as strings (the default asks the system resolver)
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_HOST = re.compile(r"[A-Za-z0-9._:-]+")  # after IDNA encoding; ':' only in an IPv6 literal (checked as one)
+_HEADERS = {"User-Agent": "unimodel-image-fetcher", "Accept": "image/png, image/jpeg, image/webp, image/gif",
+            "Accept-Encoding": "identity"}
 _BLOCKED_V4 = tuple(ip_network(n) for n in (
     "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
     "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24", "192.88.99.0/24", "192.168.0.0/16",
@@ -114,45 +127,39 @@ async def system_resolver(host: str) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
-class _PinnedBackend(httpcore.AsyncNetworkBackend):
-    """Connects the one checked host to its checked address, and refuses every other destination."""
+class _PinnedResolver(AbstractResolver):
+    """The resolver of one hop's connector: the checked host name is its checked address, and every other name
+    is refused. aiohttp asks it for names only (an IP literal is connected to as written)."""
 
-    def __init__(self, host: str, address: str, backend: httpcore.AsyncNetworkBackend) -> None:
-        self._host, self._address, self._backend = host, address, backend
+    def __init__(self, host: str, address: str) -> None:
+        self._host, self._address = host, address
 
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         if host != self._host:
-            raise httpcore.ConnectError(f"{host} is not the checked host")
-        return await self._backend.connect_tcp(self._address, port, timeout=timeout,
-                                               local_address=local_address, socket_options=socket_options)
+            raise OSError(f"{host} is not the checked host")
+        ip = ip_address(self._address)
+        return [{"hostname": host, "host": self._address, "port": port, "proto": 0, "flags": socket.AI_NUMERICHOST,
+                 "family": socket.AF_INET6 if ip.version == 6 else socket.AF_INET}]
 
-    async def connect_unix_socket(self, path: str, timeout: float | None = None,
-                                  socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
-        raise httpcore.ConnectError("unix sockets are never used to fetch images")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._backend.sleep(seconds)
+    async def close(self) -> None:
+        return None
 
 
 class SafeImageFetcher:
     """GETs image URLs under the rules of the module docstring; returns ``(mime, bytes)``.
 
-    ``resolver`` and ``network_backend`` are seams for tests (a scripted DNS, a recording connector).
-    ``allow_address`` admits addresses that are not public: only for tests against a loopback server,
-    never in a deployment.
+    ``resolver`` is a seam for tests (a scripted DNS). ``allow_address`` admits addresses that are not
+    public: only for tests against a loopback server, never in a deployment.
     """
 
     def __init__(self, *, limits: ImageLimits = DEFAULT_LIMITS, timeout_s: float = 10.0, max_redirects: int = 3,
-                 resolver: Resolver | None = None, network_backend: httpcore.AsyncNetworkBackend | None = None,
-                 allow_address: Callable[[IPAddress], bool] | None = None,
+                 resolver: Resolver | None = None, allow_address: Callable[[IPAddress], bool] | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         if timeout_s <= 0 or max_redirects < 0:
             raise ValueError("timeout_s must be > 0 and max_redirects >= 0")
         self.limits, self.timeout_s, self.max_redirects = limits, timeout_s, max_redirects
         self._resolve = resolver or system_resolver
-        self._backend = network_backend or httpcore.AnyIOBackend()
         self._allow_address = allow_address
         self._ssl_context = ssl_context
 
@@ -169,24 +176,25 @@ class SafeImageFetcher:
         for _ in range(self.max_redirects + 1):
             address = await self._checked_address(target, where)
             result = await self._get(target, address, where)
-            if isinstance(result, httpx.URL):
+            if isinstance(result, URL):
                 target = self._parse(result, where)
                 continue
             return result
         raise InvalidRequestError(f"{where}: the image URL redirects more than {self.max_redirects} times",
                                   param=where)
 
-    def _parse(self, url: str | httpx.URL, where: str) -> httpx.URL:
+    def _parse(self, url: str | URL, where: str) -> URL:
         try:
-            target = url if isinstance(url, httpx.URL) else httpx.URL(url)
-        except (httpx.InvalidURL, ValueError, TypeError) as exc:
+            target = url if isinstance(url, URL) else URL(url)
+            scheme, host, port = target.scheme, target.raw_host, target.port
+            credentials = target.raw_user is not None or target.raw_password is not None
+        except (ValueError, TypeError) as exc:
             raise InvalidRequestError(f"{where}: the image URL is not a valid URL ({exc})", param=where) from exc
-        if target.scheme not in ("http", "https"):
+        if scheme not in ("http", "https"):
             raise InvalidRequestError(f"{where}: image URLs must be http(s) (or send a data: URI)", param=where)
-        if target.userinfo:
+        if credentials:
             raise InvalidRequestError(f"{where}: image URLs may not carry credentials", param=where)
-        host = target.host
-        if not host or "%" in host:
+        if not host or not target.is_absolute() or port is None or not _HOST.fullmatch(host) or ".." in host:
             raise InvalidRequestError(f"{where}: the image URL has no valid host", param=where)
         try:
             literal = parse_ip_host(host)
@@ -194,15 +202,15 @@ class SafeImageFetcher:
             raise InvalidRequestError(f"{where}: the image URL host {host!r} is not a valid address",
                                       param=where) from exc
         if literal is not None and str(literal) != host:
-            target = target.copy_with(host=str(literal))  # one spelling from here on: the canonical one
+            target = target.with_host(str(literal))  # one spelling from here on: the canonical one
         return target
 
     def _allowed(self, ip: IPAddress) -> bool:
         return is_public_address(ip) or (self._allow_address is not None and self._allow_address(ip))
 
-    async def _checked_address(self, target: httpx.URL, where: str) -> str:
+    async def _checked_address(self, target: URL, where: str) -> str:
         """The address to connect to; every address the host has must be allowed."""
-        host = target.host
+        host = target.raw_host or ""
         literal = parse_ip_host(host)
         if literal is not None:
             answers: Sequence[str] = [str(literal)]
@@ -227,42 +235,38 @@ class SafeImageFetcher:
 
     def _ssl(self) -> ssl.SSLContext:
         if self._ssl_context is None:  # certifi's CAs, read on the first https fetch (not at construction)
-            self._ssl_context = httpx.create_ssl_context(trust_env=False)
+            self._ssl_context = client_context(trust_env=False)
         return self._ssl_context
 
-    async def _get(self, target: httpx.URL, address: str, where: str) -> tuple[str, bytes] | httpx.URL:
-        """One request: the image, or the next URL of a redirect."""
-        backend = _PinnedBackend(target.raw_host.decode("ascii"), address, self._backend)
-        ssl_context = self._ssl() if target.scheme == "https" else None
-        headers = [(b"Host", target.netloc), (b"User-Agent", b"unimodel-image-fetcher"),
-                   (b"Accept", b"image/png, image/jpeg, image/webp, image/gif"), (b"Accept-Encoding", b"identity")]
-        request_url = httpcore.URL(scheme=target.raw_scheme, host=target.raw_host, port=target.port,
-                                   target=target.raw_path)
-        timeouts = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), self.timeout_s)}
+    async def _get(self, target: URL, address: str, where: str) -> tuple[str, bytes] | URL:
+        """One request on a connector of its own, pinned to ``address``: the image, or the next URL of a
+        redirect."""
+        tls: ssl.SSLContext | bool = self._ssl() if target.scheme == "https" else True  # True: unused for http
+        connector = aiohttp.TCPConnector(resolver=_PinnedResolver(target.raw_host or "", address),
+                                         use_dns_cache=False, ssl=tls, limit=1, force_close=True)
         try:
-            async with httpcore.AsyncConnectionPool(ssl_context=ssl_context, network_backend=backend,
-                                                    retries=0, max_connections=1) as pool:
-                async with pool.stream("GET", request_url, headers=headers, extensions=timeouts) as response:
+            async with aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar(),
+                                             timeout=aiohttp.ClientTimeout(total=self.timeout_s)) as session:
+                async with session.get(target, headers=_HEADERS, allow_redirects=False) as response:
                     return await self._read(target, response, where)
-        except httpcore.TimeoutException as exc:
+        except asyncio.TimeoutError as exc:  # aiohttp's own timeouts (the deadline of fetch() is the same)
             raise InvalidRequestError(f"{where}: fetching the image took longer than {self.timeout_s:g} s",
                                       param=where) from exc
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, httpcore.ProxyError,
-                httpcore.ConnectionNotAvailable, OSError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             raise InvalidRequestError(f"{where}: fetching the image failed ({type(exc).__name__})",
                                       param=where) from exc
 
-    async def _read(self, target: httpx.URL, response: httpcore.Response,
-                    where: str) -> tuple[str, bytes] | httpx.URL:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers}
+    async def _read(self, target: URL, response: aiohttp.ClientResponse, where: str) -> tuple[str, bytes] | URL:
+        headers = response.headers
         status = response.status
         if status in _REDIRECTS:
             if "location" not in headers:
                 raise InvalidRequestError(f"{where}: the image URL redirects (HTTP {status}) without a Location",
                                           param=where)
             try:
-                return target.join(headers["location"])
-            except (httpx.InvalidURL, ValueError) as exc:
+                return target.join(URL(headers["location"]))
+            except (ValueError, TypeError) as exc:
                 raise InvalidRequestError(f"{where}: the image URL redirects to an invalid URL",
                                           param=where) from exc
         if status != 200:
@@ -276,7 +280,7 @@ class SafeImageFetcher:
         if declared.isdigit() and int(declared) > cap:
             raise InvalidRequestError(f"{where}: the image is larger than {cap} bytes", param=where)
         body = bytearray()
-        async for chunk in response.aiter_stream():
+        async for chunk in response.content.iter_any():
             sniffed = len(body) >= 12
             body += chunk
             if len(body) > cap:

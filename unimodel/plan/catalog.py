@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-MIB = 1 << 20
 GIB = 1 << 30
 
 

@@ -1,4 +1,4 @@
-"""OpenAI chat-completions wire models (pydantic), with the extensions listed in DESIGN.md.
+"""OpenAI chat-completions wire models (pydantic), with unimodel's extensions (the README's "HTTP API").
 
 Requests accept every standard field and vLLM's documented sampling extensions (``top_k``, ``min_p``,
 ``repetition_penalty``, ``min_tokens``, ``ignore_eos``, ``stop_token_ids`` …), each typed and bounded. Unknown
@@ -6,7 +6,8 @@ top-level fields are kept as pydantic extras only so that validation can drop th
 (``unknown_fields: reject``) or forward an operator's allowlist (``upstream_extra_fields``): nothing unknown
 reaches an engine by accident. Unknown fields inside messages, parts and tools are ignored. Every size and
 count a client controls is bounded here (see the ``MAX_*`` constants). Responses are built from neutral events
-elsewhere.
+elsewhere (:mod:`unimodel.service.assemble`); stream chunks are plain dicts built there, for speed, so there is
+no chunk model here.
 """
 
 from __future__ import annotations
@@ -15,8 +16,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-ReasoningEffort = Literal["none", "minimal", "low", "medium", "high"]
-REASONING_EFFORTS: tuple[str, ...] = ("none", "minimal", "low", "medium", "high")
+from unimodel.protocol.effort import Effort
 
 
 MAX_MESSAGES = 4096
@@ -174,8 +174,8 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: Optional[ToolChoice] = None
     parallel_tool_calls: Optional[bool] = None
     response_format: Optional[ResponseFormat] = None
-    # extensions (DESIGN.md): accepted top-level so `extra_body` works
-    reasoning_effort: Optional[ReasoningEffort] = None
+    # unimodel's extensions (README: "Reasoning effort", "Keys and routes"), top-level so `extra_body` works
+    reasoning_effort: Optional[Effort] = None
     thinking_budget: Optional[int] = Field(default=None, ge=1)
     include_reasoning: Optional[bool] = None
     route: Optional[str] = Field(default=None, max_length=MAX_NAME_CHARS)
@@ -273,42 +273,6 @@ class ChatCompletion(BaseModel):
     choices: list[Choice]
     usage: Optional[UsageInfo] = None
     system_fingerprint: Optional[str] = None
-
-
-class DeltaFunctionCall(BaseModel):
-    name: Optional[str] = None
-    arguments: Optional[str] = None
-
-
-class DeltaToolCall(BaseModel):
-    index: int
-    id: Optional[str] = None
-    type: Optional[Literal["function"]] = None
-    function: DeltaFunctionCall
-
-
-class Delta(BaseModel):
-    role: Optional[Literal["assistant"]] = None
-    content: Optional[str] = None
-    reasoning: Optional[str] = None
-    reasoning_content: Optional[str] = None
-    tool_calls: Optional[list[DeltaToolCall]] = None
-
-
-class ChunkChoice(BaseModel):
-    index: int = 0
-    delta: Delta
-    finish_reason: Optional[str] = None
-    logprobs: Optional[Any] = None
-
-
-class ChatCompletionChunk(BaseModel):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Optional[UsageInfo] = None
 
 
 class ModelCard(BaseModel):

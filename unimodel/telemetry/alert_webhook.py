@@ -2,9 +2,11 @@
 
 :meth:`WebhookSender.submit` only puts the event in a bounded queue (``max_queue``) and returns: when the
 queue is full the event is dropped and counted, with a warning at most once a minute. One worker task sends
-the events in order (a firing before its resolution) through one ``httpx.AsyncClient``: each try is bounded by
-``timeout_s`` in total (connect, send and the whole answer), a network error, a timeout, 408, 429 or a 5xx is
-tried again ``retries`` times after exponential backoff, any other answer ends it. Redirects are not followed.
+the events in order (a firing before its resolution) through one ``aiohttp.ClientSession`` (the server's one
+HTTP client library): each try is bounded by ``timeout_s`` in total (connect, send and the whole answer), a
+network error, a timeout, 408, 429 or a 5xx is tried again ``retries`` times after exponential backoff, any
+other answer ends it. Redirects are not followed; no proxy or credentials are taken from the environment, no
+cookies kept; HTTPS is verified against certifi's CAs (:func:`unimodel.tls.client_context`).
 The URLs come from the operator's config (``alerts[].webhook``, ``alert_webhook_url``), never from a request;
 they are not logged, since webhook URLs often carry a token.
 """
@@ -16,7 +18,9 @@ import logging
 import time
 from typing import Any, Optional
 
-import httpx
+import aiohttp
+
+from unimodel.tls import client_context
 
 log = logging.getLogger("unimodel.alerts")
 
@@ -26,7 +30,7 @@ _WARN_EVERY_S = 60.0
 
 class WebhookSender:
     def __init__(self, *, timeout_s: float = 3.0, retries: int = 3, backoff_s: float = 0.5,
-                 max_queue: int = 100, client: Optional[httpx.AsyncClient] = None) -> None:
+                 max_queue: int = 100, client: Optional[aiohttp.ClientSession] = None) -> None:
         self.timeout_s = timeout_s
         self.retries = retries
         self.backoff_s = backoff_s
@@ -60,7 +64,10 @@ class WebhookSender:
 
     async def start(self) -> None:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False, trust_env=False)
+            self._client = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=client_context(trust_env=False)),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s), trust_env=False,
+                cookie_jar=aiohttp.DummyCookieJar())
         self._worker = asyncio.create_task(self._work(), name="alert-webhooks")
 
     async def aclose(self) -> None:
@@ -71,7 +78,7 @@ class WebhookSender:
         if self.pending:
             log.warning("alert_webhook=unsent events=%d reason=shutdown", self.pending)
         if self._client is not None and self._own_client:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
 
     async def _work(self) -> None:
@@ -90,16 +97,23 @@ class WebhookSender:
                 await asyncio.sleep(self.backoff_s * 2 ** (attempt - 1))
             self.attempts += 1
             try:
-                response = await asyncio.wait_for(self._client.post(url, json=payload), self.timeout_s)
-            except (httpx.HTTPError, asyncio.TimeoutError) as exc:
+                status = await asyncio.wait_for(self._post(url, payload), self.timeout_s)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 reason = type(exc).__name__
                 continue
-            if response.status_code < 300:
+            if status < 300:
                 self.delivered += 1
                 return
-            reason = f"status_{response.status_code}"
-            if response.status_code < 500 and response.status_code not in _RETRYABLE:
+            reason = f"status_{status}"
+            if status < 500 and status not in _RETRYABLE:
                 break
         self.failed += 1
         log.warning("alert_webhook=failed alert=%s state=%s tries=%d reason=%s", payload.get("alert"),
                     payload.get("state"), attempt + 1, reason)
+
+    async def _post(self, url: str, payload: dict[str, Any]) -> int:
+        """One POST; its status (the answer's body is read, so the connection can be reused)."""
+        assert self._client is not None
+        async with self._client.post(url, json=payload, allow_redirects=False) as response:
+            await response.read()
+            return response.status

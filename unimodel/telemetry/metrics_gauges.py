@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from unimodel.gateway.resilience.upstreams import PRIMARY  # the resilience stage's name for our own engine
+
 if TYPE_CHECKING:
     from unimodel.engines.base import Engine
     from unimodel.service.pipeline import Stage
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("unimodel.metrics")
 
 BREAKER_STATES = ("closed", "open", "half_open", "disabled")
-PRIMARY = "primary"  # the resilience stage's name for the server's own engine
 
 
 class ServingCollector:

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -29,11 +31,12 @@ def _request() -> GenerationRequest:
     return gen_request("r1", "small4", {"model": "small4", "messages": [{"role": "user", "content": "ping"}]})
 
 
-def _engine(tmp_path: Path, **env: str) -> VllmEngine:
+def _engine(tmp_path: Path, health_check: Optional[Callable[[], Awaitable[bool]]] = None, **env: str) -> VllmEngine:
     port = free_port()
     return VllmEngine([FAKE_VLLM, "serve", "mistral-small-4", "--port", str(port), "--served-model-name", "small4"],
                       port=port, served_model_name="small4", backoff_initial_s=0.2, stop_grace_s=5,
-                      env={"FAKE_VLLM_START_DELAY": "0.2", "FAKE_VLLM_LAUNCHES": str(tmp_path / "launches"), **env})
+                      env={"FAKE_VLLM_START_DELAY": "0.2", "FAKE_VLLM_LAUNCHES": str(tmp_path / "launches"), **env},
+                      health_check=health_check)
 
 
 def _alive(pid: int) -> bool:
@@ -88,21 +91,19 @@ async def test_a_200k_log_line_never_blocks_vllm(tmp_path: Path, caplog: pytest.
 
 # ---- the watchdog ------------------------------------------------------------------------------------------
 
-async def test_a_failing_supervisor_is_logged_and_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+async def test_a_failing_supervisor_is_logged_and_restarted(tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    engine = _engine(tmp_path, FAKE_VLLM_CRASH_FILE=str(tmp_path / "crash"))
-    real_wait = engine._wait_healthy
     failures = 0
 
-    async def healthy_then_failing_once(proc: asyncio.subprocess.Process) -> bool:
+    async def healthy_then_failing_once() -> bool:
         nonlocal failures
-        ok = await real_wait(proc)
-        if failures == 0:  # a bug in supervision, with vLLM up and healthy
+        ok = await engine.probe_health()
+        if ok and failures == 0:  # a bug in supervision, with vLLM up and healthy
             failures += 1
             raise RuntimeError("injected supervisor failure")
         return ok
 
-    monkeypatch.setattr(engine, "_wait_healthy", healthy_then_failing_once)
+    engine = _engine(tmp_path, healthy_then_failing_once, FAKE_VLLM_CRASH_FILE=str(tmp_path / "crash"))
     await engine.start()
     try:
         deadline = time.monotonic() + 30

@@ -1,8 +1,10 @@
 """The SSRF guard: every non-public address class refused (as a literal in any spelling and via DNS), redirects
 re-checked, the connection pinned to the checked address (rebinding), and size and deadline caps.
 
-Network-free except for a threaded stdlib HTTP server on 127.0.0.1, reached only through fetchers built with
-an explicit test-only ``allow_address`` for 127.0.0.1 (the default never allows loopback).
+Network-free except for threaded stdlib servers on 127.0.0.1 (an HTTP server, and a listener that records the
+TLS server name a client asks for), reached only through fetchers built with an explicit test-only
+``allow_address`` for 127.0.0.1 (the default never allows loopback). A refusal before any connection is told by
+its message: a fetch that got as far as connecting fails with "fetching the image failed" instead.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -18,7 +21,6 @@ from ipaddress import IPv4Address, ip_address
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpcore
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -57,51 +59,20 @@ LITERAL_URLS = [
     "http://2852039166/", "http://0xa9.0xfe.0xa9.0xfe/", "http://[::1]/", "http://[::ffff:127.0.0.1]/",
     "http://[::ffff:7f00:1]/", "http://[0:0:0:0:0:ffff:127.0.0.1]/", "http://[fd00:ec2::254]/",
     "http://[64:ff9b::a9fe:a9fe]/", "http://[::]/", "http://[2002:a9fe:a9fe::1]/", "HTTP://0X7F.0.0.1:80/",
+    "http://0177.0.0.1/", "http://0300.0250.0.1/",
 ]
-#: refused for being malformed before any address is judged (httpx itself refuses 4-part octal spellings)
+#: refused for being malformed before any address is judged
 MALFORMED_URLS = {
-    "http://0177.0.0.1/": "Invalid IPv4", "http://0300.0250.0.1/": "Invalid IPv4",
     "https://[fe80::1%25eth0]/": "no valid host", "http://localhost.0x7f.0.0.1/": "not a valid address",
+    "http://images example/": "no valid host", "http://127%2E0%2E0%2E1/": "no valid host",
+    "http://images.example../": "no valid host", "http://[::1/": "not a valid URL",
+    "http://images.example:99999/": "not a valid URL",
 }
 
 
 class NeverResolve:
     async def __call__(self, host: str) -> list[str]:
         raise AssertionError(f"{host} must not be resolved")
-
-
-class Recording(httpcore.AsyncNetworkBackend):
-    """Records where connections go; connects through ``inner`` when given, else fails after recording."""
-
-    def __init__(self, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
-        self.inner, self.connects, self.sni = inner, [], []  # type: ignore[var-annotated]
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        self.connects.append((host, port))
-        if self.inner is None:
-            return _TlsRecordingStream(self.sni)
-        return await self.inner.connect_tcp(host, port, timeout=timeout, local_address=local_address,
-                                            socket_options=socket_options)
-
-
-class _TlsRecordingStream(httpcore.AsyncNetworkStream):
-    def __init__(self, sni: list[str | None]) -> None:
-        self._sni = sni
-
-    async def start_tls(self, ssl_context: Any, server_hostname: str | None = None,
-                        timeout: float | None = None) -> httpcore.AsyncNetworkStream:
-        self._sni.append(server_hostname)
-        raise httpcore.ConnectError("recorded the TLS handshake, not made it")
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        raise httpcore.ReadError("not connected")
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        raise httpcore.WriteError("not connected")
-
-    async def aclose(self) -> None:
-        return None
 
 
 def resolver_for(table: dict[str, Sequence[str]]) -> Any:
@@ -181,33 +152,24 @@ def test_every_ipv4_spelling_reads_as_inet_aton_reads_it(host: str) -> None:
 
 @pytest.mark.parametrize("url", LITERAL_URLS)
 async def test_literal_non_public_hosts_are_refused_without_resolving(url: str) -> None:
-    backend = Recording()
-    fetcher = SafeImageFetcher(resolver=NeverResolve(), network_backend=backend)
-    await refused(fetcher, url, "non-public")
-    assert backend.connects == []
+    await refused(SafeImageFetcher(resolver=NeverResolve()), url, "non-public")
 
 
 @pytest.mark.parametrize("url,match", MALFORMED_URLS.items())
-async def test_malformed_numeric_hosts_are_refused(url: str, match: str) -> None:
-    backend = Recording()
-    await refused(SafeImageFetcher(resolver=NeverResolve(), network_backend=backend), url, match)
-    assert backend.connects == []
+async def test_malformed_hosts_are_refused(url: str, match: str) -> None:
+    await refused(SafeImageFetcher(resolver=NeverResolve()), url, match)
 
 
 @pytest.mark.parametrize("address", BLOCKED)
 async def test_host_names_resolving_to_non_public_addresses_are_refused(address: str) -> None:
-    backend = Recording()
-    fetcher = SafeImageFetcher(resolver=resolver_for({"evil.example": [address]}), network_backend=backend)
+    fetcher = SafeImageFetcher(resolver=resolver_for({"evil.example": [address]}))
     err = await refused(fetcher, "http://evil.example/cat.png", "non-public")
-    assert "evil.example" in err.message and backend.connects == []
+    assert "evil.example" in err.message
 
 
 async def test_one_non_public_answer_among_public_ones_is_enough_to_refuse() -> None:
-    backend = Recording()
-    fetcher = SafeImageFetcher(resolver=resolver_for({"mixed.example": ["93.184.216.34", "10.0.0.1"]}),
-                               network_backend=backend)
+    fetcher = SafeImageFetcher(resolver=resolver_for({"mixed.example": ["93.184.216.34", "10.0.0.1"]}))
     await refused(fetcher, "http://mixed.example/cat.png", "non-public")
-    assert backend.connects == []
 
 
 @pytest.mark.parametrize("url,match", [
@@ -218,24 +180,8 @@ async def test_one_non_public_answer_among_public_ones_is_enough_to_refuse() -> 
     ("http://garbage.example/", "invalid address"),
 ])
 async def test_bad_urls_are_refused(url: str, match: str) -> None:
-    fetcher = SafeImageFetcher(resolver=resolver_for({"empty.example": [], "garbage.example": ["not-an-ip"]}),
-                               network_backend=Recording())
+    fetcher = SafeImageFetcher(resolver=resolver_for({"empty.example": [], "garbage.example": ["not-an-ip"]}))
     await refused(fetcher, url, match)
-
-
-async def test_public_literals_in_odd_spellings_connect_to_the_canonical_address() -> None:
-    backend = Recording()
-    fetcher = SafeImageFetcher(resolver=NeverResolve(), network_backend=backend)
-    await refused(fetcher, "http://1572395042:8080/cat.png", "fetching the image failed")
-    assert backend.connects == [("93.184.216.34", 8080)]
-
-
-async def test_tls_keeps_the_host_name_while_connecting_to_the_checked_address() -> None:
-    backend = Recording()
-    fetcher = SafeImageFetcher(resolver=resolver_for({"images.example": ["93.184.216.34"]}), network_backend=backend)
-    await refused(fetcher, "https://images.example/cat.png", "fetching the image failed")
-    assert backend.connects == [("93.184.216.34", 443)]
-    assert backend.sni == ["images.example"]
 
 
 def test_https_verifies_certificates_and_host_names() -> None:
@@ -342,7 +288,7 @@ def server() -> Iterator[_Server]:
 
 def loopback_fetcher(**kwargs: Any) -> SafeImageFetcher:
     """A fetcher that may reach 127.0.0.1: the explicit test-only allowance."""
-    kwargs.setdefault("resolver", resolver_for({"images.example": ["127.0.0.1"],
+    kwargs.setdefault("resolver", resolver_for({"images.example": ["127.0.0.1"], "other.example": ["127.0.0.1"],
                                                 "metadata.example": ["169.254.169.254"]}))
     return SafeImageFetcher(allow_address=lambda ip: ip == LOOPBACK, **kwargs)
 
@@ -354,11 +300,57 @@ def test_the_default_fetcher_refuses_the_loopback_server(server: _Server) -> Non
 
 async def test_fetches_an_image_through_the_pinned_address(server: _Server) -> None:
     port = server.server_address[1]
-    backend = Recording(httpcore.AnyIOBackend())
-    mime, data = await loopback_fetcher(network_backend=backend).fetch(f"http://images.example:{port}/ok.png", WHERE)
+    # images.example exists only in the scripted resolver: reaching the server means the checked address was used
+    mime, data = await loopback_fetcher().fetch(f"http://images.example:{port}/ok.png", WHERE)
     assert (mime, data) == ("image/png", png_bytes())
-    assert backend.connects == [("127.0.0.1", port)]
-    assert server.hosts[-1] == f"images.example:{port}"
+    assert server.hosts[-1] == f"images.example:{port}"  # the Host header keeps the name
+
+
+@pytest.mark.parametrize("spelling", ["2130706433", "0x7f.1", "0177.0.0.1", "127.1", "127.0.0.1."])
+async def test_odd_literal_spellings_are_requested_as_the_canonical_address(server: _Server, spelling: str) -> None:
+    port = server.server_address[1]
+    mime, _ = await loopback_fetcher(resolver=NeverResolve()).fetch(f"http://{spelling}:{port}/ok.png", WHERE)
+    assert mime == "image/png" and server.hosts[-1] == f"127.0.0.1:{port}"
+
+
+class _TlsListener:
+    """Accepts TLS handshakes on 127.0.0.1 and records the server name each client asks for (no certificate:
+    every handshake then fails, after the name was read)."""
+
+    def __init__(self) -> None:
+        self.names: list[str | None] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.sni_callback = self._record
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _record(self, _sock: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+        self.names.append(name)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    self.context.wrap_socket(conn, server_side=True)
+                except (OSError, ssl.SSLError):
+                    pass
+
+
+async def test_tls_keeps_the_host_name_while_connecting_to_the_checked_address() -> None:
+    listener = _TlsListener()
+    try:
+        await refused(loopback_fetcher(), f"https://images.example:{listener.port}/cat.png",
+                      "fetching the image failed")
+        assert listener.names == ["images.example"]  # SNI (and so the certificate check) names the host
+    finally:
+        listener.sock.close()
+        listener.thread.join(timeout=5)
 
 
 async def test_a_rebinding_resolver_cannot_move_the_connection(server: _Server) -> None:
@@ -369,12 +361,9 @@ async def test_a_rebinding_resolver_cannot_move_the_connection(server: _Server) 
         answers.append("127.0.0.1" if not answers else "10.0.0.1")  # checked first, private afterwards
         return [answers[-1]]
 
-    backend = Recording(httpcore.AnyIOBackend())
-    fetcher = loopback_fetcher(resolver=rebinding, network_backend=backend)
-    mime, _ = await fetcher.fetch(f"http://images.example:{port}/ok.png", WHERE)
-    assert mime == "image/png"
+    mime, _ = await loopback_fetcher(resolver=rebinding).fetch(f"http://images.example:{port}/ok.png", WHERE)
+    assert mime == "image/png"  # 10.0.0.1 would not have answered
     assert answers == ["127.0.0.1"]  # resolved once: nothing asked DNS again before connecting
-    assert backend.connects == [("127.0.0.1", port)]
 
 
 async def test_redirects_are_followed_and_each_hop_is_checked(server: _Server) -> None:
@@ -383,6 +372,10 @@ async def test_redirects_are_followed_and_each_hop_is_checked(server: _Server) -
     fetcher = loopback_fetcher()
     assert (await fetcher.fetch(f"{base}/redirect?to=/ok.png&status=301", WHERE))[0] == "image/png"
     assert (await fetcher.fetch(f"{base}/redirect?to={base}/ok.png&status=307", WHERE))[0] == "image/png"
+    # another host name: checked and pinned afresh for its hop
+    other = f"http://other.example:{port}/ok.png"
+    assert (await fetcher.fetch(f"{base}/redirect?to={other}", WHERE))[0] == "image/png"
+    assert server.hosts[-1] == f"other.example:{port}"
     for target in ("http://10.0.0.1/x.png", "http://169.254.169.254/latest/meta-data/", "http://167772161/",
                    f"http://metadata.example:{port}/ok.png", "http://[::1]/x.png"):
         await refused(fetcher, f"{base}/redirect?to={target}", "non-public")
@@ -415,6 +408,5 @@ async def test_proxy_environment_variables_are_ignored(server: _Server, monkeypa
         monkeypatch.setenv(name, "http://10.0.0.1:3128")
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
-    backend = Recording(httpcore.AnyIOBackend())
-    await loopback_fetcher(network_backend=backend).fetch(f"http://images.example:{port}/ok.png", WHERE)
-    assert backend.connects == [("127.0.0.1", port)]
+    mime, _ = await loopback_fetcher().fetch(f"http://images.example:{port}/ok.png", WHERE)
+    assert mime == "image/png" and server.hosts[-1] == f"images.example:{port}"  # direct, not via 10.0.0.1

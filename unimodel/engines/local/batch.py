@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from unimodel.engines.local.scheduler import SequenceRequest
+    from unimodel.engines.local.sequence import SequenceRequest
 
 
 class RunningBatch:

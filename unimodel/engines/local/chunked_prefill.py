@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from unimodel.engines.local.scheduler import SequenceRequest
+    from unimodel.engines.local.sequence import SequenceRequest
 
 
 @dataclass(eq=False)

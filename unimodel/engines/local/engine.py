@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +43,8 @@ from unimodel.engines.local.mailbox import Item, Mailbox
 from unimodel.engines.local.loader import LoadedModel, load_model
 from unimodel.engines.local.output import OutputAssembler
 from unimodel.engines.local.sampling import SamplingParams
-from unimodel.engines.local.scheduler import (
-    BatchScheduler,
-    LogitsHook,
-    SequenceRequest,
-    StopReason,
-    cache_kwarg,
-)
+from unimodel.engines.local.scheduler import BatchScheduler, cache_kwarg
+from unimodel.engines.local.sequence import LogitsHook, SequenceRequest, StopReason
 from unimodel.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -91,6 +86,7 @@ class LocalEngine(Engine):
         image_limits: ImageLimits = DEFAULT_LIMITS,
         model_family: str | None = None,
         cache_dir: Path | None = None,
+        extra_hooks: Sequence[LogitsHook] = (),
     ) -> None:
         if max_num_seqs < 1 or max_queue < 0:
             raise ValueError("max_num_seqs must be >= 1 and max_queue >= 0")
@@ -106,9 +102,13 @@ class LocalEngine(Engine):
         self.image_limits = image_limits
         self.model_family = model_family
         self.cache_dir = cache_dir
+        #: logit hooks run on every request before the engine's own (tests use them to steer a random model);
+        #: a hook must keep no state across requests
+        self.extra_hooks: list[LogitsHook] = list(extra_hooks)
         self._loaded: LoadedModel | None = None
         self._scheduler: BatchScheduler | None = None
         self._markers = FormatMarkers()
+        self._eos: frozenset[int] = frozenset()
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = weakref.WeakKeyDictionary()
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -190,6 +190,11 @@ class LocalEngine(Engine):
         """Marker text → token id, as the output parser gets them."""
         return dict(self._markers.by_text)
 
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """The ids that end generation (the tokenizer's and the generation config's), known once started."""
+        return self._eos
+
     # ---- generation ------------------------------------------------------------------------------------
 
     async def render(self, request: GenerationRequest) -> RenderedPrompt:
@@ -220,7 +225,7 @@ class LocalEngine(Engine):
                 "Shorten the messages or lower max_tokens.", param="messages")
         params = self._sampling_params(request, n)
         opened = self._format.prompt_opens_thinking(prompt.token_ids, self._markers, loaded.renderer.control_ids)
-        hooks = self._hooks(request, opened=opened) + await self._grammar_hooks(request, opened=opened)
+        hooks = await self.hooks_for(request, opened=opened)
         mailbox = self._mailbox(asyncio.get_running_loop())
         inbox: asyncio.Queue[Item] = asyncio.Queue()
 
@@ -307,6 +312,13 @@ class LocalEngine(Engine):
         return SamplingParams(max_new_tokens=max_new, temperature=float(temperature), top_p=float(top_p),
                               top_k=max(0, top_k), seed=opts.seed, stop_token_ids=frozenset(stop_ids))
 
+    async def hooks_for(self, request: GenerationRequest, *, opened: bool = False) -> list[LogitsHook]:
+        """The logit hooks ``request`` runs with, in order: :attr:`extra_hooks`, the thinking budget and
+        penalties, then the grammar (JSON mode, forced or forbidden tool calls). ``opened``: the prompt already
+        opened the thinking. Raises the 400s of a feature the model cannot enforce."""
+        return [*self.extra_hooks, *self._hooks(request, opened=opened),
+                *await self._grammar_hooks(request, opened=opened)]
+
     async def _grammar_hooks(self, request: GenerationRequest, *, opened: bool = False) -> list[LogitsHook]:
         """Constrained decoding: JSON mode, and tool calls when ``tool_choice`` demands or forbids them.
 
@@ -321,7 +333,7 @@ class LocalEngine(Engine):
         if json_mode and forced:
             raise UnsupportedFeatureError("response_format JSON modes cannot be combined with a tool_choice that "
                                           "forces a tool call", param="response_format")
-        mode: ThinkingMode = "opened" if opened else "optional" if request.model_effort == "high" else "off"
+        mode: ThinkingMode = "opened" if opened else "optional" if request.thinks else "off"
         if json_mode:
             assert response_format is not None
             grammar = build_grammar(json_answer(_response_schema(response_format)), fmt.thinking_grammar(markers),

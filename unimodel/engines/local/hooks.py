@@ -1,4 +1,4 @@
-"""Per-request logit hooks run by the scheduler before sampling (see ``scheduler.LogitsHook``).
+"""Per-request logit hooks run by the scheduler before sampling (see ``sequence.LogitsHook``).
 
 Hand-written: these are the reason the engine owns its scheduler. Each hook sees the tokens generated so far
 and the row's logits, and may edit the logits in place.
@@ -33,6 +33,11 @@ class ThinkingBudget:
         self._inside = starts_inside
         self._count = 0
         self.forced = False  # read by the engine once the sequence is done
+
+    @property
+    def inside(self) -> bool:
+        """Whether the tokens seen so far (or the prompt, before any) leave the thinking open."""
+        return self._inside
 
     def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> None:
         for token in generated[self._seen:]:

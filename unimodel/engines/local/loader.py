@@ -1,6 +1,6 @@
 """Find, load and place the model: ``tiny-random`` / a local path / a hub id → model class, device, dtype.
 
-Rules (DESIGN.md, "The embedded engine"):
+Rules:
 
 * ``tiny-random`` and ``tiny-random-vision`` are built once into the cache (:mod:`unimodel.models`).
 * A name that is an existing directory is loaded from there; anything else is a hub id, downloaded with

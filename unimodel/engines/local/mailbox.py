@@ -6,7 +6,7 @@ import asyncio
 import threading
 from typing import Optional
 
-from unimodel.engines.local.scheduler import StopReason
+from unimodel.engines.local.sequence import StopReason
 
 #: what the scheduler thread posts for a sequence: (new tokens, finish reason or None, error or None)
 Item = tuple[list[int], Optional[StopReason], Optional[BaseException]]

@@ -26,6 +26,9 @@ otherwise and runs its own thread and queues. What we need is small enough to ow
   (``index_select`` on the batch axis, then leading all-padding columns are trimmed), which frees their cache;
 * sampling is per row (:mod:`unimodel.engines.local.sampling`), after per-request logit hooks.
 
+A request is a :class:`~unimodel.engines.local.sequence.SequenceRequest` (:mod:`.sequence`, which the batch,
+the chunked prefill and the engine's mailbox import instead of this module).
+
 Limits, accepted for now: the cache is a growing, left-padded ``DynamicCache`` (concatenation per step), not
 a paged pool, so the budget counts ``rows × longest reservation`` rather than blocks actually used; images
 are prefilled in one piece.
@@ -42,21 +45,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from unimodel.engines.local.batch import RunningBatch
 from unimodel.engines.local.chunked_prefill import ChunkedPrefill
 from unimodel.engines.local.kv_budget import KvBudget
-from unimodel.engines.local.sampling import SamplingParams, sample_rows
+from unimodel.engines.local.sampling import sample_rows
+from unimodel.engines.local.sequence import SequenceRequest, StopReason
 from unimodel.errors import InvalidRequestError, OverloadedError, ServiceUnavailableError
 
 log = logging.getLogger("unimodel.local")
-
-StopReason = Literal["stop", "length"]
 
 
 def cache_kwarg(model: Any) -> str:
@@ -65,35 +66,6 @@ def cache_kwarg(model: Any) -> str:
     import inspect
 
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-class LogitsHook(Protocol):
-    """Per-request logic run on a row's logits (float32, 1-D, vocab) before sampling; may edit them in place."""
-
-    def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> None: ...
-
-
-Sink = Callable[[list[int], "StopReason | None", "BaseException | None"], None]
-"""Receives (new tokens, finish reason or None, error or None) from the worker thread."""
-
-
-@dataclass(eq=False)
-class SequenceRequest:
-    """One generation as the scheduler sees it: prompt ids, sampling, where results go, and its progress."""
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    sink: Sink
-    prefill_inputs: dict[str, Any] = field(default_factory=dict)  # e.g. pixel_values, image_sizes
-    hooks: list[LogitsHook] = field(default_factory=list)
-    #: called once at the end of each step in which ``sink`` received something (e.g. to wake an event loop
-    #: once for all of its sequences instead of once per sequence)
-    flush: Callable[[], None] | None = None
-    generated: list[int] = field(default_factory=list)
-    admitted: bool = False  # taken off the queue into a slot (set by the worker thread)
-    cancelled: bool = False
-    done: bool = False
-    generator: torch.Generator | None = None
 
 
 class BatchScheduler:

@@ -69,7 +69,7 @@ async def test_invalid_schema_is_a_400(engine: LocalEngine) -> None:
 
 def _json_hook(engine: LocalEngine, mode: ThinkingMode) -> Any:
     fmt, markers = engine.loaded.format, engine.markers
-    grammar = build_grammar(json_answer({"type": "object"}), fmt.thinking_grammar(markers), mode, engine._eos)
+    grammar = build_grammar(json_answer({"type": "object"}), fmt.thinking_grammar(markers), mode, engine.eos_ids)
     return engine._grammar.hook(grammar, "response_format")
 
 
@@ -85,7 +85,7 @@ def test_grammar_allows_thinking_first_only_when_asked(engine: LocalEngine) -> N
     logits = torch.zeros(vocab)
     with_think([think, *thought], logits)
     assert torch.isfinite(logits[end])  # inside thinking anything goes, [/THINK] included
-    assert not torch.isfinite(logits[sorted(engine._eos)[0]])  # but not EOS
+    assert not torch.isfinite(logits[sorted(engine.eos_ids)[0]])  # but not EOS
     logits = torch.zeros(vocab)
     with_think([think, *thought, end], logits)
     assert not torch.isfinite(logits[think]) and torch.isfinite(logits[inner.encode("{", bos=False, eos=False)[0]])

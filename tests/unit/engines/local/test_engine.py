@@ -32,7 +32,7 @@ def request(content: str = "Hello", *, max_tokens: int | None = 16, **wire: Any)
     wire.setdefault("temperature", 0.0)
     req = ChatCompletionRequest(model="tiny-random", messages=[{"role": "user", "content": content}],
                                 max_tokens=max_tokens, **wire)
-    return gen_request(request_id="r", served_model="tiny-random", wire=req, max_tokens=max_tokens)
+    return gen_request(completion_id="r", served_model="tiny-random", wire=req, max_tokens=max_tokens)
 
 
 async def collect(engine: LocalEngine, req: GenerationRequest) -> list[Event]:
@@ -216,14 +216,14 @@ async def test_stop_token_ids_end_the_output(engine: LocalEngine) -> None:
     assert isinstance(usage, Usage) and usage.completion_tokens < 24
 
 
-def test_thinking_budget_and_penalties_become_hooks(engine: LocalEngine) -> None:
+async def test_thinking_budget_and_penalties_become_hooks(engine: LocalEngine) -> None:
     from unimodel.engines.local.hooks import RepetitionPenalties, ThinkingBudget
 
     req = request("think", presence_penalty=0.5)
     budget = dataclasses.replace(req, max_tokens=16, model_effort="high", thinking_budget=8)
-    kinds = {type(h) for h in engine._hooks(budget)}
+    kinds = {type(h) for h in await engine.hooks_for(budget)}
     assert kinds == {ThinkingBudget, RepetitionPenalties}
-    assert engine._hooks(request("plain")) == []
+    assert await engine.hooks_for(request("plain")) == []
 
 
 async def test_flushes_follow_the_steps_and_keep_the_rules(engine: LocalEngine) -> None:

@@ -16,7 +16,8 @@ from unimodel.engines.local import LocalEngine
 from unimodel.engines.local.engine import _cache_factory
 from unimodel.engines.local.kv_budget import GB, KvBudget
 from unimodel.engines.local.sampling import SamplingParams
-from unimodel.engines.local.scheduler import BatchScheduler, SequenceRequest, StopReason
+from unimodel.engines.local.scheduler import BatchScheduler
+from unimodel.engines.local.sequence import SequenceRequest, StopReason
 from unimodel.errors import InvalidRequestError
 from unimodel.protocol.events import Usage
 from unimodel.protocol.openai import ChatCompletionRequest
@@ -163,15 +164,15 @@ async def test_the_engine_refuses_a_request_bigger_than_its_kv_memory_budget(tin
         wire = ChatCompletionRequest(model="tiny-random", messages=[{"role": "user", "content": "Hello"}],
                                      max_tokens=200, temperature=0.0)
         with pytest.raises(InvalidRequestError, match="--kv-memory-gb"):
-            [e async for e in small.generate(gen_request(request_id="r", served_model="tiny-random", wire=wire,
+            [e async for e in small.generate(gen_request(completion_id="r", served_model="tiny-random", wire=wire,
                                                          max_tokens=200))]
-        ok = [e async for e in small.generate(gen_request(request_id="r", served_model="tiny-random",
+        ok = [e async for e in small.generate(gen_request(completion_id="r", served_model="tiny-random",
                                                           wire=wire.model_copy(update={"max_tokens": 8}),
                                                           max_tokens=8))]
         assert any(isinstance(e, Usage) and e.completion_tokens == 8 for e in ok)
         # no max_tokens: the default is clamped to what the budget leaves beside the prompt, never a 400
         unasked = wire.model_copy(update={"max_tokens": None, "ignore_eos": True})
-        events = [e async for e in small.generate(gen_request(request_id="r", served_model="tiny-random",
+        events = [e async for e in small.generate(gen_request(completion_id="r", served_model="tiny-random",
                                                               wire=unasked))]
         usage = next(e for e in events if isinstance(e, Usage))
         assert usage.prompt_tokens + usage.completion_tokens == 100

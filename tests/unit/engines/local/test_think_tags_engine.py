@@ -83,7 +83,7 @@ class KeepThinking:
 
     def __init__(self, engine: LocalEngine, *, open_first: bool) -> None:
         self.open, self.close = engine.markers.thinking or (0, 0)
-        self.banned = [self.close, *sorted(engine._eos)]
+        self.banned = [self.close, *sorted(engine.eos_ids)]
         self.open_first = open_first
 
     def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> None:
@@ -94,8 +94,7 @@ class KeepThinking:
 
 
 def keep_thinking(monkeypatch: pytest.MonkeyPatch, engine: LocalEngine, *, open_first: bool) -> None:
-    hook, own = KeepThinking(engine, open_first=open_first), engine._hooks
-    monkeypatch.setattr(engine, "_hooks", lambda req, **kw: [hook, *own(req, **kw)])
+    monkeypatch.setattr(engine, "extra_hooks", [KeepThinking(engine, open_first=open_first)])
 
 
 def test_the_family_comes_from_the_checkpoint(tagged: LocalEngine, engine: LocalEngine) -> None:
@@ -165,7 +164,7 @@ async def test_required_tool_choice_gives_valid_hermes_calls(tagged: LocalEngine
 
 
 async def test_tool_choice_none_bans_the_call_tag(tagged: LocalEngine) -> None:
-    hooks = await tagged._grammar_hooks(request(tools=TOOLS, tool_choice="none"))
+    hooks = await tagged.hooks_for(request(tools=TOOLS, tool_choice="none"))
     assert len(hooks) == 1 and isinstance(hooks[0], BanTokens)
     assert hooks[0].token_ids == [tagged.markers.tool_call]
 
@@ -174,7 +173,7 @@ async def test_json_grammar_lets_a_think_tags_model_think_first(tagged: LocalEng
     rf = {"type": "json_object"}
     think, _ = tagged.markers.thinking or (0, 0)
     for effort, may_think in (("high", True), ("none", False)):
-        (hook,) = await tagged._grammar_hooks(request(effort=effort, response_format=rf))
+        (hook,) = await tagged.hooks_for(request(effort=effort, response_format=rf))
         logits = torch.zeros(tagged.loaded.config.vocab_size)
         hook([], logits)
         assert bool(torch.isfinite(logits[think])) is may_think
@@ -183,12 +182,11 @@ async def test_json_grammar_lets_a_think_tags_model_think_first(tagged: LocalEng
 
 
 async def test_opened_thinking_is_part_of_the_json_grammar(opening: LocalEngine) -> None:
-    (hook,) = await opening._grammar_hooks(request(effort="none", response_format={"type": "json_object"}),
-                                           opened=True)
+    (hook,) = await opening.hooks_for(request(effort="none", response_format={"type": "json_object"}), opened=True)
     _, close = opening.markers.thinking or (0, 0)
     logits = torch.zeros(opening.loaded.config.vocab_size)
     hook([], logits)
-    assert torch.isfinite(logits[close]) and not torch.isfinite(logits[sorted(opening._eos)[0]])
+    assert torch.isfinite(logits[close]) and not torch.isfinite(logits[sorted(opening.eos_ids)[0]])
 
 
 async def test_prefill_continues_the_final_message(tagged: LocalEngine) -> None:
@@ -210,5 +208,6 @@ async def test_prefill_inside_thinking_continues_the_thinking(tagged: LocalEngin
     reasoning, content = texts(events)
     assert isinstance(events[0], ReasoningDelta) and reasoning and content
     assert ThinkingBudgetReached(4) in events
-    budget_hooks = [h for h in tagged._hooks(request(budget=4), opened=True) if isinstance(h, ThinkingBudget)]
-    assert budget_hooks and budget_hooks[0]._inside
+    hooks = await tagged.hooks_for(request(budget=4), opened=True)
+    budget_hooks = [h for h in hooks if isinstance(h, ThinkingBudget)]
+    assert budget_hooks and budget_hooks[0].inside

@@ -1,8 +1,8 @@
 """The thinking budget on the local engine, enforced on token ids and counted exactly.
 
-The random model never opens ``[THINK]`` by itself, so a test hook (run before the engine's own hooks) makes
-it: ``[THINK]`` first, then never ``[/THINK]`` nor EOS of its own accord. Only the engine's budget hook can
-then close the thinking, and it must do so after exactly ``budget`` thinking tokens.
+The random model never opens ``[THINK]`` by itself, so a test hook (one of the engine's ``extra_hooks``, which
+run before its own) makes it: ``[THINK]`` first, then never ``[/THINK]`` nor EOS of its own accord. Only the
+engine's budget hook can then close the thinking, and it must do so after exactly ``budget`` thinking tokens.
 """
 
 from __future__ import annotations
@@ -42,16 +42,15 @@ class ThinkForever:
 @pytest.fixture()
 def thinking_engine(engine: LocalEngine, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalEngine]:
     special = engine.special_ids
-    forcing = ThinkForever(special["[THINK]"], special["[/THINK]"], sorted(engine._eos))
-    own = engine._hooks
-    monkeypatch.setattr(engine, "_hooks", lambda req, **kw: [forcing, *own(req, **kw)])
+    forcing = ThinkForever(special["[THINK]"], special["[/THINK]"], sorted(engine.eos_ids))
+    monkeypatch.setattr(engine, "extra_hooks", [forcing])
     yield engine
 
 
 def _request(budget: int | None, max_tokens: int, effort: str = "high") -> GenerationRequest:
     wire = ChatCompletionRequest(model="tiny-random", messages=[{"role": "user", "content": "Think hard."}],  # type: ignore[list-item]
                                  max_tokens=max_tokens, temperature=0.0)
-    return gen_request(request_id="r", served_model="tiny-random", wire=wire, max_tokens=max_tokens,
+    return gen_request(completion_id="r", served_model="tiny-random", wire=wire, max_tokens=max_tokens,
                              effort=effort, model_effort="high", thinking_budget=budget)
 
 
