@@ -13,16 +13,15 @@ import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from unimodel.errors import ConfigError
+from unimodel.formats.reasoning import ReasoningPolicy
 from unimodel.gateway.policy import KeyPolicy, RoutePolicy, check_key_names, resolve_routes
 from unimodel.images.decode import ImageLimits
+from unimodel.protocol.effort import Effort
 from unimodel.telemetry.alert_rules import AlertRule, check_rules, webhook_url
 
 EngineKind = Literal["local", "upstream", "vllm"]
 UpstreamParse = Literal["auto", "upstream", "gateway"]
-
-
-class ConfigError(ValueError):
-    """A settings problem a user can fix; the CLI prints it as one line and exits 2."""
 
 
 class ConfigFile(NamedTuple):
@@ -63,38 +62,6 @@ def read_config_file(path: Path) -> ConfigFile:
     return ConfigFile(text, values)
 
 
-Effort = Literal["none", "minimal", "low", "medium", "high"]
-
-
-def _default_model_effort() -> dict[Effort, Literal["none", "high"]]:
-    return {"none": "none", "minimal": "none", "low": "high", "medium": "high", "high": "high"}
-
-
-def _default_budgets() -> dict[Effort, Optional[int]]:
-    return {"low": 1024, "medium": 4096, "high": None}
-
-
-class ReasoningPolicy(BaseModel):
-    """How a served model turns the five client effort levels into what the model knows.
-
-    Mistral Small 4 knows ``none`` and ``high``; ``low``/``medium`` are ``high`` with a thinking budget.
-    A budget of ``None`` means unbounded (up to ``max_tokens``).
-    """
-
-    default_effort: Effort = "none"
-    include_reasoning: bool = True
-    model_effort: dict[Effort, Literal["none", "high"]] = Field(default_factory=_default_model_effort)
-    budgets: dict[Effort, Optional[int]] = Field(default_factory=_default_budgets)
-
-    @field_validator("budgets")
-    @classmethod
-    def _positive(cls, v: dict[str, Optional[int]]) -> dict[str, Optional[int]]:
-        for level, budget in v.items():
-            if budget is not None and budget < 1:
-                raise ValueError(f"the thinking budget for '{level}' must be a positive number of tokens")
-        return v
-
-
 def _http_url(v: str) -> str:
     if not v.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL, e.g. http://gpu-box:8000/v1")
@@ -116,33 +83,68 @@ class UpstreamSpec(BaseModel):
         return _http_url(v)
 
 
+Panel = Literal["engine", "local", "vllm", "upstream", "gateway", "limits", "telemetry", "server"]
+
+
+def _cli(panel: Panel, flag: Optional[str] = None) -> dict[str, Any]:
+    """A setting's ``unimodel serve`` flag (settings_flags.py makes one of every field): the ``--help`` panel it
+    is listed in and, where it is not ``--field-name``, its name. Its help text is the field's description."""
+    return {"panel": panel} if flag is None else {"panel": panel, "flag": flag}
+
+
 class Settings(BaseSettings):
     # no inf or nan in any number: every one is a size, a count or a time (inf crashed later, in the middle of a run)
     model_config = SettingsConfigDict(env_prefix="UNIMODEL_", extra="forbid", validate_default=True,
                                       allow_inf_nan=False)
 
     # what to serve
-    engine: EngineKind = "local"
-    model: Optional[str] = None
-    served_model_name: Optional[str] = None
-    model_family: Literal["mistral", "think-tags"] = "mistral"
-    model_families: dict[str, Literal["mistral", "think-tags"]] = Field(default_factory=dict)
-    reasoning: ReasoningPolicy = Field(default_factory=ReasoningPolicy)
-    reasoning_per_model: dict[str, ReasoningPolicy] = Field(default_factory=dict)
+    engine: EngineKind = Field(default="local", json_schema_extra=_cli("engine"), description=(
+        "Run the model in this process (local), proxy an OpenAI-compatible server (upstream), or launch and "
+        "supervise vLLM (vllm)."))
+    model: Optional[str] = Field(default=None, json_schema_extra=_cli("engine"),
+                                 description="Hub id, local path, or the upstream's model name.")
+    served_model_name: Optional[str] = Field(default=None, json_schema_extra=_cli("engine"),
+                                             description="The model name clients send.")
+    model_family: Literal["mistral", "think-tags"] = Field(
+        default="mistral", json_schema_extra=_cli("engine"),
+        description="Output format family: how the model writes reasoning and tool calls.")
+    model_families: dict[str, Literal["mistral", "think-tags"]] = Field(
+        default_factory=dict, json_schema_extra=_cli("engine"),
+        description='The output format family per served model name, e.g. {"my-model": "think-tags"}.')
+    reasoning: ReasoningPolicy = Field(
+        default_factory=ReasoningPolicy, json_schema_extra=_cli("engine"),
+        description="How the five client effort levels reach every served model: default_effort, "
+                    "include_reasoning, model_effort (what the model is told) and budgets (thinking tokens per "
+                    'level), e.g. {"default_effort": "high"}.')
+    reasoning_per_model: dict[str, ReasoningPolicy] = Field(
+        default_factory=dict, json_schema_extra=_cli("engine"),
+        description='A reasoning policy per served model name, e.g. {"my-model-think": {"default_effort": '
+                    '"medium"}}.')
 
     # HTTP
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    api_keys: list[str] = Field(default_factory=list)
-    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
-    shutdown_grace_s: float = Field(default=30.0, ge=0)
-    workers: int = Field(default=1, ge=1, le=64)  # gateway processes sharing the port (server/workers.py)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    host: str = Field(default="127.0.0.1", json_schema_extra=_cli("server"), description="Bind address.")
+    port: int = Field(default=8000, ge=0, le=65535, json_schema_extra=_cli("server"), description="Port.")
+    api_keys: list[str] = Field(default_factory=list, json_schema_extra=_cli("gateway", "--api-key"),
+                                description="An accepted client key, named key-1, key-2 … in logs and limits.")
+    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, json_schema_extra=_cli("server"),
+                                   description="Largest accepted request body, in bytes.")
+    shutdown_grace_s: float = Field(default=30.0, ge=0, json_schema_extra=_cli("server"),
+                                    description="Seconds in-flight requests get on SIGTERM.")
+    workers: int = Field(default=1, ge=1, le=64, json_schema_extra=_cli("server"), description=(  # server/workers.py
+        "Gateway processes sharing the port (--engine upstream; with limits or idempotency, --redis)."))
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", json_schema_extra=_cli("server"),
+                                                                    description="The least severe log line shown.")
 
     # keys and routes (gateway/keys.py, gateway/routes.py): named routes merged over the shipped default, hard,
     # image and agent; named API keys with their own policy, stored as salted scrypt hashes (`unimodel keys`)
-    routes: dict[str, Optional[RoutePolicy]] = Field(default_factory=dict)
-    keys: list[KeyPolicy] = Field(default_factory=list)
+    routes: dict[str, Optional[RoutePolicy]] = Field(
+        default_factory=dict, json_schema_extra=_cli("gateway"),
+        description="Named routes merged over the shipped default, hard, image and agent (null removes one), "
+                    'e.g. {"hard": {"max_reasoning_effort": "high"}}.')
+    keys: list[KeyPolicy] = Field(
+        default_factory=list, json_schema_extra=_cli("gateway"),
+        description="Named API keys with their own policy, stored as salted scrypt hashes (unimodel keys create "
+                    "writes them into the config file).")
 
     @field_validator("routes")
     @classmethod
@@ -167,67 +169,123 @@ class Settings(BaseSettings):
         """The routes in effect: the shipped ones with ``routes`` merged over them."""
         return resolve_routes(self.routes)
 
-    default_max_tokens: Optional[int] = Field(default=None, ge=1)  # None: up to the context length
+    default_max_tokens: Optional[int] = Field(
+        default=None, ge=1, json_schema_extra=_cli("gateway"),
+        description="max_tokens for requests that give none (default: up to the context length).")
     # request validation: unknown top-level fields are dropped, or refused with a 400; an allowlist goes upstream
-    unknown_fields: Literal["drop", "reject"] = "drop"
-    upstream_extra_fields: list[str] = Field(default_factory=list)
-    max_json_depth: int = Field(default=64, ge=8, le=512)
+    unknown_fields: Literal["drop", "reject"] = Field(
+        default="drop", json_schema_extra=_cli("gateway"),
+        description="Request fields unimodel does not know: dropped, or refused with a 400 naming the field.")
+    upstream_extra_fields: list[str] = Field(
+        default_factory=list, json_schema_extra=_cli("gateway", "--upstream-extra-field"),
+        description="A request field forwarded to the upstream as-is.")
+    max_json_depth: int = Field(default=64, ge=8, le=512, json_schema_extra=_cli("gateway"),
+                                description="Deepest JSON nesting a request may have.")
     # images, for every engine: URLs are fetched by the gateway (public addresses only) and passed on inline
-    max_images_per_request: int = Field(default=8, ge=0, le=256)
-    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(default=40_000_000, ge=1024)
-    image_fetch_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    max_images_per_request: int = Field(default=8, ge=0, le=256, json_schema_extra=_cli("gateway"),
+                                        description="Images one request may carry.")
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, json_schema_extra=_cli("gateway"),
+                                 description="Largest image, in bytes.")
+    max_image_pixels: int = Field(default=40_000_000, ge=1024, json_schema_extra=_cli("gateway"),
+                                  description="Largest image, in pixels.")
+    image_fetch_timeout_s: float = Field(default=10.0, gt=0, le=120, json_schema_extra=_cli("gateway"),
+                                         description="Deadline of one image URL fetch, in seconds.")
+    allow_image_urls: bool = Field(default=False, json_schema_extra=_cli("gateway"),
+                                   description="Fetch http(s) image_url parts (data: URIs always work).")
 
     # shared state across replicas (rate limits, idempotency keys): redis://host:6379/0; None: in memory
-    redis: Optional[str] = None
-    redis_prefix: str = Field(default="unimodel:", min_length=1, max_length=64)
+    redis: Optional[str] = Field(default=None, json_schema_extra=_cli("gateway"), description=(
+        "redis://host:6379/0: rate limits and idempotency keys shared by every replica (default: in this "
+        "process's memory)."))
+    redis_prefix: str = Field(default="unimodel:", min_length=1, max_length=64, json_schema_extra=_cli("gateway"),
+                              description="The prefix of every Redis key unimodel writes.")
 
     # limits and quotas (gateway/limits): defaults for every key without its own values in `keys`; per end user
     # (the request's `user`, within its key); a smaller quota for high reasoning; None: no limit. Exact across
     # replicas with --redis (one Lua script per request), else in this process's memory
-    rpm: Optional[int] = Field(default=None, ge=1)
-    tpm: Optional[int] = Field(default=None, ge=1)
-    user_rpm: Optional[int] = Field(default=None, ge=1)
-    user_tpm: Optional[int] = Field(default=None, ge=1)
-    high_reasoning_rpm: Optional[int] = Field(default=None, ge=1)
-    high_reasoning_tpm: Optional[int] = Field(default=None, ge=1)
-    high_reasoning_effort: Effort = "high"  # requests at or above it also draw from the high-reasoning quota
-    max_concurrent: Optional[int] = Field(default=None, ge=1)  # requests in flight per key
-    rate_limit_window_s: float = Field(default=60.0, gt=0, le=86400)  # the "minute" of rpm/tpm
-    limits_token_reservation: int = Field(default=4096, ge=1)  # reserved when neither max_tokens nor a default
-    limits_on_redis_failure: Literal["open", "closed"] = "open"  # open: admit unchecked; closed: 503
-    limits_redis_timeout_s: float = Field(default=0.25, gt=0, le=10)  # bound of every Redis call
-    limits_lease_s: float = Field(default=900.0, ge=1)  # a dead replica's in-flight slots free themselves then
+    rpm: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("limits"),
+                               description="Requests per minute per key (a key's own value wins).")
+    tpm: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("limits"),
+                               description="Tokens (prompt + completion) per minute per key.")
+    user_rpm: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("limits"),
+                                    description="Requests per minute per end user (the request's user).")
+    user_tpm: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("limits"),
+                                    description="Tokens per minute per end user.")
+    high_reasoning_rpm: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("limits"),
+                                              description="Requests per minute per key at or above "
+                                                          "--high-reasoning-effort.")
+    high_reasoning_tpm: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("limits"),
+                                              description="Tokens per minute per key for those requests.")
+    high_reasoning_effort: Effort = Field(default="high", json_schema_extra=_cli("limits"), description=(
+        "The lowest effort counted as high: requests at or above it also draw from the high-reasoning quota."))
+    max_concurrent: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("limits"),
+                                          description="Requests in flight per key.")
+    rate_limit_window_s: float = Field(default=60.0, gt=0, le=86400, json_schema_extra=_cli("limits"),
+                                       description="The 'minute' of the per-minute limits, in seconds.")
+    limits_token_reservation: int = Field(default=4096, ge=1, json_schema_extra=_cli("limits"), description=(
+        "Tokens a request reserves from the token quotas when it gives no max_tokens and there is no "
+        "--default-max-tokens."))
+    limits_on_redis_failure: Literal["open", "closed"] = Field(
+        default="open", json_schema_extra=_cli("limits"),
+        description="With Redis down: admit unchecked (open) or answer 503 (closed).")
+    limits_redis_timeout_s: float = Field(default=0.25, gt=0, le=10, json_schema_extra=_cli("limits"),
+                                          description="The bound of every Redis call of the limits, in seconds.")
+    limits_lease_s: float = Field(default=900.0, ge=1, json_schema_extra=_cli("limits"), description=(
+        "Seconds after which a dead replica's in-flight slots free themselves."))
 
     # idempotency (the Idempotency-Key header): a repeated request is answered from the first one's stored
     # response; keys live in --redis when set, else in this process's memory (an LRU by count and bytes)
-    idempotency: bool = True
-    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0)  # how long a stored response is replayed
-    idempotency_in_flight: Literal["wait", "conflict"] = "wait"  # a repeat while the first still runs
-    idempotency_wait_s: float = Field(default=60.0, ge=0)  # longest such wait, then 409 with Retry-After
-    idempotency_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)  # a larger response is not stored
-    idempotency_claim_ttl_s: float = Field(default=900.0, gt=0)  # a dead replica's claim frees its key then
-    idempotency_memory_entries: int = Field(default=10_000, ge=0)
-    idempotency_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    idempotency: bool = Field(default=True, json_schema_extra=_cli("gateway"), description=(
+        "Honour the Idempotency-Key header: a repeated request is answered from the first one's stored response."))
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, json_schema_extra=_cli("gateway", "--idempotency-ttl"),
+                                     description="Seconds a stored response is replayed.")
+    idempotency_in_flight: Literal["wait", "conflict"] = Field(
+        default="wait", json_schema_extra=_cli("gateway"),
+        description="A repeat while the first request still runs waits for it (wait), or gets 409 (conflict).")
+    idempotency_wait_s: float = Field(default=60.0, ge=0, json_schema_extra=_cli("gateway"),
+                                      description="Longest such wait, then 409 with Retry-After.")
+    idempotency_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, json_schema_extra=_cli("gateway"),
+                                       description="Largest response stored for replay, in bytes.")
+    idempotency_claim_ttl_s: float = Field(default=900.0, gt=0, json_schema_extra=_cli("gateway"), description=(
+        "Seconds after which a dead replica's claim on a key frees it."))
+    idempotency_memory_entries: int = Field(default=10_000, ge=0, json_schema_extra=_cli("gateway"), description=(
+        "Stored responses kept in this process's memory (without --redis), the least recently used dropped first."))
+    idempotency_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=0, json_schema_extra=_cli("gateway"),
+                                          description="Bytes of stored responses kept in memory (without --redis).")
 
     # the request log (telemetry/): one row per request, redacted, written in the background; SQLite (WAL) in the
     # data dir by default, or PostgreSQL with --log-db; prompts only with --log-prompts, emptied after retention
-    request_log: bool = True
-    data_dir: Optional[Path] = None  # None: the platform's user data dir (~/.local/share/unimodel)
-    log_db: Optional[str] = None  # postgresql://user@host/db, sqlite:///path, or a file; None: requests.db
-    log_prompts: bool = False
-    prompt_retention_days: float = Field(default=30.0, gt=0)
-    log_secret: Optional[SecretStr] = None  # the HMAC key of user_hash; None: generated once, kept by the db
-    log_buffer_rows: int = Field(default=10_000, ge=1)  # rows held in memory while the db is down, then spilled
-    log_spill_path: Optional[Path] = None  # None: beside the database
+    request_log: bool = Field(default=True, json_schema_extra=_cli("telemetry"),
+                              description="Keep the request log: one redacted row per request (unimodel logs).")
+    data_dir: Optional[Path] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+        "Where the request log, its secret and spill file live (default: the platform's user data dir, "
+        "~/.local/share/unimodel)."))
+    log_db: Optional[str] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+        "postgresql://user@host/db, sqlite:///path or a file (default: requests.db in the data dir)."))
+    log_prompts: bool = Field(default=False, json_schema_extra=_cli("telemetry"),
+                              description="Also store prompts and answers, redacted.")
+    prompt_retention_days: float = Field(default=30.0, gt=0, json_schema_extra=_cli("telemetry", "--prompt-retention"),
+                                         description="Days stored prompts and answers are kept.")
+    log_secret: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+        "HMAC key of the stored user hash (default: generated once, kept beside the database)."))
+    log_buffer_rows: int = Field(default=10_000, ge=1, json_schema_extra=_cli("telemetry"), description=(
+        "Rows held in memory while the log database is down, before they spill to a file."))
+    log_spill_path: Optional[Path] = Field(default=None, json_schema_extra=_cli("telemetry"),
+                                           description="The spill file (default: beside the database).")
 
     # alerts and the dashboard (telemetry/alerts.py, GET /dashboard): rules judged in process over the recent
     # requests; a firing alert is a line on the unimodel.alerts logger and, with a webhook, a JSON POST
-    alerts: list[AlertRule] = Field(default_factory=list)
-    alert_webhook_url: Optional[str] = None  # for every rule without its own `webhook`
-    alert_eval_interval_s: float = Field(default=5.0, gt=0, le=3600)
-    dashboard: bool = True
-    admin_key: Optional[SecretStr] = None  # the one key the dashboard accepts; None: the API keys
+    alerts: list[AlertRule] = Field(
+        default_factory=list, json_schema_extra=_cli("telemetry"),
+        description="Alert rules judged in process over the recent requests, e.g. "
+                    '[{"name": "errors", "kind": "error_rate", "threshold": 0.05}].')
+    alert_webhook_url: Optional[str] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+        "Where firing and resolved alerts are POSTed as JSON (a rule's own webhook wins)."))
+    alert_eval_interval_s: float = Field(default=5.0, gt=0, le=3600, json_schema_extra=_cli("telemetry"),
+                                         description="Seconds between two evaluations of the alert rules.")
+    dashboard: bool = Field(default=True, json_schema_extra=_cli("telemetry"), description="Serve GET /dashboard.")
+    admin_key: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+        "The one key the dashboard accepts (default: the API keys)."))
 
     @field_validator("alerts")
     @classmethod
@@ -241,52 +299,93 @@ class Settings(BaseSettings):
         return None if v is None else webhook_url(v)
 
     # metrics (telemetry/metrics.py): GET /metrics for Prometheus, open unless a bearer key is set for it
-    metrics: bool = True
-    metrics_key: Optional[SecretStr] = None  # the scraper sends "Authorization: Bearer KEY"
+    metrics: bool = Field(default=True, json_schema_extra=_cli("telemetry"),
+                          description="Serve GET /metrics for Prometheus.")
+    metrics_key: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+        'A bearer key /metrics requires, sent as "Authorization: Bearer KEY" (default: open, as Prometheus '
+        "scrapes)."))
 
     # local engine
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    max_model_len: Optional[int] = Field(default=None, ge=16)
-    max_num_seqs: int = Field(default=16, ge=1)
-    max_queue: int = Field(default=64, ge=0)  # requests waiting beyond the free slots; more → 503
-    queue_timeout_s: float = Field(default=60.0, gt=0)  # longest wait for a slot, then 503 with Retry-After
-    max_prefill_tokens: int = Field(default=512, ge=16)  # longer prompts are prefilled in chunks of this many
-    kv_memory_gb: Optional[float] = Field(default=None, gt=0)  # KV cache budget (default: 90% of free CUDA memory)
-    cpu_threads: Optional[int] = Field(default=None, ge=1)  # PyTorch threads on CPU (default: the cores less one)
-    allow_image_urls: bool = False
-    cache_dir: Optional[Path] = None
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", json_schema_extra=_cli("local"),
+                                                   description="Where the model runs.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        default="auto", json_schema_extra=_cli("local"), description="The dtype of the weights and activations.")
+    max_model_len: Optional[int] = Field(default=None, ge=16, json_schema_extra=_cli("engine"), description=(
+        "Context length, local and vllm engines (default: the model's)."))
+    max_num_seqs: int = Field(default=16, ge=1, json_schema_extra=_cli("local"),
+                              description="Sequences decoded together.")
+    max_queue: int = Field(default=64, ge=0, json_schema_extra=_cli("local"),
+                           description="Requests waiting beyond the free slots before 503.")
+    queue_timeout_s: float = Field(default=60.0, gt=0, json_schema_extra=_cli("local", "--queue-timeout"),
+                                   description="Seconds a request may wait for a slot (then 503 with Retry-After).")
+    max_prefill_tokens: int = Field(default=512, ge=16, json_schema_extra=_cli("local"), description=(
+        "Longer prompts are prefilled in chunks of this many tokens, between decode steps."))
+    kv_memory_gb: Optional[float] = Field(default=None, gt=0, json_schema_extra=_cli("local"), description=(
+        "KV cache budget in GB; requests beyond it wait (default: 90% of free CUDA memory; none on CPU)."))
+    cpu_threads: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("local"), description=(
+        "On CPU: PyTorch's kernel threads (default: the cores less one, so the server keeps a core)."))
+    cache_dir: Optional[Path] = Field(default=None, json_schema_extra=_cli("local"), description=(
+        "Where built tiny-random checkpoints live (default: $XDG_CACHE_HOME/unimodel or ~/.cache/unimodel)."))
 
     # vllm engine (launched and supervised by us)
-    vllm_gpu: Optional[str] = None  # catalog key; default: what nvidia-smi reports
-    vllm_gpus: Optional[int] = Field(default=None, ge=1)
-    vllm_weights: Literal["bf16", "fp8", "nvfp4", "int4"] = "fp8"
-    vllm_kv_cache: Literal["auto", "bf16", "fp8"] = "auto"
-    vllm_args: list[str] = Field(default_factory=list)  # override or add flags: --vllm-arg=--max-num-seqs=64
-    vllm_port: Optional[int] = Field(default=None, ge=1, le=65535)  # the child's loopback port
+    vllm_gpu: Optional[str] = Field(default=None, json_schema_extra=_cli("vllm"),
+                                    description="GPU kind, a catalog key (default: what nvidia-smi reports).")
+    vllm_gpus: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("vllm"),
+                                     description="GPUs to use (tensor parallel).")
+    vllm_weights: Literal["bf16", "fp8", "nvfp4", "int4"] = Field(default="fp8", json_schema_extra=_cli("vllm"),
+                                                                  description="Weight format.")
+    vllm_kv_cache: Literal["auto", "bf16", "fp8"] = Field(default="auto", json_schema_extra=_cli("vllm"),
+                                                          description="KV cache dtype.")
+    vllm_args: list[str] = Field(default_factory=list, json_schema_extra=_cli("vllm", "--vllm-arg"), description=(
+        "A vLLM flag to add or override, e.g. --vllm-arg=--max-num-seqs=64."))
+    vllm_port: Optional[int] = Field(default=None, ge=1, le=65535, json_schema_extra=_cli("vllm"),
+                                     description="The vLLM child's loopback port (default: a free one).")
 
     # upstream engine
-    upstream: Optional[str] = None
-    upstream_api_key: Optional[str] = None
-    upstream_parse: UpstreamParse = "auto"
-    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
-    upstream_read_timeout_s: float = Field(default=600.0, gt=0)
-    upstream_max_connections: int = Field(default=256, ge=1)
+    upstream: Optional[str] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
+        "Base URL of an OpenAI-compatible server, e.g. http://gpu:8000/v1."))
+    upstream_api_key: Optional[str] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
+        "Bearer key sent to the upstream (prefer UNIMODEL_UPSTREAM_API_KEY: a flag shows in the process list)."))
+    upstream_parse: UpstreamParse = Field(default="auto", json_schema_extra=_cli("upstream"),
+                                          description="Who splits reasoning and tool calls out of the text.")
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0, json_schema_extra=_cli("upstream"),
+                                              description="Seconds to connect to the upstream.")
+    upstream_read_timeout_s: float = Field(default=600.0, gt=0, json_schema_extra=_cli("upstream"), description=(
+        "The longest the upstream may stay silent, in seconds; for a client that does not stream, the whole "
+        "answer."))
+    upstream_max_connections: int = Field(default=256, ge=1, json_schema_extra=_cli("upstream"),
+                                          description="Connections kept open to the upstream.")
 
     # resilience (the last pipeline stage): timeouts, retries before the first event, a circuit breaker per
     # upstream, fallback and canary upstreams (each an upstream engine with the primary's settings)
-    retries: int = Field(default=2, ge=0, le=10)  # tries again on the same upstream, retryable failures only
-    retry_backoff_s: float = Field(default=0.2, ge=0, le=60)  # base of the exponential backoff (full jitter)
-    retry_max_wait_s: float = Field(default=5.0, ge=0, le=300)  # longest single wait; a longer Retry-After: give up
-    first_token_timeout_s: Optional[float] = Field(default=None, gt=0)  # per try; None: the read timeout only
-    total_timeout_s: Optional[float] = Field(default=None, gt=0)  # the whole request, stream included
-    breaker_failures: int = Field(default=5, ge=0)  # failures in a row that open a circuit; 0: no breaker
-    breaker_window_s: float = Field(default=30.0, gt=0)  # ... within this many seconds
-    breaker_cooldown_s: float = Field(default=30.0, gt=0)  # open this long, then one probe request
-    fallback_upstreams: list[str] = Field(default_factory=list)  # fallback-1, fallback-2 … in order
-    canary_upstream: Optional[str] = None
-    canary_weight: float = Field(default=0.05, ge=0, le=1)  # the share of requests sent to the canary first
-    upstreams: dict[str, UpstreamSpec] = Field(default_factory=dict)  # named ones, for routes
+    retries: int = Field(default=2, ge=0, le=10, json_schema_extra=_cli("gateway"), description=(
+        "Tries again on one upstream for a retryable failure before its first token."))
+    retry_backoff_s: float = Field(default=0.2, ge=0, le=60, json_schema_extra=_cli("gateway"), description=(
+        "Base of the exponential backoff with full jitter, in seconds."))
+    retry_max_wait_s: float = Field(default=5.0, ge=0, le=300, json_schema_extra=_cli("gateway"), description=(
+        "Longest single wait between tries; an upstream Retry-After beyond it is not waited for."))
+    first_token_timeout_s: Optional[float] = Field(default=None, gt=0, json_schema_extra=_cli("gateway"), description=(
+        "Seconds a try may wait for its first token (default: no limit but the read timeout)."))
+    total_timeout_s: Optional[float] = Field(default=None, gt=0, json_schema_extra=_cli("gateway"), description=(
+        "Seconds a whole request may take, stream included (default: no limit)."))
+    breaker_failures: int = Field(default=5, ge=0, json_schema_extra=_cli("gateway"), description=(
+        "Upstream failures in a row that open its circuit breaker (0: no breaker)."))
+    breaker_window_s: float = Field(default=30.0, gt=0, json_schema_extra=_cli("gateway"),
+                                    description="... within this many seconds.")
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, json_schema_extra=_cli("gateway"),
+                                      description="Seconds a circuit stays open before one probe request.")
+    fallback_upstreams: list[str] = Field(
+        default_factory=list, json_schema_extra=_cli("gateway", "--fallback-upstream"),
+        description="An OpenAI-compatible URL tried when the primary fails or its circuit is open, in order: "
+                    "fallback-1, fallback-2 ….")
+    canary_upstream: Optional[str] = Field(default=None, json_schema_extra=_cli("gateway"), description=(
+        "An OpenAI-compatible URL that gets a share of the requests first (--canary-weight)."))
+    canary_weight: float = Field(default=0.05, ge=0, le=1, json_schema_extra=_cli("gateway"),
+                                 description="The share of requests sent to the canary.")
+    upstreams: dict[str, UpstreamSpec] = Field(
+        default_factory=dict, json_schema_extra=_cli("gateway"),
+        description="Named extra upstreams that routes send requests to, e.g. "
+                    '{"big": {"url": "http://big:8000/v1", "api_key": "sk-..."}}.')
 
     @field_validator("fallback_upstreams")
     @classmethod
