@@ -14,7 +14,8 @@ request here), so that it takes as little as it can of the cores it shares with 
 
 First, in process and without HTTP, what the request pipeline itself costs per request: the server's
 stages (auth, parse, validate, image policy, observers) and service around a null engine that yields a
-22-event answer, against the bare minimum (the same events encoded as SSE frames).
+22-event answer (a ``Flush`` after each token: one write per token), against the bare minimum (the same events
+encoded as SSE frames).
 
     python benchmarks/gateway_overhead.py [--requests 300] [--concurrency 32,64] [--model bench-think]
                                           [--pipeline-only] [--litellm]
@@ -88,10 +89,10 @@ async def pipeline_cost(requests: int, metrics: bool = False) -> tuple[float, fl
 
     from unimodel.config import Settings
     from unimodel.engines.base import Engine, GenerationRequest
-    from unimodel.protocol.events import ContentDelta, Event, Finish, Usage
+    from unimodel.protocol.events import FLUSH, ContentDelta, Event, Finish, Usage
     from unimodel.protocol.openai import ModelCard
     from unimodel.protocol.sse import frame
-    from unimodel.server.app import build_stages
+    from unimodel.compose import build_engines, build_metrics, build_stages
     from unimodel.service.assemble import ChunkEncoder
     from unimodel.service.chat import ChatService
     from unimodel.service.context import RequestContext
@@ -114,6 +115,7 @@ async def pipeline_cost(requests: int, metrics: bool = False) -> tuple[float, fl
         async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
             for i in range(20):
                 yield ContentDelta(f"token{i} ")
+                yield FLUSH  # as an engine whose client keeps up: one write per token
             yield Usage(12, 20)
             yield Finish("stop")
 
@@ -124,12 +126,10 @@ async def pipeline_cost(requests: int, metrics: bool = False) -> tuple[float, fl
     settings = Settings(engine="upstream", upstream="http://127.0.0.1:9/v1", api_keys=["sk-bench"])
     observers: list[Observer] = [AccessLog()]
     if metrics:
-        from unimodel.telemetry.metrics import metrics_for
-
-        measured = metrics_for(settings, engine)
+        measured = build_metrics(settings, engine)
         assert measured is not None
         observers.append(measured.observer)
-    service = ChatService(engine, Pipeline(build_stages(settings, engine)), Observers(observers))
+    service = ChatService(engine, Pipeline(build_stages(settings, build_engines(settings, engine))), Observers(observers))
     headers = {"authorization": "Bearer sk-bench", "content-type": "application/json"}
 
     async def read() -> bytes:
@@ -142,7 +142,7 @@ async def pipeline_cost(requests: int, metrics: bool = False) -> tuple[float, fl
 
     async def bare() -> None:
         request = GenerationRequest("chatcmpl-bench", "m", [])
-        encoder = ChunkEncoder(request.request_id, "m")
+        encoder = ChunkEncoder(request.completion_id, "m")
         frame(encoder.first())
         async for event in engine.generate(request):
             for chunk in encoder.encode(event):

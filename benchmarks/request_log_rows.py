@@ -25,6 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
+from unimodel.formats.reasoning import AppliedReasoning
 from unimodel.protocol.events import Usage
 from unimodel.service.context import RequestContext
 from unimodel.telemetry.request_log import RequestLog, UserHashes, prepare_row, row_from
@@ -49,13 +50,13 @@ def contexts(n: int, prompts: bool) -> list[RequestContext]:
         ctx.finished_at = ctx.received_at + 0.480
         ctx.usage = Usage(512 + i % 300, 200 + i % 90, reasoning_tokens=80, estimated=False)
         ctx.finish_reason = "stop" if i % 10 else "tool_calls"
-        ctx.reasoning.update({"effort": "medium", "model_effort": "medium", "budget": 4096, "truncated": False})
-        ctx.attributes.update({"upstream": "primary", "retries": 0, "image_count": 0})
+        ctx.reasoning = AppliedReasoning("medium", "medium", 4096)
+        ctx.upstream, ctx.retries, ctx.image_count = "primary", 0, 0
         if i % 10 == 0:
-            ctx.attributes["tool_names"] = ["get_weather"]
+            ctx.tool_names = ["get_weather"]
         if prompts:
-            ctx.attributes["prompt_text"] = f"user: what is the weather in Paris, mail me at bob{i}@example.com"
-            ctx.attributes["answer_text"] = "It is sunny, 21 degrees. " * 8
+            ctx.prompt_text = f"user: what is the weather in Paris, mail me at bob{i}@example.com"
+            ctx.answer_text = "It is sunny, 21 degrees. " * 8
         out.append(ctx)
     return out
 

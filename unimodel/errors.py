@@ -17,6 +17,7 @@ so the label never drifts from what clients see::
     │   └── IdempotencyKeyInUseError   409 conflict_error / idempotency_key_in_use (carries ``retry_after``)
     ├── RequestTooLargeError           413 invalid_request_error / request_too_large
     ├── RateLimitError                 429 rate_limit_error / rate_limit_exceeded  (carries ``retry_after``)
+    ├── ClientClosedError              499 client_closed / client_closed (the client left; logged, never sent)
     ├── UpstreamError                  502 upstream_error / bad_gateway
     │   ├── UpstreamConnectionError    502 upstream_error / upstream_unreachable
     │   ├── UpstreamStatusError        any upstream 4xx status kept, 5xx → 502
@@ -26,7 +27,8 @@ so the label never drifts from what clients see::
         ├── CircuitOpenError           503 service_unavailable / circuit_open (carries ``retry_after``)
         └── LimitsUnavailableError     503 service_unavailable / limits_unavailable (carries ``retry_after``)
 
-Engines, the gateway and the server raise these; only the server turns them into HTTP responses.
+Engines, the gateway and the server raise these; only the server turns them into HTTP responses. Apart from
+the tree, :class:`ConfigError` (a ``ValueError``) is an operator's settings problem found at start-up.
 """
 
 from __future__ import annotations
@@ -143,6 +145,15 @@ class RateLimitError(UnimodelError):
     code = "rate_limit_exceeded"
 
 
+class ClientClosedError(UnimodelError):
+    """The client left before the answer was complete: recorded as 499 (nginx's label for it) in the logs and
+    metrics; never sent, nobody is there to read it."""
+
+    status_code = 499
+    error_type = "client_closed"
+    code = "client_closed"
+
+
 class UpstreamError(UnimodelError):
     status_code = 502
     error_type = "upstream_error"
@@ -195,3 +206,8 @@ class LimitsUnavailableError(ServiceUnavailableError):
     """Rate limits cannot be checked (their Redis is down) and ``--limits-on-redis-failure closed`` is set."""
 
     code = "limits_unavailable"
+
+
+class ConfigError(ValueError):
+    """A settings problem an operator can fix (not a client's error, never an HTTP answer): raised while the
+    settings become objects, at start-up; the CLI prints it as one line and exits 2."""

@@ -11,7 +11,7 @@ import pytest
 from tests.support.live_server import LiveServer
 from tests.support.scripted_upstream import ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 ENGINES = ["upstream", "local"]
 
@@ -21,6 +21,7 @@ class Served:
     kind: str
     base_url: str
     model: str
+    server: LiveServer  # its engine is server.engine, to be driven on server.run
 
 
 @pytest.fixture(scope="session", params=ENGINES)
@@ -29,9 +30,9 @@ def served(request: pytest.FixtureRequest, scripted_upstream: ScriptedUpstream,
     if request.param == "upstream":
         settings = Settings(engine="upstream", upstream=scripted_upstream.base_url)
         with LiveServer(settings, build_engine(settings)) as server:
-            yield Served("upstream", server.base_url, "raw-think")
+            yield Served("upstream", server.base_url, "raw-think", server)
     else:
         settings = Settings(engine="local", model="tiny-random", cache_dir=tiny_cache_dir, device="cpu",
                             dtype="float32", max_num_seqs=8)
         with LiveServer(settings, build_engine(settings)) as server:
-            yield Served("local", server.base_url, "tiny-random")
+            yield Served("local", server.base_url, "tiny-random", server)

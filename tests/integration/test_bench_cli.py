@@ -20,7 +20,7 @@ from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.bench.cli import register
 from unimodel.bench.schema import METRICS, PERCENTILES, Results
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from tests.support.live_server import LiveServer
 from tests.support.scripted_upstream import ScriptedUpstream
 from tests.support.webhook_receiver import WebhookReceiver
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ from tests.support.browser import Chromium, find_chromium
 from tests.support.live_server import LiveServer
 from tests.support.scripted_upstream import ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 pytestmark = pytest.mark.slow
 

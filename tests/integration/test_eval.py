@@ -17,7 +17,7 @@ from tests.support.live_server import LiveServer
 from tests.support.scripted_evaluator import MODEL, SHARE, THINK, Answerer, evaluator_upstream
 from tests.support.scripted_upstream import ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 from unimodel.evals.cli import register
 from unimodel.evals.scoring import wilson_interval
 from unimodel.evals.tasks import SUITE_NAMES, build_suites, generate

@@ -15,7 +15,7 @@ from tests.conftest import ANSWER, REASONING
 from tests.support.live_server import LiveServer, free_port
 from tests.support.scripted_upstream import ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {

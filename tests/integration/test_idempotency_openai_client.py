@@ -18,7 +18,7 @@ from tests.conftest import ANSWER, REASONING
 from tests.support.live_server import LiveServer
 from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from tests.support.live_server import LiveServer
 from tests.support.scripted_upstream import ScriptedUpstream
 from unimodel import keys_cli
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 MSG = [{"role": "user", "content": "What is 2+2?"}]
 TOOLS: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},

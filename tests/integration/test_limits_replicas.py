@@ -21,7 +21,7 @@ from tests.support.live_server import LiveServer, free_port
 from tests.support.redis_server import RedisServer
 from tests.support.scripted_upstream import ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from tests.support.live_server import LiveServer, free_port
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 pytest.importorskip("llguidance")
 

@@ -22,8 +22,8 @@ from tests.support import promql
 from tests.support.live_server import LiveServer, free_port
 from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
-from unimodel.protocol.openai import REASONING_EFFORTS
+from unimodel.compose import build_engine
+from unimodel.protocol.effort import EFFORTS
 from unimodel.telemetry.metrics import OTHER, OTHER_ERROR, known_error_codes
 
 K1, K2 = "sk-metrics-one", "sk-metrics-two"
@@ -178,7 +178,7 @@ def test_labels_are_bounded(served: Served) -> None:
         "route": {"default", "hard", "image", "agent"},
         "gen_ai_request_model": set(SCRIPTS), "model": set(SCRIPTS),
         "key_name": {"anonymous", "key-1", "key-2"},
-        "reasoning_effort": set(REASONING_EFFORTS),
+        "reasoning_effort": set(EFFORTS),
         "error_type": known_error_codes() | {OTHER_ERROR},
         "status": {str(s) for s in range(100, 600)},
         "upstream": {"primary"},

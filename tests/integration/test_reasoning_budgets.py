@@ -13,7 +13,7 @@ import pytest
 from tests.support.live_server import LiveServer
 from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 THOUGHT = "t "  # one token a frame: chunk_chars=2
 LONG_THINKER = {

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from tests.support.live_server import LiveServer
 from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 from unimodel.telemetry.request_log import RequestLog
 
 if TYPE_CHECKING:

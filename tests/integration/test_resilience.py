@@ -18,7 +18,7 @@ from tests.conftest import ANSWER
 from tests.support.live_server import LiveServer, free_port
 from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 MODEL = "m"
 MSG = [{"role": "user", "content": "What is 2+2?"}]

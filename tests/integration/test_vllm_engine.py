@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.live_server import LiveServer
 from unimodel.config import ConfigError, Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 
 BIN = Path(__file__).resolve().parents[1] / "support" / "bin"
 

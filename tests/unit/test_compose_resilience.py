@@ -1,4 +1,4 @@
-"""Settings and flags → the resilience stage: names, the primary's settings shared, validation, the last stage."""
+"""Settings and flags → the resilience stage (built by the composition root): names, the primary's settings shared, validation, the last stage."""
 
 from __future__ import annotations
 
@@ -10,13 +10,24 @@ import pytest
 import unimodel.cli as cli
 from unimodel.config import ConfigError, Settings
 from unimodel.engines.upstream import UpstreamEngine
-from unimodel.gateway.resilience import ResilienceStage, build_resilience
-from unimodel.server.app import build_stages
+from unimodel.compose import build_engines, build_resilience, build_stages
+from unimodel.gateway.resilience import ResilienceStage
 from unimodel.service.pipeline import Pipeline
 
 
+def resilience(settings: Settings) -> ResilienceStage:
+    return build_resilience(settings, build_engines(settings, primary=_Primary()))
+
+
+class _Primary:
+    kind = "test"
+
+    def models(self) -> list[Any]:
+        return []
+
+
 def test_defaults_retry_twice_with_a_breaker_on_the_primary_only() -> None:
-    stage = build_resilience(Settings())
+    stage = resilience(Settings())
     assert stage.upstream_names == ["primary"]
     assert stage.policy.retries == 2 and stage.policy.first_token_timeout_s is None
     assert stage.pool.primary.breaker.failures == 5 and stage.pool.canary_weight == 0.0
@@ -30,7 +41,7 @@ def test_extra_upstreams_share_the_primarys_settings() -> None:
                  upstream_connect_timeout_s=2.5, fallback_upstreams=["http://b/v1/", "http://c/v1"],
                  canary_upstream="http://d/v1", canary_weight=0.25, retries=3, breaker_failures=7,
                  upstreams={"big": {"url": "http://e/v1", "api_key": "sk-big"}})
-    stage = build_resilience(s)
+    stage = resilience(s)
     assert stage.upstream_names == ["primary", "fallback-1", "fallback-2", "canary", "big"]
     fb = stage.pool.by_name["fallback-1"].engine
     assert isinstance(fb, UpstreamEngine) and fb.base_url == "http://b/v1"
@@ -45,7 +56,7 @@ def test_extra_upstreams_share_the_primarys_settings() -> None:
 
 
 def test_behind_a_local_primary_the_fallback_asks_for_the_name_the_client_used() -> None:
-    stage = build_resilience(Settings(engine="local", model="/models/mistral", fallback_upstreams=["http://b/v1"]))
+    stage = resilience(Settings(engine="local", model="/models/mistral", fallback_upstreams=["http://b/v1"]))
     fb = stage.pool.by_name["fallback-1"].engine
     assert isinstance(fb, UpstreamEngine) and fb.upstream_model is None
 
@@ -94,7 +105,7 @@ def test_resilience_is_the_last_stage() -> None:
         def models(self) -> list[Any]:
             return []
 
-    stages = build_stages(Settings(), Engine())  # type: ignore[arg-type]
+    stages = build_stages(Settings(), build_engines(Settings(), Engine()))  # type: ignore[arg-type]
     assert isinstance(stages[-1], ResilienceStage)
     Pipeline(stages)  # names distinct
 
@@ -102,8 +113,8 @@ def test_resilience_is_the_last_stage() -> None:
 def test_a_route_naming_an_unconfigured_upstream_is_a_start_up_error() -> None:
     s = Settings(routes={"cheap": {"upstreams": ["fallback-2"]}}, fallback_upstreams=["http://b/v1"])
     with pytest.raises(ConfigError, match="route 'cheap' names the upstream 'fallback-2'"):
-        build_resilience(s)
+        resilience(s)
     s = Settings(routes={"cheap": {"upstreams": ["big", "fallback-1", "canary"]}},
                  fallback_upstreams=["http://b/v1"], canary_upstream="http://c/v1",
                  upstreams={"big": {"url": "http://big/v1"}})
-    assert build_resilience(s).upstream_names == ["primary", "fallback-1", "canary", "big"]
+    assert resilience(s).upstream_names == ["primary", "fallback-1", "canary", "big"]

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from tests.support import promql
 from unimodel.cli import app as cli_app
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
+from unimodel.compose import build_engine
 from unimodel.server.app import create_app
 
 DURATION = re.compile(r"^\d+[smhd]$")

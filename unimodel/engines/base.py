@@ -10,13 +10,11 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
+from unimodel.protocol.effort import NO_THINKING
 from unimodel.protocol.events import Event
 from unimodel.protocol.openai import Message, ModelCard, ResponseFormat, Tool, ToolChoice
-
-ModelEffort = Literal["none", "high"]
-
 
 @dataclass(frozen=True, slots=True)
 class SamplingOptions:
@@ -70,8 +68,10 @@ class GenerationRequest:
     fields and nothing a client slipped in. ``max_tokens`` is the client's own limit (already checked against
     the context length); ``default_max_tokens`` is the server's fallback when the client gave none, which an
     engine that knows the prompt length clamps to the room the prompt leaves.
+    ``completion_id`` is the response's id (``chatcmpl-…``), not the HTTP request's id.
     ``effort`` is the level the client asked for (or the served model's default); ``model_effort`` is what
-    the model itself is told (Mistral knows ``none`` and ``high``; ``None``: tell it nothing).
+    the model itself is told, one of the levels its format knows (``formats/reasoning.py``; ``none``: no
+    thinking; ``None``: tell it nothing).
     ``thinking_budget`` (tokens, ``None`` = unbounded) is enforced by the engine: at the budget the thinking
     is closed and the model goes on to answer.
     ``continue_final_message``: the last message is an assistant message the model continues (Mistral's
@@ -82,7 +82,7 @@ class GenerationRequest:
     first-token timeout) sets it back to ``True``.
     """
 
-    request_id: str
+    completion_id: str
     served_model: str
     messages: list[Message]
     max_tokens: Optional[int] = None
@@ -94,12 +94,17 @@ class GenerationRequest:
     user: Optional[str] = None
     default_max_tokens: Optional[int] = None
     effort: str = "none"
-    model_effort: Optional[ModelEffort] = None
+    model_effort: Optional[str] = None
     thinking_budget: Optional[int] = None
     include_reasoning: bool = True
     continue_final_message: bool = False
     connect_timeout_s: Optional[float] = None  # a route's own connect timeout; engines without one ignore it
     streamed: bool = True
+
+    @property
+    def thinks(self) -> bool:
+        """The model is told to think (a level other than ``none``)."""
+        return self.model_effort is not None and self.model_effort != NO_THINKING
 
     @property
     def image_count(self) -> int:
@@ -111,10 +116,6 @@ class Engine(abc.ABC):
 
     #: short label used in logs and metrics ("local", "upstream", "vllm")
     kind: str = "engine"
-
-    #: ``generate`` yields :class:`~unimodel.protocol.events.Flush` wherever it is about to wait, so the server
-    #: may hold what came before it for one write; an engine that does not (False) gets one write per event
-    flushes: bool = False
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -141,6 +142,10 @@ class Engine(abc.ABC):
     def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         """Yield neutral events for one request, ending with exactly one ``Finish``.
 
-        Raises a :class:`unimodel.errors.UnimodelError` before the first event for a request it refuses, or
-        during iteration for a failure mid-way. Closing the iterator (client gone) cancels the work.
+        Every engine yields :class:`~unimodel.protocol.events.Flush` wherever it is about to wait (the end of
+        one network read, of one decode step's tokens), never before its first other event and never twice in
+        a row: a streamed answer goes out one write per ``Flush``, so events an engine holds back without one
+        wait for its next ``Flush`` or its end (the rules: ``protocol/events.py``; the contract suite checks
+        them). Raises a :class:`unimodel.errors.UnimodelError` before the first event for a request it refuses,
+        or during iteration for a failure mid-way. Closing the iterator (client gone) cancels the work.
         """

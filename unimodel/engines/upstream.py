@@ -6,7 +6,7 @@ streaming a 23-frame answer cost about 0.4 ms of CPU a request against httpx's 1
 gateway's profile. The session is configured to surprise no one: no proxies or credentials from the
 environment (the upstream is configured explicitly), no cookies, no redirects followed, no error raised for a
 status (we map every status ourselves), and the TLS trust httpx gave (``SSL_CERT_FILE``/``SSL_CERT_DIR``,
-else certifi's bundle).
+else certifi's bundle: :func:`unimodel.tls.client_context`).
 
 The upstream is asked to stream when the client streams, when the model is told to think (a budget to watch,
 thinking tokens to count one a frame), or when a route times the first token (``request.streamed``); a client
@@ -45,9 +45,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, Literal, Optional
 
 import aiohttp
-import httpx
 
 from unimodel.engines.base import Engine, GenerationRequest
+from unimodel.engines.options import UpstreamOptions
 from unimodel.engines.sse_lines import SseLineSplitter
 from unimodel.engines.upstream_payload import build_payload, prompt_text
 from unimodel.engines.upstream_errors import response_error
@@ -64,6 +64,7 @@ from unimodel.formats.registry import get_format
 from unimodel.protocol.events import FLUSH, Event, Finish, ReasoningDelta, ThinkingBudgetReached, Usage
 from unimodel.protocol.jsonbytes import dumps
 from unimodel.protocol.openai import ModelCard
+from unimodel.tls import client_context
 
 log = logging.getLogger("unimodel.upstream")
 
@@ -74,7 +75,15 @@ KEEPALIVE_S = 5.0  # an idle pooled connection is closed after this (httpx's def
 
 class UpstreamEngine(Engine):
     kind = "upstream"
-    flushes = True  # after the events of each network read
+
+    @property
+    def options(self) -> UpstreamOptions:
+        """The options it runs with, in the shape the composition root builds it from."""
+        return UpstreamOptions(
+            api_key=self._api_key, parse_mode=self.parse_mode, family=self.format.name,  # type: ignore[arg-type]
+            families={name: fmt.name for name, fmt in self._formats.items()},  # type: ignore[misc]
+            connect_timeout_s=self._timeout.connect, read_timeout_s=self._read_timeout_s,  # type: ignore[arg-type]
+            max_connections=self._max_connections)
 
     def __init__(
         self,
@@ -100,6 +109,7 @@ class UpstreamEngine(Engine):
         # per served model overrides, e.g. a <think>-tags model behind the same llama.cpp server
         self._formats = {name: get_format(fam) for name, fam in (families or {}).items()}
         self.parse_mode: ParseMode = parse_mode
+        self._api_key = api_key
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._post_headers = {**self._headers, "Content-Type": "application/json"}
         self._own_session = session is None
@@ -137,7 +147,8 @@ class UpstreamEngine(Engine):
 
     def _new_session(self) -> aiohttp.ClientSession:
         """The engine's own session (see the module docstring for why each setting)."""
-        tls: ssl.SSLContext | bool = httpx.create_ssl_context() if self.base_url.lower().startswith("https:") else True
+        https = self.base_url.lower().startswith("https:")
+        tls: ssl.SSLContext | bool = client_context(trust_env=True) if https else True
         connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=KEEPALIVE_S, ssl=tls)
         return aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False,
                                      cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)

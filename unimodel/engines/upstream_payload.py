@@ -30,7 +30,7 @@ def build_payload(request: GenerationRequest, model: str, *, raw_output: bool = 
     payload["messages"] = messages
     # A client that waits for the whole answer gets it from one body, unless the model is told to think: thinking
     # is watched for a budget, and counted exactly (one token a frame) where the upstream reports no count.
-    streamed = request.streamed or request.model_effort == "high" or request.thinking_budget is not None \
+    streamed = request.streamed or request.thinks or request.thinking_budget is not None \
         or continue_from is not None
     payload["stream"] = streamed
     if streamed:

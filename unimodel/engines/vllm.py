@@ -32,10 +32,10 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Optional
 
-import httpx
+import aiohttp
 
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.engines.upstream import UpstreamEngine
@@ -81,7 +81,6 @@ def merge_args(planned: Sequence[str], overrides: Sequence[str]) -> list[str]:
 
 class VllmEngine(Engine):
     kind = "vllm"
-    flushes = True  # its events are its UpstreamEngine's
 
     def __init__(
         self,
@@ -97,19 +96,26 @@ class VllmEngine(Engine):
         stop_grace_s: float = 30.0,
         env: Optional[dict[str, str]] = None,
         count_tokens: Optional[Callable[[str], int]] = None,
+        health_check: Optional[Callable[[], Awaitable[bool]]] = None,
+        upstream: Optional[UpstreamEngine] = None,
     ) -> None:
         self.argv = list(argv)
         self.port = port
         self.base = f"http://127.0.0.1:{port}"
-        self.upstream = UpstreamEngine(f"{self.base}/v1", served_model_name=served_model_name,
-                                       family=family, parse_mode=parse_mode,  # type: ignore[arg-type]
-                                       count_tokens=count_tokens)
+        #: what requests go through: the server's (``engines/factory.py::upstream_engine``, with every upstream
+        #: setting) when given, else one with the defaults and ``family``/``parse_mode``/``count_tokens``
+        self.upstream = upstream if upstream is not None else UpstreamEngine(
+            f"{self.base}/v1", served_model_name=served_model_name, family=family,  # type: ignore[arg-type]
+            parse_mode=parse_mode, count_tokens=count_tokens)  # type: ignore[arg-type]
         self.served_model_name = served_model_name
         self.health_timeout_s = health_timeout_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.stop_grace_s = stop_grace_s
         self.env = env
+        #: one probe of the child, polled every 0.25 s until it says True (default :meth:`probe_health`); an
+        #: exception it raises is a failure of the supervision itself (logged, and the supervision run again)
+        self.health_check: Callable[[], Awaitable[bool]] = health_check or self.probe_health
         self.restarts = 0
         self.supervisor_failures = 0
         self._proc: Optional[asyncio.subprocess.Process] = None
@@ -221,16 +227,22 @@ class VllmEngine(Engine):
         self._pump = asyncio.create_task(_pump_logs(proc.stdout), name="vllm-log")
         return proc
 
+    async def probe_health(self) -> bool:
+        """One ``GET /health`` of the child: True when it answers 200 within 2 s. A session per probe: it
+        runs a few times a second while vLLM starts, never per request."""
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as session:
+                async with session.get(f"{self.base}/health", allow_redirects=False) as response:
+                    return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
     async def _wait_healthy(self, proc: asyncio.subprocess.Process) -> bool:
         deadline = time.monotonic() + self.health_timeout_s
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while time.monotonic() < deadline and proc.returncode is None:
-                try:
-                    if (await client.get(f"{self.base}/health")).status_code == 200:
-                        return True
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.25)
+        while time.monotonic() < deadline and proc.returncode is None:
+            if await self.health_check():
+                return True
+            await asyncio.sleep(0.25)
         if proc.returncode is None:
             log.error("vLLM did not become healthy in %.0fs; stopping it", self.health_timeout_s)
             await self._terminate()

@@ -7,6 +7,8 @@ so that no engine names a marker:
 * whether a rendered prompt leaves the model inside a thinking block (:meth:`ModelFormat.prompt_opens_thinking`);
 * its grammar pieces for constrained decoding (:meth:`ModelFormat.thinking_grammar`,
   :meth:`ModelFormat.tool_call_grammar`; see :mod:`unimodel.formats.grammar`);
+* the reasoning levels its model knows, and the one a client's level becomes (:attr:`ModelFormat.reasoning_levels`,
+  :meth:`ModelFormat.model_effort_for`; the operator's policy is :mod:`unimodel.formats.reasoning`);
 * how a checkpoint's requests are rendered (:meth:`ModelFormat.load_renderer`; :mod:`unimodel.formats.render`)
   and whether a checkpoint is of this family (:meth:`ModelFormat.recognises`);
 * one :class:`OutputParser` per generation.
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 
 from unimodel.formats.grammar import ThinkingGrammar
+from unimodel.protocol.effort import EFFORTS, NO_THINKING, Effort, effort_rank
 from unimodel.protocol.events import Event, FinishReason
 
 if TYPE_CHECKING:
@@ -117,6 +120,22 @@ class ModelFormat(abc.ABC):
     tool_call_text: ClassVar[str]
     #: Lark regex for the layout the family writes between its closing thinking marker and the answer
     thinking_separator: ClassVar[str] = ""
+    #: the reasoning levels the model itself knows, lowest first; the first is always ``none`` (no thinking).
+    #: How the model is told is the renderer's (and, upstream, the ``reasoning_effort`` field's) job
+    reasoning_levels: ClassVar[tuple[str, ...]] = (NO_THINKING, "high")
+
+    def model_effort_for(self, effort: Effort) -> str:
+        """The level the model is told for a client's level, by default: the level itself when the model knows
+        it; ``minimal`` (and any level below the model's lowest thinking one) means no thinking; otherwise the
+        lowest level the model knows at or above it (a budget then makes up the difference), else its highest."""
+        levels = self.reasoning_levels
+        if effort in levels:
+            return effort
+        rank = effort_rank(effort)
+        if rank <= effort_rank("minimal"):
+            return levels[0]
+        above = [level for level in levels[1:] if level in EFFORTS and effort_rank(level) >= rank]
+        return above[0] if above else levels[-1]
 
     def markers(self, vocabulary: TokenVocabulary, *, exclude: Collection[int] = ()) -> FormatMarkers:
         """This family's markers in ``vocabulary`` (a renderer); ids in ``exclude`` (EOS) are left out."""

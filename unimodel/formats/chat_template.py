@@ -35,7 +35,7 @@ class ChatTemplateRenderer(PromptRenderer):
                 m["content"] = "".join(p.get("text", "") for p in m["content"])
         extra: dict[str, Any] = {}
         if request.model_effort is not None:
-            extra = {"reasoning_effort": request.model_effort, "enable_thinking": request.model_effort == "high"}
+            extra = {"reasoning_effort": request.model_effort, "enable_thinking": request.model_effort != "none"}
         tools = [t.model_dump(mode="json", exclude_none=True) for t in request.tools or []] or None
         continuing = request.continue_final_message
         try:

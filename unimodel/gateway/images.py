@@ -138,10 +138,17 @@ class ImagePolicyStage(Stage):
     def __init__(self, policy: ImagePolicy, fetcher: ImageFetcher | None = None) -> None:
         self.policy = policy
         self.fetcher = fetcher or policy.new_fetcher()
+        self._for_route: dict[str, ImagePolicy] = {}  # the policy with a route's caps, made once per route
 
     async def enter(self, call: Call) -> None:
-        request = call.generation
-        policy = call.state.get("image_policy", self.policy)  # a route's tighter caps (gateway/routes.py)
+        request = call.require_engine_request()
+        policy = self.policy
+        if call.route is not None and call.route.image_limits is not None:  # a route's tighter caps
+            policy = self._for_route.get(call.route.name) or self._tighten(call.route.name, call.route.image_limits)
         messages = await inline_images(request.messages, policy, self.fetcher)
         if messages is not request.messages:
-            call.request = dataclasses.replace(request, messages=messages)
+            call.engine_request = dataclasses.replace(request, messages=messages)
+
+    def _tighten(self, route: str, limits: ImageLimits) -> ImagePolicy:
+        policy = self._for_route[route] = dataclasses.replace(self.policy, limits=limits)
+        return policy

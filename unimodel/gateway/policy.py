@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from unimodel.gateway.keyhash import KEY_PREFIX, PREFIX_CHARS, parse_hash
-from unimodel.protocol.openai import REASONING_EFFORTS, ReasoningEffort
+from unimodel.protocol.effort import Effort, effort_rank
 from unimodel.service.context import Caller
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -25,10 +25,6 @@ Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 
 #: names the plain ``--api-key`` keys get (``key-1``, ``key-2`` …) and the caller without keys
 RESERVED_KEY_NAME = r"^(key-\d+|anonymous)$"
-
-
-def effort_rank(effort: str) -> int:
-    return REASONING_EFFORTS.index(effort)
 
 
 class _Strict(BaseModel):
@@ -93,8 +89,8 @@ class RoutePolicy(_Strict):
     allowed. ``upstreams``: upstream names in the order to try (``None``: the server's chain)."""
 
     name: str = "default"
-    default_reasoning_effort: Optional[ReasoningEffort] = None
-    max_reasoning_effort: Optional[ReasoningEffort] = None
+    default_reasoning_effort: Optional[Effort] = None
+    max_reasoning_effort: Optional[Effort] = None
     max_tokens: Optional[int] = Field(default=None, ge=1)
     default_temperature: Optional[Temperature] = None
     min_temperature: Optional[Temperature] = None

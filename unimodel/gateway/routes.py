@@ -6,9 +6,10 @@ images takes ``image``, one with tools ``agent``, any other ``default``. A route
 (else 400, ``param: "route"``) and be one of the key's ``routes`` (else 403); a route picked by the rules that
 the key may not use gives way to one the key may use (``default`` if it may, else the first by name), whose
 own caps then apply. The route's name goes
-into the context, the ``X-Unimodel-Route`` response header and, with its policy
-(:class:`~unimodel.gateway.policy.RoutePolicy`, timeouts and upstreams for the resilience stage),
-``call.state["route"]``.
+into the context and the ``X-Unimodel-Route`` response header; what later stages need of its policy
+(:class:`~unimodel.gateway.policy.RoutePolicy`: timeouts and upstreams for the resilience stage, image caps,
+the max-tokens cap) goes into ``call.route``, a :class:`~unimodel.service.context.RouteChoice` made once per
+route at start-up.
 
 Defaults and caps: a value the client sent beyond a cap is refused with a 400 naming the field (an
 OpenAI-style client would rather hear why than get a silently different answer); a default the client did not
@@ -17,11 +18,11 @@ override is clamped to the caps. So:
 * ``reasoning_effort`` above the route's maximum: 400; absent: the route's default (else the model's),
   lowered to the maximum;
 * ``max_tokens``/``max_completion_tokens`` above the route's ``max_tokens`` or the key's ``max_tokens_cap``:
-  400; absent: the server's default is clamped to the cap (``call.state["max_tokens_cap"]``, read by the
+  400; absent: the server's default is clamped to the cap (``call.route.max_tokens_cap``, read by the
   validate stage);
 * ``temperature`` outside the route's range: 400; absent: the route's ``default_temperature`` if it has one;
 * images on a route without images: 400; the route's image caps (count, bytes, pixels) tighten the server's,
-  checked by the image stage (``call.state["image_policy"]``);
+  checked by the image stage (``call.route.image_limits``);
 * a tool not on the route's or the key's allowlist, or any tool on a route with ``tools: none``: 403 naming
   the tool. (``tool_choice`` naming a tool missing from ``tools`` is refused by the wire model: 400.)
 """
@@ -33,13 +34,15 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, Optional
 
-from unimodel.config import ReasoningPolicy
 from unimodel.errors import InvalidRequestError, PermissionDeniedError, UnsupportedFeatureError
+from unimodel.service.validate import DEFAULT_REASONING
+from unimodel.formats.reasoning import ModelReasoning
 from unimodel.gateway.images import ImagePolicy
-from unimodel.gateway.policy import NAME_PATTERN, RoutePolicy, RouteTimeouts, effort_rank
+from unimodel.gateway.policy import NAME_PATTERN, RoutePolicy, RouteTimeouts
 from unimodel.images.decode import ImageLimits
+from unimodel.protocol.effort import effort_rank
 from unimodel.protocol.openai import ChatCompletionRequest, ImagePart
-from unimodel.service.context import Caller
+from unimodel.service.context import Caller, RouteChoice
 from unimodel.service.pipeline import Call, Stage
 
 __all__ = ["ROUTE_HEADER", "RoutePolicy", "RouteStage", "RouteTimeouts", "choose_route"]
@@ -86,19 +89,18 @@ class RouteStage(Stage):
     name = "route"
 
     def __init__(self, routes: Mapping[str, RoutePolicy], *, image_policy: Optional[ImagePolicy] = None,
-                 policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy()) -> None:
+                 reasoning_for: Callable[[str], ModelReasoning] = lambda _: DEFAULT_REASONING) -> None:
         if "default" not in routes:
             raise ValueError("the routes need a 'default' route")
         self.routes = dict(routes)
-        self.policy_for = policy_for
+        self.reasoning_for = reasoning_for
         base = image_policy or ImagePolicy()
-        self._image_policies = {name: _tightened(base, route) for name, route in self.routes.items()
-                                if route.has_image_caps}
+        self._choices = {name: _choice(route, base.limits) for name, route in self.routes.items()}
         self._tools = {name: None if route.tools == "all" else frozenset(() if route.tools == "none" else route.tools)
                        for name, route in self.routes.items()}
 
     async def enter(self, call: Call) -> None:
-        wire = call.wire
+        wire = call.client_request
         if wire is None:
             raise InvalidRequestError("the request was not parsed")
         caller = call.ctx.caller
@@ -109,7 +111,7 @@ class RouteStage(Stage):
         route = choose_route(self.routes, caller, asked, images > 0, bool(wire.tools))
         call.ctx.route = route.name
         call.response_headers[ROUTE_HEADER] = route.name
-        call.state["route"] = route
+        call.route = self._choices[route.name]
 
         if images and not route.images:
             raise UnsupportedFeatureError(f"The route '{route.name}' does not take images.", param="messages")
@@ -118,10 +120,8 @@ class RouteStage(Stage):
         self._effort(route, wire, updates)
         self._max_tokens(route, caller, wire, call)
         self._temperature(route, wire, updates)
-        if route.name in self._image_policies:
-            call.state["image_policy"] = self._image_policies[route.name]
         if updates:
-            call.wire = wire.model_copy(update=updates)
+            call.client_request = wire.model_copy(update=updates)
 
     def _check_tools(self, route: RoutePolicy, caller: Caller, wire: ChatCompletionRequest) -> None:
         if not wire.tools:
@@ -146,7 +146,7 @@ class RouteStage(Stage):
             return
         default = route.default_reasoning_effort
         if ceiling is not None:
-            default = default or self.policy_for(wire.model).default_effort
+            default = default or self.reasoning_for(wire.model).default_effort
             if effort_rank(default) > effort_rank(ceiling):
                 default = ceiling
         if default is not None:
@@ -163,7 +163,8 @@ class RouteStage(Stage):
             if value is not None and value > cap:
                 raise InvalidRequestError(f"{field} ({value}) is above the cap of {cap} tokens set by {who}.",
                                           param=field)
-        call.state["max_tokens_cap"] = cap
+        if cap != route.max_tokens:  # the key's cap is the lower one
+            call.route = dataclasses.replace(self._choices[route.name], max_tokens_cap=cap)
 
     def _temperature(self, route: RoutePolicy, wire: ChatCompletionRequest, updates: dict[str, Any]) -> None:
         value = wire.temperature
@@ -178,13 +179,17 @@ class RouteStage(Stage):
                                       f"{span}.", param="temperature")
 
 
-def _tightened(base: ImagePolicy, route: RoutePolicy) -> ImagePolicy:
-    limits = base.limits
-
+def _choice(route: RoutePolicy, server_limits: ImageLimits) -> RouteChoice:
+    """What later stages need of a route: its upstreams, timeouts, image caps (tightening the server's) and
+    max-tokens cap."""
     def lower(mine: Optional[int], theirs: int) -> int:
         return theirs if mine is None else min(mine, theirs)
 
-    return dataclasses.replace(base, limits=ImageLimits(
-        max_bytes=lower(route.max_image_bytes, limits.max_bytes),
-        max_pixels=lower(route.max_image_pixels, limits.max_pixels),
-        max_images=lower(route.max_images, limits.max_images)))
+    limits = None if not route.has_image_caps else ImageLimits(
+        max_bytes=lower(route.max_image_bytes, server_limits.max_bytes),
+        max_pixels=lower(route.max_image_pixels, server_limits.max_pixels),
+        max_images=lower(route.max_images, server_limits.max_images))
+    t = route.timeouts
+    return RouteChoice(name=route.name, upstreams=tuple(route.upstreams) if route.upstreams else None,
+                       connect_timeout_s=t.connect_s, first_token_timeout_s=t.first_token_s, total_timeout_s=t.total_s,
+                       image_limits=limits, max_tokens_cap=route.max_tokens)

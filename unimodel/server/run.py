@@ -6,9 +6,9 @@ import logging
 
 import uvicorn
 
+from unimodel.compose import compose
 from unimodel.config import Settings
-from unimodel.engines.factory import build_engine
-from unimodel.server.app import create_app
+from unimodel.server.app import serve_composition
 
 log = logging.getLogger("unimodel")
 
@@ -20,7 +20,7 @@ class StartFailed(Exception):
 def run_server(settings: Settings) -> None:
     # --log-level governs our own loggers (the access log is INFO) as well as uvicorn's
     logging.getLogger("unimodel").setLevel(settings.log_level.upper())
-    engine = build_engine(settings)
+    parts = compose(settings)
     failure: list[BaseException] = []
     server: uvicorn.Server | None = None
 
@@ -29,8 +29,9 @@ def run_server(settings: Settings) -> None:
         if server is not None:
             server.should_exit = True
 
-    app = create_app(settings, engine, on_start_failure=stop_on_failure)
-    log.info("unimodel serving on http://%s:%d/v1 (engine: %s)", settings.host, settings.port, engine.kind)
+    app = serve_composition(parts, on_start_failure=stop_on_failure)
+    log.info("unimodel serving on http://%s:%d/v1 (engine: %s)", settings.host, settings.port,
+             parts.engines.primary.kind)
     config = uvicorn.Config(
         app,
         host=settings.host,

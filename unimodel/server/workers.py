@@ -28,31 +28,12 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from unimodel.config import ConfigError, Settings
+from unimodel.compose import check_workers
+from unimodel.config import Settings
 
 SETTINGS_FILE_ENV = "_UNIMODEL_WORKER_SETTINGS_FILE"  # not UNIMODEL_*: that prefix is read as settings
 
 log = logging.getLogger("unimodel")
-
-
-def check_workers(settings: Settings) -> None:
-    """Refuse a worker count whose state would not be shared (one line, for the CLI)."""
-    n = settings.workers
-    if n <= 1:
-        return
-    if settings.engine != "upstream":
-        raise ConfigError(f"--workers {n} runs {n} gateway processes; with --engine {settings.engine} each would "
-                          "load its own model: use --workers 1, or serve the model once and run the workers "
-                          "with --engine upstream in front of it")
-    if settings.redis is None:
-        from unimodel.gateway.limits.stage import limits_stages
-
-        in_memory = [what for what, on in (("rate limits", bool(limits_stages(settings))),
-                                           ("idempotency keys", settings.idempotency)) if on]
-        if in_memory:
-            raise ConfigError(f"--workers {n} needs shared state: {' and '.join(in_memory)} would live in each "
-                              "worker's own memory; set --redis redis://host:6379/0, or turn them off "
-                              "(no --rpm/--tpm/--max-concurrent limits, --no-idempotency)")
 
 
 def run_workers(settings: Settings) -> None:
@@ -85,7 +66,6 @@ def run_workers(settings: Settings) -> None:
 
 def worker_app() -> FastAPI:
     """The app factory each worker process calls: the parent's settings, this process's engine."""
-    from unimodel.engines.factory import build_engine
     from unimodel.server.app import create_app
 
     path = os.environ.get(SETTINGS_FILE_ENV)
@@ -94,8 +74,7 @@ def worker_app() -> FastAPI:
     with open(path, "rb") as f:  # written by run_workers in this user's private temporary file
         settings: Settings = pickle.load(f)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("unimodel").setLevel(settings.log_level.upper())
 
     # a start failure is logged and kept for /ready (503) by the app; exiting would only make uvicorn respawn us
-    return create_app(settings, build_engine(settings))
+    return create_app(settings)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, Optional
 
+from unimodel.formats.reasoning import AppliedReasoning
 from unimodel.protocol.events import (
     ContentDelta,
     Event,
@@ -29,18 +30,6 @@ from unimodel.protocol.openai import (
     ToolCall,
     UsageInfo,
 )
-
-
-def reasoning_applied(effort: str, model_effort: Optional[str], budget: Optional[int],
-                      usage: Optional[Usage] = None, truncated: Optional[bool] = None) -> dict[str, Any]:
-    """What the gateway applied, for the ``X-Unimodel-Reasoning`` header and the ``unimodel_reasoning``
-    field: the level asked for, what the model was told, the budget, and (when known) how it went."""
-    out: dict[str, Any] = {"effort": effort, "model_effort": model_effort or "default", "budget": budget}
-    if usage is not None:
-        out["thinking_tokens"] = usage.reasoning_tokens
-    if truncated is not None:
-        out["truncated"] = truncated
-    return out
 
 
 def reasoning_header(applied: dict[str, Any]) -> str:
@@ -144,7 +133,7 @@ class ChunkEncoder:
 
     def __init__(self, request_id: str, model: str, *, include_reasoning: bool = True,
                  include_usage: bool = False, created: Optional[int] = None,
-                 applied: Optional[dict[str, Any]] = None) -> None:
+                 applied: Optional[AppliedReasoning] = None) -> None:
         self.request_id = request_id
         self.model = model
         self.include_reasoning = include_reasoning
@@ -194,11 +183,8 @@ class ChunkEncoder:
         if isinstance(event, Finish):
             out = [self._chunk({}, finish_reason=event.reason)]
             if self._applied is not None:
-                stats = dict(self._applied)
-                if self._usage is not None:
-                    stats["thinking_tokens"] = self._usage.reasoning_tokens
-                stats["truncated"] = self._truncated
-                out[0]["unimodel_reasoning"] = stats
+                out[0]["unimodel_reasoning"] = self._applied.report(
+                    self._usage.reasoning_tokens if self._usage is not None else None, self._truncated)
             if self.include_usage:
                 info = usage_info(self._usage)
                 out.append(self._chunk({}, usage=info.model_dump() if info else None, choices=False))

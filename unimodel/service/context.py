@@ -1,8 +1,8 @@
 """The per-request context: who asked, by which route, and how the request went.
 
 One :class:`RequestContext` is made when a request arrives and travels with it through every pipeline stage;
-stages record what they decided (the caller's key name, the route, attributes such as a canary choice) and the
-service records how it ended (times, usage, finish reason, status, error type). The end-of-request observers
+stages record what they decided in its typed fields (the caller, the route, the reasoning applied, the upstream
+that answered …) and the service records how it ended (times, usage, finish reason, status, error type). The end-of-request observers
 read it once, when the request is over (``service/observer.py``).
 """
 
@@ -12,8 +12,10 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Literal, Optional
 
+from unimodel.formats.reasoning import AppliedReasoning
+from unimodel.images.decode import ImageLimits
 from unimodel.protocol.events import Usage
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -49,13 +51,44 @@ class Caller:
 ANONYMOUS = Caller()
 
 
+@dataclass(frozen=True, slots=True)
+class RouteChoice:
+    """The route a request took, as the stages after the route stage need it (set by the route stage).
+
+    ``upstreams``: the upstream names to try, in order (``None``: the server's chain); the timeouts (``None``:
+    the server's); ``image_limits``: the route's caps on images, tighter than the server's (``None``: the
+    server's); ``max_tokens_cap``: the lower of the route's and the key's caps (the validate stage clamps the
+    server's default to it).
+    """
+
+    name: str
+    upstreams: Optional[tuple[str, ...]] = None
+    connect_timeout_s: Optional[float] = None
+    first_token_timeout_s: Optional[float] = None
+    total_timeout_s: Optional[float] = None
+    image_limits: Optional[ImageLimits] = None
+    max_tokens_cap: Optional[int] = None
+
+
+#: what the limits stage did with a request, for the observers (``None``: no limit applied)
+LimitsOutcome = Literal["refused", "unchecked"]
+#: what the idempotency stage did (``None``: no ``Idempotency-Key``)
+IdempotencyOutcome = Literal["first", "replayed", "unavailable"]
+
+
 @dataclass(slots=True, eq=False)
 class RequestContext:
     """Everything known about one request, filled in as it goes; read by observers at its end.
 
-    Times are ``time.perf_counter()`` readings (``received_at`` is also kept as wall-clock ``received_wall``).
-    ``status`` is the HTTP status of a refusal, of a failure mid-stream (the error's status, although the
-    stream had already answered 200), or 499 when the client left; 200 otherwise.
+    ``request_id`` is the request's own id (``X-Request-Id``, echoed); the response's id is
+    :attr:`completion_id`. Times are ``time.perf_counter()`` readings (``received_at`` is also kept as
+    wall-clock ``received_wall``). ``status`` is the HTTP status of a refusal, of a failure mid-stream (the
+    error's status, although the stream had already answered 200), or 499 when the client left; 200 otherwise.
+    What the stages decided is in typed fields: the caller (auth), the route (route), the applied reasoning
+    (validate; ``thinking_truncated`` when a budget cut it), ``limits`` and ``idempotency`` outcomes, the
+    ``upstream`` that answered and the ``retries`` it took (resilience). ``tool_names`` and ``image_count`` are
+    the service's; ``prompt_text``/``answer_text`` only with the request log's ``--log-prompts`` (raw: the
+    request log redacts them before they touch disk).
     """
 
     request_id: str
@@ -75,9 +108,22 @@ class RequestContext:
     status: int = 200
     error_type: Optional[str] = None
     error_message: Optional[str] = None
-    reasoning: dict[str, Any] = field(default_factory=dict)  # what was applied (effort, budget, truncated…)
-    attributes: dict[str, Any] = field(default_factory=dict)  # what stages decided, for observers
+    reasoning: Optional[AppliedReasoning] = None
+    thinking_truncated: bool = False
+    limits: Optional[LimitsOutcome] = None
+    idempotency: Optional[IdempotencyOutcome] = None
+    upstream: Optional[str] = None
+    retries: Optional[int] = None
+    tool_names: list[str] = field(default_factory=list)
+    image_count: Optional[int] = None
+    prompt_text: Optional[str] = None
+    answer_text: Optional[str] = None
     observed: bool = False
+
+    @property
+    def effort(self) -> Optional[str]:
+        """The reasoning effort applied (``None``: refused before validation)."""
+        return None if self.reasoning is None else self.reasoning.effort
 
     @property
     def completion_id(self) -> str:

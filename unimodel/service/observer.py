@@ -64,10 +64,10 @@ def access_fields(ctx: RequestContext) -> dict[str, Any]:
         "key": ctx.key_name,
         "route": ctx.route,
         "stream": ctx.stream,
-        "effort": ctx.reasoning.get("effort"),
+        "effort": ctx.effort,
         "finish_reason": ctx.finish_reason,
-        "upstream": ctx.attributes.get("upstream"),  # set by the resilience stage, with the retries it took
-        "retries": ctx.attributes.get("retries"),
+        "upstream": ctx.upstream,  # set by the resilience stage, with the retries it took
+        "retries": ctx.retries,
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
         "reasoning_tokens": usage.reasoning_tokens if usage else None,

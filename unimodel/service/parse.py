@@ -100,6 +100,6 @@ class ParseStage(Stage):
         self.max_depth = max_depth
 
     async def enter(self, call: Call) -> None:
-        call.wire = parse_chat_body(await call.read_body(), self.max_depth)
-        call.ctx.stream = call.wire.stream
-        call.ctx.user = call.wire.user
+        request = call.client_request = parse_chat_body(await call.read_body(), self.max_depth)
+        call.ctx.stream = request.stream
+        call.ctx.user = request.user

@@ -3,15 +3,18 @@
 A :class:`Stage` is a small class with three optional hooks:
 
 * ``enter(call)`` runs before the engine, in stage order: it may refuse (raise a
-  :class:`~unimodel.errors.UnimodelError`), record in the context, or rewrite ``call.request``;
+  :class:`~unimodel.errors.UnimodelError`), record in the context, or rewrite ``call.engine_request``;
 * ``wrap(call, generate)`` may wrap the engine call (a retry, a fallback) or its event stream; stages are
   wrapped innermost-last, so the first stage's wrapper is the outermost. A wrapper must close the stream it
   wraps (``async with contextlib.aclosing(generate(request)) as events``): closing the outermost stream is how
   a client that leaves cancels the engine's work;
 * ``exit(call, error)`` runs once the request is over (answered, failed, or abandoned by its client), in
-  reverse order, for every stage whose ``enter`` returned: the place to release what ``enter`` took.
+  reverse order, for every stage whose ``enter`` returned: the place to release what ``enter`` took. It runs
+  exactly once and to its end: whatever another stage's ``exit`` raises, and however often the request is
+  cancelled meanwhile (the end of a request runs as one unit no cancellation interrupts, ``service/ending.py``;
+  a cancellation waits for it), so an ``exit`` that awaits needs no shield of its own.
 
-Stages are built once at start-up (``server/app.py``) in the order of the architecture page: auth → parse →
+Stages are built once at start-up (``unimodel/compose.py``) in the order of the architecture page: auth → parse →
 route → validate → images → limits → idempotency → resilience. Written by hand: it is
 a few dozen lines, and a middleware library would tie it to HTTP, which the service layer does not know.
 """
@@ -21,17 +24,38 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Generic, Optional, TypeVar
 
 from unimodel.engines.base import GenerationRequest
 from unimodel.errors import UnimodelError
 from unimodel.protocol.events import Event
 from unimodel.protocol.openai import ChatCompletionRequest
-from unimodel.service.context import RequestContext
+from unimodel.service.context import RequestContext, RouteChoice
+from unimodel.service.ending import run_to_end
 
 log = logging.getLogger("unimodel.pipeline")
 
 Generate = Callable[[GenerationRequest], AsyncIterator[Event]]
+
+
+T = TypeVar("T")
+
+
+class StageState(Generic[T]):
+    """A typed place for one stage's own per-request state on a :class:`Call`.
+
+    A stage makes one at import (``HELD: StageState[_Held] = StageState("limits")``) and keeps it to itself:
+    ``call.put(HELD, held)`` in ``enter``, ``call.get(HELD)`` in ``exit``. Each is its own key, so two stages
+    never collide, and the value's type is checked where it is read.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"StageState({self.name!r})"
 
 
 @dataclass(slots=True, eq=False)
@@ -39,28 +63,44 @@ class Call:
     """One request as it moves through the stages.
 
     ``headers`` are the request's headers with lower-case names; ``read_body`` reads the body once (the parse
-    stage calls it, so a refusal by an earlier stage never buffers a body). ``wire`` is set by the parse stage,
-    ``request`` (what the engine gets) by the validate stage; later stages may replace ``request``.
-    ``response_headers`` collects headers stages want on the response; ``state`` carries what one stage
-    hands to a later one (e.g. the resolved route's policy), by the stage's name. ``created`` is the
+    stage calls it, so a refusal by an earlier stage never buffers a body). ``client_request`` is what the
+    client sent, parsed (set by the parse stage; the route stage may rewrite its defaults); ``engine_request``
+    is what the engine gets (set by the validate stage; later stages may replace it). ``route`` is the route
+    taken (route stage). ``response_headers`` collects headers stages want on the response. ``created`` is the
     response's ``created`` (Unix seconds): set by the service when generation starts, unless a stage set it
-    first (an idempotent replay keeps the original response's).
+    first (an idempotent replay keeps the original response's). A stage's own state goes in a
+    :class:`StageState` of its own (:meth:`put`, :meth:`get`, :meth:`pop`).
     """
 
     ctx: RequestContext
     headers: Mapping[str, str]
     read_body: Callable[[], Awaitable[bytes]]
-    wire: Optional[ChatCompletionRequest] = None
-    request: Optional[GenerationRequest] = None
+    client_request: Optional[ChatCompletionRequest] = None
+    engine_request: Optional[GenerationRequest] = None
+    route: Optional[RouteChoice] = None
     response_headers: dict[str, str] = field(default_factory=dict)
-    state: dict[str, Any] = field(default_factory=dict)
     created: Optional[int] = None
+    _stage_state: dict[StageState[Any], Any] = field(default_factory=dict)
+
+    def require_engine_request(self) -> GenerationRequest:
+        """The validated request, for a stage that runs after validation (a 500 if the order is wrong)."""
+        if self.engine_request is None:
+            raise UnimodelError("the pipeline has no validated request at this stage")
+        return self.engine_request
+
+    def put(self, slot: StageState[T], value: T) -> None:
+        self._stage_state[slot] = value
+
+    def get(self, slot: StageState[T]) -> Optional[T]:
+        return self._stage_state.get(slot)
+
+    def pop(self, slot: StageState[T]) -> Optional[T]:
+        return self._stage_state.pop(slot, None)
 
     @property
-    def generation(self) -> GenerationRequest:
-        if self.request is None:
-            raise UnimodelError("the pipeline has no validated request at this stage")
-        return self.request
+    def stage_states(self) -> frozenset[str]:
+        """The names of the stage states held now (for diagnostics and tests)."""
+        return frozenset(slot.name for slot in self._stage_state)
 
 
 class Stage:
@@ -136,7 +176,7 @@ class Pipeline:
                 try:
                     await stage.enter(call)
                 except BaseException as exc:
-                    await self.exit(call, entered, exc)
+                    await run_to_end(self.exit(call, entered, exc))
                     raise
             entered.append(stage)
         return entered
@@ -145,10 +185,13 @@ class Pipeline:
         generate = engine_generate
         for stage in reversed(self._wrapping):
             generate = stage.wrap(call, generate)
-        return generate(call.generation)
+        return generate(call.require_engine_request())
 
     async def exit(self, call: Call, entered: Sequence[Stage], error: Optional[BaseException]) -> None:
-        """Every entered stage's ``exit``, in reverse; one failing is logged and does not stop the others."""
+        """Every entered stage's ``exit``, in reverse, each whatever the others raise: an ``Exception`` is logged,
+        a ``BaseException`` (a cancellation, an interrupt) is raised again once every other has run. Callers run
+        it inside :func:`~unimodel.service.ending.run_to_end`, so that no cancellation cuts an ``exit`` short."""
+        held: Optional[BaseException] = None
         for stage in reversed(entered):
             if stage not in self._exiting:
                 continue
@@ -156,3 +199,9 @@ class Pipeline:
                 await stage.exit(call, error)
             except Exception:
                 log.exception("stage %s failed to release request %s", stage.name, call.ctx.request_id)
+            except BaseException as exc:
+                log.warning("stage %s raised %s while releasing request %s", stage.name, type(exc).__name__,
+                            call.ctx.request_id)
+                held = held or exc
+        if held is not None:
+            raise held

@@ -2,7 +2,7 @@
 
 Model resolution and the reasoning-effort mapping live here: the model knows ``none`` and ``high``; clients
 may send ``minimal``/``low``/``medium`` too, which map onto them with a thinking budget, by the served
-model's :class:`ReasoningPolicy` (DESIGN.md). Engines enforce the budget.
+model's :class:`ReasoningPolicy` (the README's "Reasoning effort" has the table). Engines enforce the budget.
 
 Assistant prefill (``prefix`` on the final message, or ``continue_final_message``) is checked here and
 becomes ``GenerationRequest.continue_final_message`` (see :func:`_continue_final_message` for what is refused).
@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Callable, Collection
 from typing import Literal
 
-from unimodel.config import ReasoningPolicy
 from unimodel.engines.base import GenerationRequest, SamplingOptions
 from unimodel.errors import (
     InvalidRequestError,
@@ -33,6 +32,8 @@ from unimodel.errors import (
     ServiceUnavailableError,
     UnsupportedFeatureError,
 )
+from unimodel.formats.reasoning import AppliedReasoning, ModelReasoning, ReasoningPolicy
+from unimodel.formats.registry import get_format
 from unimodel.protocol.openai import ChatCompletionRequest, ModelCard, NamedToolChoice
 from unimodel.service.pipeline import Call, Stage
 
@@ -41,8 +42,12 @@ log = logging.getLogger("unimodel.validate")
 UnknownFields = Literal["drop", "reject"]
 
 
-def new_request_id() -> str:
+def new_completion_id() -> str:
     return "chatcmpl-" + uuid.uuid4().hex
+
+
+#: the reasoning of a served model the settings say nothing about: Mistral's format, the default policy
+DEFAULT_REASONING = ModelReasoning(ReasoningPolicy(), get_format("mistral"))
 
 
 def resolve_model(name: str, models: list[ModelCard]) -> ModelCard:
@@ -58,8 +63,8 @@ def resolve_model(name: str, models: list[ModelCard]) -> ModelCard:
 def to_generation_request(
     wire: ChatCompletionRequest,
     models: list[ModelCard],
-    policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy(),
-    request_id: str | None = None,
+    reasoning_for: Callable[[str], ModelReasoning] = lambda _: DEFAULT_REASONING,
+    completion_id: str | None = None,
     default_max_tokens: int | None = None,
     *,
     unknown_fields: UnknownFields = "drop",
@@ -67,15 +72,8 @@ def to_generation_request(
 ) -> GenerationRequest:
     extra = _extra_fields(wire, unknown_fields, upstream_extra_fields)
     card = resolve_model(wire.model, models)
-    policy = policy_for(card.id)
-    effort = wire.reasoning_effort or policy.default_effort
-    model_effort = policy.model_effort.get(effort, "high" if effort in ("low", "medium", "high") else "none")
-    if wire.thinking_budget is not None and model_effort == "none":
-        raise InvalidRequestError(
-            f"thinking_budget needs reasoning, and reasoning_effort '{effort}' turns it off; "
-            "send reasoning_effort low, medium or high with it.",
-            param="thinking_budget",
-        )
+    reasoning = reasoning_for(card.id)
+    applied = reasoning.apply(wire.reasoning_effort, wire.thinking_budget)
     max_tokens = wire.max_output_tokens
     if default_max_tokens is not None and card.max_model_len is not None:
         default_max_tokens = min(default_max_tokens, card.max_model_len)
@@ -84,10 +82,9 @@ def to_generation_request(
             f"max_tokens ({max_tokens}) exceeds the model's context length ({card.max_model_len}).",
             param="max_tokens",
         )
-    budget = wire.thinking_budget if wire.thinking_budget is not None else policy.budgets.get(effort)
     continue_final = _continue_final_message(wire)
     return GenerationRequest(
-        request_id=request_id or new_request_id(),
+        completion_id=completion_id or new_completion_id(),
         served_model=card.id,
         messages=wire.messages,
         max_tokens=max_tokens,
@@ -105,11 +102,11 @@ def to_generation_request(
         response_format=wire.response_format,
         user=wire.user,
         default_max_tokens=default_max_tokens,
-        effort=effort,
-        model_effort=model_effort,
-        thinking_budget=budget if model_effort == "high" else None,
+        effort=applied.effort,
+        model_effort=applied.model_effort,
+        thinking_budget=applied.budget,
         include_reasoning=wire.include_reasoning if wire.include_reasoning is not None
-        else policy.include_reasoning,
+        else reasoning.include_reasoning,
         continue_final_message=continue_final,
         streamed=bool(wire.stream),
     )
@@ -173,12 +170,12 @@ class ValidateStage(Stage):
     name = "validate"
 
     def __init__(self, models: Callable[[], list[ModelCard]],
-                 policy_for: Callable[[str], ReasoningPolicy] = lambda _: ReasoningPolicy(),
+                 reasoning_for: Callable[[str], ModelReasoning] = lambda _: DEFAULT_REASONING,
                  default_max_tokens: int | None = None, *, unknown_fields: UnknownFields = "drop",
                  upstream_extra_fields: Collection[str] = (), models_ttl_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.models = models
-        self.policy_for = policy_for
+        self.reasoning_for = reasoning_for
         self.default_max_tokens = default_max_tokens
         self.unknown_fields: UnknownFields = unknown_fields
         self.upstream_extra_fields = frozenset(upstream_extra_fields)
@@ -198,17 +195,19 @@ class ValidateStage(Stage):
         return models
 
     async def enter(self, call: Call) -> None:
-        if call.wire is None:
+        wire = call.client_request
+        if wire is None:
             raise InvalidRequestError("the request was not parsed")
-        models = self.served_models(call.wire.model)
+        models = self.served_models(wire.model)
         if not models:
             raise ServiceUnavailableError("no model is being served yet: the engine is not ready", retry_after=2)
         default_max_tokens = self.default_max_tokens
-        cap = call.state.get("max_tokens_cap")  # an earlier stage's cap (a route's, a key's) lowers the default
+        cap = call.route.max_tokens_cap if call.route is not None else None  # a route's or a key's cap
         if cap is not None:
             default_max_tokens = cap if default_max_tokens is None else min(default_max_tokens, cap)
         request = to_generation_request(
-            call.wire, models, self.policy_for, call.ctx.completion_id, default_max_tokens,
+            wire, models, self.reasoning_for, call.ctx.completion_id, default_max_tokens,
             unknown_fields=self.unknown_fields, upstream_extra_fields=self.upstream_extra_fields)
-        call.request = request
+        call.engine_request = request
         call.ctx.model = request.served_model
+        call.ctx.reasoning = AppliedReasoning(request.effort, request.model_effort, request.thinking_budget)

@@ -38,19 +38,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from unimodel.errors import UnimodelError
-from unimodel.protocol.openai import REASONING_EFFORTS
+from unimodel.protocol.effort import EFFORTS
 from unimodel.service.context import RequestContext
-
-if TYPE_CHECKING:
-    from unimodel.config import Settings
-    from unimodel.engines.base import Engine
 
 OPERATION = "chat"  # gen_ai.operation.name: the OpenAI chat API
 PROVIDER = "unimodel"  # gen_ai.provider.name: the server answering (no well-known value fits a gateway)
@@ -89,7 +85,7 @@ class LabelBounds:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.routes = frozenset(routes)
         self.keys = frozenset(keys)
-        self.efforts = frozenset(REASONING_EFFORTS)
+        self.efforts = frozenset(EFFORTS)
         self.error_types = frozenset(error_types) if error_types is not None else known_error_codes()
         self._models_source = models
         self._models: frozenset[str] = frozenset()
@@ -213,14 +209,14 @@ class MetricsObserver:
     def request_finished(self, ctx: RequestContext) -> None:
         b = self.bounds
         key, route, model = b.key(ctx.key_name), b.route(ctx.route), b.model(ctx.model)
-        effort = b.effort(ctx.reasoning.get("effort"))
+        effort = b.effort(ctx.effort)
         outcome = self._outcome(key, route, model, effort, b.status(ctx.status), b.error_type(ctx.error_type))
         outcome.requests.inc()
         end = ctx.finished_at if ctx.finished_at is not None else time.perf_counter()
         outcome.duration.observe(end - ctx.received_at)
-        if ctx.attributes.get("limits") == "refused":
+        if ctx.limits == "refused":
             self.rate_limited.labels(key, route).inc()
-        if ctx.attributes.get("idempotency") == "replayed":
+        if ctx.idempotency == "replayed":
             return  # answered from the store: no tokens made, and its "first token" says nothing of the model
         usage, first = ctx.usage, ctx.first_token_at
         succeeded = first is not None and ctx.status == 200 and ctx.error_type is None
@@ -258,18 +254,3 @@ class Metrics:
         """The exposition (OpenMetrics when the scraper asks for it, else the text format) and its type."""
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
-
-
-def key_names(settings: "Settings") -> list[str]:
-    """Every name a caller can have: ``anonymous``, the plain keys' ``key-N``, the named keys'."""
-    return ["anonymous", *(f"key-{i}" for i in range(1, len(settings.api_keys) + 1)),
-            *(key.name for key in settings.keys)]
-
-
-def metrics_for(settings: "Settings", engine: "Engine") -> Optional[Metrics]:
-    """The app's metrics (none with ``--no-metrics``); label bounds from the configuration and the engine."""
-    if not settings.metrics:
-        return None
-    bounds = LabelBounds(routes=settings.route_policies, keys=key_names(settings),
-                         models=lambda: [card.id for card in engine.models()])
-    return Metrics(bounds)

@@ -97,8 +97,7 @@ def row_from(ctx: RequestContext, user_hashes: UserHashes, keep_text: bool = Fal
     """The log row of a finished request: cheap (no I/O, no regex), run on the event loop. ``prompt`` and
     ``answer`` are still raw here; :func:`prepare_row` redacts them in the writer thread. ``user_hashes``
     makes ``user_hash`` with the log's secret."""
-    usage, reasoning, attrs = ctx.usage, ctx.reasoning, ctx.attributes
-    tools = attrs.get("tool_names")
+    usage, reasoning, tools = ctx.usage, ctx.reasoning, ctx.tool_names
     return {
         "log_id": new_log_id(),
         "request_id": ctx.request_id,
@@ -107,14 +106,14 @@ def row_from(ctx: RequestContext, user_hashes: UserHashes, keep_text: bool = Fal
         "user_hash": user_hashes(ctx.user),
         "route": ctx.route,
         "model": ctx.model,
-        "upstream": attrs.get("upstream"),
-        "retries": attrs.get("retries"),
-        "idempotent_replay": attrs.get("idempotency") == "replayed",
+        "upstream": ctx.upstream,
+        "retries": ctx.retries,
+        "idempotent_replay": ctx.idempotency == "replayed",
         "stream": ctx.stream,
-        "reasoning_effort": reasoning.get("effort"),
-        "model_effort": reasoning.get("model_effort"),
-        "thinking_budget": reasoning.get("budget"),
-        "thinking_truncated": reasoning.get("truncated"),
+        "reasoning_effort": reasoning.effort if reasoning else None,
+        "model_effort": (reasoning.model_effort or "default") if reasoning else None,
+        "thinking_budget": reasoning.budget if reasoning else None,
+        "thinking_truncated": ctx.thinking_truncated if reasoning else None,
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "reasoning_tokens": usage.reasoning_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
@@ -126,9 +125,9 @@ def row_from(ctx: RequestContext, user_hashes: UserHashes, keep_text: bool = Fal
         "error_type": ctx.error_type,
         "finish_reason": ctx.finish_reason,
         "tool_names": list(tools) if tools else None,
-        "image_count": attrs.get("image_count"),
-        "prompt": attrs.get("prompt_text") if keep_text else None,
-        "answer": attrs.get("answer_text") if keep_text else None,
+        "image_count": ctx.image_count,
+        "prompt": ctx.prompt_text if keep_text else None,
+        "answer": ctx.answer_text if keep_text else None,
     }
 
 

@@ -104,7 +104,7 @@ class RequestWindow:
         per_key[_SERVER_ERRORS] += server_error
         per_key[_TOKENS] += tokens
         per_key[_RATE_LIMITED] += rate_limited
-        effort = _label(bucket.efforts, str(ctx.reasoning.get("effort") or NO_EFFORT), limit)
+        effort = _label(bucket.efforts, str(ctx.effort or NO_EFFORT), limit)
         per_effort = bucket.efforts.get(effort)
         if per_effort is None:
             per_effort = bucket.efforts[effort] = [0, 0, 0, 0]

@@ -141,7 +141,7 @@ async def test_engine_payload_and_status_mapping_over_a_loopback_upstream() -> N
             wire = ChatCompletionRequest.model_validate({
                 "model": "small4", "messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9,
                 "top_k": 5, "route": "r"})
-            request = gen_request(request_id="r", served_model="small4", wire=wire, max_tokens=9)
+            request = gen_request(completion_id="r", served_model="small4", wire=wire, max_tokens=9)
             with pytest.raises(UpstreamStatusError) as err:
                 async for _ in engine.generate(request):
                     pass

@@ -22,7 +22,7 @@ FAKE_VLLM = str(Path(__file__).resolve().parents[2] / "support" / "bin" / "vllm"
 
 def _request() -> GenerationRequest:
     wire = ChatCompletionRequest(model="small4", messages=[{"role": "user", "content": "ping"}])  # type: ignore[list-item]
-    return gen_request(request_id="r1", served_model="small4", wire=wire, max_tokens=None)
+    return gen_request(completion_id="r1", served_model="small4", wire=wire, max_tokens=None)
 
 
 def test_merge_args_overrides_planned_flags() -> None:

@@ -13,7 +13,7 @@ from unimodel.gateway.limits import Decision, LimitDefaults, MemoryStore, go_dur
 from unimodel.gateway.limits.policy import is_high_reasoning, store_name
 from unimodel.service.context import Caller
 
-REQ = GenerationRequest(request_id="r", served_model="m", messages=[])
+REQ = GenerationRequest(completion_id="r", served_model="m", messages=[])
 
 
 def req(**kw: object) -> GenerationRequest:
@@ -115,7 +115,7 @@ async def test_memory_buckets_refill_settle_into_debt_and_are_swept() -> None:
 
 def test_the_stage_is_built_only_when_a_limit_is_set() -> None:
     from unimodel.config import Settings
-    from unimodel.gateway.limits import limits_stages
+    from unimodel.compose import limits_stages
     from unimodel.gateway.limits.redis_store import RedisStore
 
     assert limits_stages(Settings()) == []
@@ -128,7 +128,7 @@ def test_the_stage_is_built_only_when_a_limit_is_set() -> None:
 def test_a_named_keys_own_limit_turns_the_stage_on() -> None:
     from unimodel.config import Settings
     from unimodel.gateway.keyhash import hash_key
-    from unimodel.gateway.limits import limits_stages
+    from unimodel.compose import limits_stages
     from unimodel.gateway.policy import KeyPolicy
 
     key = KeyPolicy(name="team-a", key_hash=hash_key("sk-test-secret"), max_concurrent=2)

@@ -111,7 +111,7 @@ async def test_redis_down_fails_open_once_logged_counted_and_recovers(own_redis:
         answers = [await ask(svc) for _ in range(5)]
         assert [a.status for a in answers] == [200] * 5  # open: served, unchecked
         assert not any(h.startswith("x-ratelimit") for h in answers[0].headers)
-        assert answers[0].call is not None and answers[0].call.ctx.attributes["limits"] == "unchecked"
+        assert answers[0].call is not None and answers[0].call.ctx.limits == "unchecked"
         await svc.complete(held[1])  # its settlement cannot reach Redis: counted, not an error
         status = stage.status()
         assert status["redis"] == "down" and status["outages"] == 1 and status["admitted_unchecked"] == 5

@@ -230,7 +230,7 @@ async def test_no_limit_means_no_headers_and_no_state(new_store: StoreFactory) -
     svc = service(UsageEngine(), await limits(new_store, high_reasoning_rpm=5))
     answer = await ask(svc, reasoning_effort="none")
     assert answer.status == 200 and not any(h.startswith("x-ratelimit") for h in answer.headers)
-    assert answer.call is not None and "limits" not in answer.call.state
+    assert answer.call is not None and "limits" not in answer.call.stage_states
 
 
 async def test_an_idempotent_replay_is_charged_no_tokens(new_store: StoreFactory) -> None:
@@ -240,7 +240,7 @@ async def test_an_idempotent_replay_is_charged_no_tokens(new_store: StoreFactory
         name = "idempotency"
 
         async def enter(self, call: Call) -> None:
-            call.ctx.attributes["idempotency"] = "replayed"
+            call.ctx.idempotency = "replayed"
 
     svc = service(UsageEngine(prompt=40, completion=40), await limits(new_store, tpm=100), Replayed())
     assert (await ask(svc, max_tokens=50)).status == 200

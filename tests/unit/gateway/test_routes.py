@@ -13,7 +13,9 @@ from typing import Any, Optional
 import pytest
 from PIL import Image
 
-from unimodel.config import ConfigError, ReasoningPolicy, Settings
+from unimodel.config import ConfigError, Settings
+from unimodel.formats.reasoning import ModelReasoning, ReasoningPolicy
+from unimodel.formats.registry import get_format
 from unimodel.engines.base import GenerationRequest
 from unimodel.errors import InvalidRequestError, PermissionDeniedError, UnimodelError
 from unimodel.gateway.auth import ApiKeyAuth
@@ -74,9 +76,10 @@ def service(routes: Optional[dict[str, Any]] = None, *, policy: ReasoningPolicy 
     engine = engine or Recording()
     resolved = resolve_routes({k: None if v is None else RoutePolicy.model_validate(v)
                                for k, v in (routes or {}).items()})
+    reasoning = ModelReasoning(policy, get_format("mistral"))
     pipeline = Pipeline([ApiKeyAuth(["sk-plain"], NAMED), ParseStage(),
-                         RouteStage(resolved, policy_for=lambda _: policy),
-                         ValidateStage(engine.models, lambda _: policy), ImagePolicyStage(ImagePolicy())])
+                         RouteStage(resolved, reasoning_for=lambda _: reasoning),
+                         ValidateStage(engine.models, lambda _: reasoning), ImagePolicyStage(ImagePolicy())])
     return ChatService(engine, pipeline), engine
 
 
@@ -91,7 +94,7 @@ def make_call(body: dict[str, Any], key: str = "sk-plain", **headers: str) -> Ca
 
 async def run(svc: ChatService, c: Call) -> GenerationRequest:
     await svc.complete(await svc.prepare(c))
-    return c.generation
+    return c.require_engine_request()
 
 
 async def refused(svc: ChatService, c: Call) -> UnimodelError:
@@ -118,9 +121,9 @@ async def test_route_choice(body: dict[str, Any], headers: dict[str, str], expec
     c = make_call(body, **headers)
     await run(svc, c)
     assert c.ctx.route == expected and c.response_headers[ROUTE_HEADER] == expected
-    route = c.state["route"]
-    assert isinstance(route, RoutePolicy) and route.name == expected
-    assert route.upstreams is None and route.timeouts.total_s is None
+    route = c.route
+    assert route is not None and route.name == expected
+    assert route.upstreams is None and route.total_timeout_s is None
 
 
 @pytest.mark.parametrize("body,headers", [({"route": "fast"}, {}), ({}, {"x-unimodel-route": "fast"})])
@@ -303,7 +306,7 @@ routes:
 
 
 def test_build_stages_puts_route_after_parse_before_validate() -> None:
-    from unimodel.server.app import build_stages
+    from unimodel.compose import build_engines, build_stages
 
-    names = [s.name for s in build_stages(Settings(), ScriptedEngine())]
+    names = [s.name for s in build_stages(Settings(), build_engines(Settings(), ScriptedEngine()))]
     assert names[:5] == ["auth", "parse", "route", "validate", "images"]

@@ -40,7 +40,7 @@ def validate(stage: ValidateStage, model: str = "m", **fields: Any) -> Call:
         return b""
 
     call = Call(RequestContext("r"), {}, unused)
-    call.wire = ChatCompletionRequest.model_validate(
+    call.client_request = ChatCompletionRequest.model_validate(
         {"model": model, "messages": [{"role": "user", "content": "hi"}], **fields})
     asyncio.run(stage.enter(call))
     return call
@@ -50,7 +50,7 @@ def test_the_models_are_asked_once_per_ttl_not_per_request() -> None:
     served, clock = Served(m=1000), Clock()
     stage = ValidateStage(served, clock=clock)
     for _ in range(5):
-        assert validate(stage).generation.served_model == "m"
+        assert validate(stage).require_engine_request().served_model == "m"
     assert served.calls == 1
     clock.now += stage.models_ttl_s
     validate(stage)
@@ -62,7 +62,7 @@ def test_a_model_discovered_since_is_served_at_once() -> None:
     stage = ValidateStage(served, clock=clock)
     validate(stage)
     served.models["new"] = 500
-    assert validate(stage, "new").generation.served_model == "new"  # no wait for the ttl
+    assert validate(stage, "new").require_engine_request().served_model == "new"  # no wait for the ttl
     with pytest.raises(ModelNotFoundError):
         validate(stage, "unknown")
 
@@ -73,7 +73,7 @@ def test_an_engine_that_served_nothing_is_asked_again_on_the_next_request() -> N
     with pytest.raises(ServiceUnavailableError):
         validate(stage)
     served.models["m"] = 1000  # the engine became ready
-    assert validate(stage).generation.served_model == "m"
+    assert validate(stage).require_engine_request().served_model == "m"
 
 
 def test_a_changed_context_length_is_seen_after_the_ttl() -> None:

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.unit.telemetry.conftest import make_row
-from unimodel.telemetry import logs_cli
-from unimodel.telemetry.logs_cli import parse_since
+from unimodel import logs_cli
+from unimodel.logs_cli import parse_since
 from unimodel.telemetry.stats import compute_stats, percentile
 from unimodel.telemetry.store import LogStore, database_url
 

@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from unimodel.config import Settings
-from unimodel.gateway.resilience import build_resilience
+from unimodel.compose import build_engines, build_resilience, key_names
 from unimodel.protocol.events import Usage
+from unimodel.formats.reasoning import AppliedReasoning
 from unimodel.service.context import RequestContext
 from unimodel.telemetry.metrics import (
     OTHER,
@@ -22,7 +23,6 @@ from unimodel.telemetry.metrics import (
     LabelBounds,
     Metrics,
     MetricsObserver,
-    key_names,
     known_error_codes,
 )
 from unimodel.telemetry.metrics_gauges import ServingCollector
@@ -48,12 +48,12 @@ def value(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 def finished(status: int = 200, error: Optional[str] = None, usage: Optional[Usage] = Usage(10, 20, 5),
-             first_after: Optional[float] = 0.5, took: float = 2.0, **attributes: Any) -> RequestContext:
+             first_after: Optional[float] = 0.5, took: float = 2.0, **fields: Any) -> RequestContext:
     ctx = RequestContext("r", key_name="key-1", route="default", model="m", status=status, error_type=error,
-                         usage=usage, reasoning={"effort": "high"}, received_at=100.0)
+                         usage=usage, reasoning=AppliedReasoning("high", "high", None), received_at=100.0,
+                         **fields)
     ctx.first_token_at = None if first_after is None else 100.0 + first_after
     ctx.finished_at = 100.0 + took
-    ctx.attributes.update(attributes)
     return ctx
 
 
@@ -144,7 +144,7 @@ class _Engine:
 
 def test_the_collector_reads_the_stages_and_survives_a_broken_section(caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(engine="upstream", upstream="http://127.0.0.1:9/v1", breaker_failures=1)
-    resilience = build_resilience(settings)
+    resilience = build_resilience(settings, build_engines(settings))
     permit = resilience.pool.primary.breaker.allow()
     assert permit is not None
     resilience.pool.primary.breaker.failure(permit)  # one failure opens it

@@ -16,6 +16,7 @@ from typing import Any
 from tests.support.fake_engine import InMemoryEngine
 from unimodel.engines.base import GenerationRequest
 from unimodel.protocol.events import (
+    FLUSH,
     ContentDelta,
     Event,
     Finish,
@@ -26,6 +27,7 @@ from unimodel.protocol.events import (
     Usage,
 )
 from unimodel.service.chat import ChatService
+from unimodel.formats.reasoning import AppliedReasoning
 from unimodel.service.context import RequestContext
 from unimodel.service.observer import Observers
 from unimodel.service.parse import ParseStage
@@ -55,6 +57,7 @@ class PiiEngine(InMemoryEngine):
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         yield ReasoningDelta("thinking about it")
+        yield FLUSH  # about to wait: Flush is every engine's contract
         await asyncio.sleep(0)
         yield ContentDelta(f"I will write to {EMAIL} ")
         yield ContentDelta("now.")
@@ -115,9 +118,9 @@ def test_the_row_has_every_column_and_keeps_the_text_only_when_asked() -> None:
     ctx.first_token_at, ctx.first_answer_at, ctx.finished_at = 10.1, 10.25, 11.0
     ctx.key_name, ctx.user, ctx.route, ctx.model, ctx.stream = "team-a", "u-1", "hard", "m", True
     ctx.status, ctx.finish_reason, ctx.usage = 200, "stop", Usage(7, 9, 3)
-    ctx.reasoning = {"effort": "medium", "model_effort": "high", "budget": 4096, "truncated": True}
-    ctx.attributes.update(upstream="fallback-1", retries=2, idempotency="replayed", tool_names=["a", "b"],
-                          image_count=2, prompt_text="user: hi", answer_text="hello")
+    ctx.reasoning, ctx.thinking_truncated = AppliedReasoning("medium", "high", 4096), True
+    ctx.upstream, ctx.retries, ctx.idempotency, ctx.tool_names = "fallback-1", 2, "replayed", ["a", "b"]
+    ctx.image_count, ctx.prompt_text, ctx.answer_text = 2, "user: hi", "hello"
     row = row_from(ctx, UserHashes(b"k"))
     assert set(row) == set(COLUMNS)
     assert row["created_at"] == "2026-04-24T03:06:40+00:00"

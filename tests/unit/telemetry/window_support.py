@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from unimodel.protocol.events import Usage
+from unimodel.formats.reasoning import AppliedReasoning
 from unimodel.service.context import RequestContext
 
 
@@ -31,5 +32,5 @@ def finished(*, status: int = 200, error_type: Optional[str] = None, latency_ms:
     if prompt is not None:
         ctx.usage = Usage(prompt_tokens=prompt, completion_tokens=completion, reasoning_tokens=reasoning)
     if effort is not None:
-        ctx.reasoning = {"effort": effort}
+        ctx.reasoning = AppliedReasoning(effort, None, None)
     return ctx

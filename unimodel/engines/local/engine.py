@@ -66,7 +66,6 @@ log = logging.getLogger("unimodel.local")
 
 class LocalEngine(Engine):
     kind = "local"
-    flushes = True  # after the tokens of every step that were waiting for this request
 
     def __init__(
         self,

@@ -39,7 +39,7 @@ class RecordError(ValueError):
 @dataclass(frozen=True, slots=True)
 class StoredResponse:
     fingerprint: str
-    request_id: str
+    completion_id: str
     created: int
     events: tuple[Event, ...]
 
@@ -86,7 +86,7 @@ def event_size(e: Event) -> int:
 
 
 def encode(record: StoredResponse) -> bytes:
-    body = {"v": 1, "f": record.fingerprint, "id": record.request_id, "t": record.created,
+    body = {"v": 1, "f": record.fingerprint, "id": record.completion_id, "t": record.created,
             "e": [_encode_event(e) for e in record.events]}
     return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 

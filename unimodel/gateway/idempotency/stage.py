@@ -42,7 +42,7 @@ from unimodel.gateway.idempotency.store import (
     StoreUnavailableError,
 )
 from unimodel.protocol.events import Event, Finish
-from unimodel.service.pipeline import Call, Generate, Stage
+from unimodel.service.pipeline import Call, Generate, Stage, StageState
 
 log = logging.getLogger("unimodel.idempotency")
 
@@ -72,6 +72,9 @@ def checked_key(raw: str) -> str:
         raise InvalidRequestError(f"The Idempotency-Key header must be 1 to {MAX_KEY_CHARS} printable ASCII "
                                   "characters.", param="Idempotency-Key")
     return key
+
+
+_PENDING: StageState[_Pending] = StageState("idempotency")
 
 
 class IdempotencyStage(Stage):
@@ -125,7 +128,7 @@ class IdempotencyStage(Stage):
         self._store_ok()
 
     def wrap(self, call: Call, generate: Generate) -> Generate:
-        pending: Optional[_Pending] = call.state.get(self.name)
+        pending = call.get(_PENDING)
         if pending is None:
             return generate
         if pending.replay is not None:
@@ -153,19 +156,18 @@ class IdempotencyStage(Stage):
         return record
 
     async def exit(self, call: Call, error: Optional[BaseException]) -> None:
-        pending: Optional[_Pending] = call.state.get(self.name)
+        pending = call.get(_PENDING)
         if pending is None or pending.token is None:
             return
         if not self.store.remote:
             await self._settle(call, pending, error)  # never suspends: nothing can interrupt it
             return
+        # A task of its own only so that aclose waits for the settlements still under way at shutdown; no
+        # shield: the pipeline runs every exit to its end, even a client's that left.
         settle = asyncio.ensure_future(self._settle(call, pending, error))
         self._settling.add(settle)
         settle.add_done_callback(self._settling.discard)
-        try:
-            await asyncio.shield(settle)
-        except asyncio.CancelledError:
-            pass  # the request is torn down around us: the store is settled in the background all the same
+        await settle
 
     # ---- the parts ------------------------------------------------------------------------------------
 
@@ -174,8 +176,8 @@ class IdempotencyStage(Stage):
         while True:
             held = await self.store.claim(key, fp)
             if isinstance(held, Claimed):
-                call.state[self.name] = _Pending(key, fp, token=held.token)
-                call.ctx.attributes["idempotency"] = "first"
+                call.put(_PENDING, _Pending(key, fp, token=held.token))
+                call.ctx.idempotency = "first"
                 self.counts["first"] += 1
                 return
             if isinstance(held, Done):
@@ -205,11 +207,11 @@ class IdempotencyStage(Stage):
                                         param="Idempotency-Key")
 
     def _replay(self, call: Call, key: str, fp: str, stored: StoredResponse) -> None:
-        call.request = dataclasses.replace(call.generation, request_id=stored.request_id)
+        call.engine_request = dataclasses.replace(call.require_engine_request(), completion_id=stored.completion_id)
         call.created = stored.created
         call.response_headers[REPLAYED_HEADER] = "true"
-        call.state[self.name] = _Pending(key, fp, replay=stored)
-        call.ctx.attributes["idempotency"] = "replayed"
+        call.put(_PENDING, _Pending(key, fp, replay=stored))
+        call.ctx.idempotency = "replayed"
         self.counts["replayed"] += 1
 
     async def _settle(self, call: Call, pending: _Pending, error: Optional[BaseException]) -> None:
@@ -217,7 +219,7 @@ class IdempotencyStage(Stage):
         try:
             finished = bool(pending.events) and isinstance(pending.events[-1], Finish)
             if error is None and finished and not pending.overflow:
-                record = encode(StoredResponse(pending.fingerprint, call.generation.request_id,
+                record = encode(StoredResponse(pending.fingerprint, call.require_engine_request().completion_id,
                                                call.created or int(time.time()), tuple(pending.events)))
                 if len(record) <= self.max_bytes:
                     await self.store.finish(pending.key, pending.token, record)
@@ -236,7 +238,7 @@ class IdempotencyStage(Stage):
             self._unavailable(call, exc)
 
     def _unavailable(self, call: Call, exc: Optional[StoreUnavailableError]) -> None:
-        call.ctx.attributes["idempotency"] = "unavailable"
+        call.ctx.idempotency = "unavailable"
         self.counts["store_unavailable"] += 1
         if exc is None:
             return

@@ -28,14 +28,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Optional
 
 from unimodel.errors import InvalidRequestError, RateLimitError
-from unimodel.protocol.openai import REASONING_EFFORTS
+from unimodel.protocol.effort import EFFORTS, Effort, effort_rank
 from unimodel.service.context import Caller
 
 if TYPE_CHECKING:
-    from unimodel.config import Settings
     from unimodel.engines.base import GenerationRequest
-
-EFFORT_ORDER = {effort: rank for rank, effort in enumerate(REASONING_EFFORTS)}  # none < minimal < … < high
 
 Unit = Literal["requests", "tokens"]
 Scope = Literal["key", "user", "high reasoning"]
@@ -55,19 +52,12 @@ class LimitDefaults:
     high_reasoning_rpm: Optional[int] = None
     high_reasoning_tpm: Optional[int] = None
     max_concurrent: Optional[int] = None
-    high_reasoning_effort: str = "high"
+    high_reasoning_effort: Effort = "high"
     window_s: float = 60.0
     token_reservation: int = 4096
 
-    @classmethod
-    def from_settings(cls, settings: "Settings") -> "LimitDefaults":
-        return cls(rpm=settings.rpm, tpm=settings.tpm, user_rpm=settings.user_rpm, user_tpm=settings.user_tpm,
-                   high_reasoning_rpm=settings.high_reasoning_rpm, high_reasoning_tpm=settings.high_reasoning_tpm,
-                   max_concurrent=settings.max_concurrent, high_reasoning_effort=settings.high_reasoning_effort,
-                   window_s=settings.rate_limit_window_s, token_reservation=settings.limits_token_reservation)
-
     def __post_init__(self) -> None:
-        if self.high_reasoning_effort not in EFFORT_ORDER:
+        if self.high_reasoning_effort not in EFFORTS:
             raise ValueError(f"unknown reasoning effort '{self.high_reasoning_effort}'")
         if self.window_s <= 0:
             raise ValueError("the rate-limit window must be positive")
@@ -116,7 +106,7 @@ def _user_id(user: str) -> str:
 
 
 def is_high_reasoning(effort: str, threshold: str) -> bool:
-    return EFFORT_ORDER.get(effort, 0) >= EFFORT_ORDER[threshold]
+    return effort_rank(effort) >= effort_rank(threshold)
 
 
 def _pick(own: Optional[int], default: Optional[int]) -> Optional[int]:

@@ -25,7 +25,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import Any, Literal, Optional
 
 from unimodel.engines.base import GenerationRequest
 from unimodel.errors import LimitsUnavailableError, RateLimitError
@@ -33,10 +33,7 @@ from unimodel.gateway.limits.memory import MemoryStore
 from unimodel.gateway.limits.policy import LimitDefaults, Plan, describe, plan_for
 from unimodel.gateway.limits.store import Decision, LimitStore, StoreUnavailable, seconds_to
 from unimodel.protocol.events import Event
-from unimodel.service.pipeline import Call, Generate, Stage
-
-if TYPE_CHECKING:
-    from unimodel.config import Settings
+from unimodel.service.pipeline import Call, Generate, Stage, StageState
 
 log = logging.getLogger("unimodel.limits")
 
@@ -79,18 +76,6 @@ def rate_limit_headers(plan: Plan, decision: Decision) -> dict[str, str]:
     return headers
 
 
-_LIMIT_FIELDS = ("rpm", "tpm", "high_reasoning_rpm", "high_reasoning_tpm", "max_concurrent")
-
-
-def limits_stages(settings: "Settings") -> list[Stage]:
-    """The limits stage, or none when no limit is set for the server, for end users, or in any key's policy
-    (then it would only cost time)."""
-    keys = getattr(settings, "keys", None) or []
-    configured = any(getattr(settings, f) is not None for f in (*_LIMIT_FIELDS, "user_rpm", "user_tpm")) or any(
-        getattr(key, f, None) is not None for key in keys for f in _LIMIT_FIELDS)
-    return [LimitsStage.from_settings(settings)] if configured else []
-
-
 @dataclass(slots=True, eq=False)
 class _Held:
     """What an admitted call took, until its ``exit`` gives it back."""
@@ -99,6 +84,9 @@ class _Held:
     lease: Optional[str]  # the in-flight slot to free (``""`` in memory, where a slot has no name); None: none
     started: bool = False  # every stage entered and the engine asked (else a later stage refused the call)
     output_chars: int = 0  # text streamed, for an estimate when no usage came
+
+
+_HELD: StageState[_Held] = StageState("limits")
 
 
 class LimitsStage(Stage):
@@ -114,18 +102,6 @@ class LimitsStage(Stage):
                        "release_failed": 0}
         self._background: set[asyncio.Task[Any]] = set()
 
-    @classmethod
-    def from_settings(cls, settings: "Settings") -> "LimitsStage":
-        store: LimitStore
-        if settings.redis:
-            from unimodel.gateway.limits.redis_store import RedisStore
-
-            store = RedisStore(settings.redis, settings.redis_prefix, timeout_s=settings.limits_redis_timeout_s,
-                               lease_s=settings.limits_lease_s)
-        else:
-            store = MemoryStore()
-        return cls(LimitDefaults.from_settings(settings), store, on_store_failure=settings.limits_on_redis_failure)
-
     async def start(self) -> None:
         await self.store.start()
 
@@ -140,7 +116,7 @@ class LimitsStage(Stage):
     # ---- per request --------------------------------------------------------------------------------
 
     async def enter(self, call: Call) -> None:
-        request = call.request
+        request = call.engine_request
         if request is None:
             return
         ctx = call.ctx
@@ -148,7 +124,7 @@ class LimitsStage(Stage):
             plan = plan_for(ctx.key_name, ctx.caller, ctx.user, request, self.defaults)
         except RateLimitError:  # a quota of 0: retrying cannot help, so the official clients are told not to
             call.response_headers["x-should-retry"] = "false"
-            ctx.attributes["limits"] = "refused"
+            ctx.limits = "refused"
             raise
         if plan is None:
             return
@@ -162,18 +138,18 @@ class LimitsStage(Stage):
                 raise LimitsUnavailableError("Rate limits cannot be checked right now; please retry shortly.",
                                              retry_after=1) from None
             self.counts["admitted_unchecked"] += 1
-            ctx.attributes["limits"] = "unchecked"
+            ctx.limits = "unchecked"
             return
         call.response_headers.update(rate_limit_headers(plan, decision))
         if not decision.allowed:
             self.counts["refused"] += 1
-            ctx.attributes["limits"] = "refused"  # for the observers: ours, not an upstream's 429
+            ctx.limits = "refused"  # for the observers: ours, not an upstream's 429
             raise self._refusal(call, plan, decision)
         self.counts["admitted"] += 1
-        call.state[self.name] = _Held(plan, lease if plan.concurrency_id is not None else None)
+        call.put(_HELD, _Held(plan, lease if plan.concurrency_id is not None else None))
 
     def wrap(self, call: Call, generate: Generate) -> Generate:
-        held: Optional[_Held] = call.state.get(self.name)
+        held = call.get(_HELD)
         if held is None:
             return generate
         held.started = True  # wrap runs once every stage has entered, as the engine call is composed
@@ -191,7 +167,7 @@ class LimitsStage(Stage):
         return counted
 
     async def exit(self, call: Call, error: Optional[BaseException]) -> None:
-        held: Optional[_Held] = call.state.pop(self.name, None)
+        held = call.pop(_HELD)
         if held is None:
             return
         plan = held.plan
@@ -205,12 +181,11 @@ class LimitsStage(Stage):
         if not self.store.remote:
             await self.store.release(plan, returns, held.lease)
             return
-        task = self._spawn(self.store.release(plan, returns, held.lease))
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            # Shielded: the release finishes even when this request's task is being cancelled (its client
-            # left), and a cancellation here must not skip the earlier stages' exits; the request is ending.
-            # A failure is counted (and, unless Redis is down, logged) by _released.
-            await asyncio.shield(task)
+        # A task of its own only so that aclose waits for the releases still under way at shutdown; no shield:
+        # the pipeline runs every exit to its end, even a client's that left. A failure is counted (and, unless
+        # Redis is down, logged) by _released.
+        with contextlib.suppress(Exception):
+            await self._spawn(self.store.release(plan, returns, held.lease))
 
     # ---- helpers ------------------------------------------------------------------------------------
 
@@ -246,13 +221,13 @@ class LimitsStage(Stage):
     @staticmethod
     def _used(call: Call, held: _Held) -> int:
         ctx = call.ctx
-        if ctx.attributes.get("idempotency") == "replayed":  # answered from the store: the model did no work
+        if ctx.idempotency == "replayed":  # answered from the store: the model did no work
             return 0
         if ctx.usage is not None:
             return ctx.usage.total_tokens
         if held.output_chars == 0:
             return 0
-        request = call.request
+        request = call.engine_request
         prompt_chars = sum(len(m.text()) for m in request.messages) if request is not None else 0
         return (prompt_chars + held.output_chars + 3) // 4
 

@@ -6,13 +6,13 @@ whose circuit is open are skipped, and when every one is, the answer is a fast 5
 ``Retry-After``. From the first event on, nothing is retried: that event is on its way to the client, and a
 failure later ends the stream with an error frame as any mid-stream failure does.
 
-Timeouts, each from the route's policy when it sets one (``call.state["route"].timeouts``), else the server's:
+Timeouts, each from the route's policy when it sets one (``call.route``), else the server's:
 ``connect`` (the upstream client's connect timeout, for this request), ``first_token`` (per try: no first
 event in time → that upstream failed, 504 ``upstream_timeout`` if it was the last) and ``total`` (the whole
 request, waits and stream included; past it, 504 before the first event or an error frame after).
 
-The choice is recorded: ``ctx.attributes["upstream"]`` (``primary``, ``canary``, ``fallback-1`` …),
-``ctx.attributes["retries"]`` (tries after the first) and the ``X-Unimodel-Upstream`` response header. With
+The choice is recorded: ``ctx.upstream`` (``primary``, ``canary``, ``fallback-1`` …),
+``ctx.retries`` (tries after the first) and the ``X-Unimodel-Upstream`` response header. With
 nothing to do (no extra upstream, no retries, no timeouts, no breaker) ``wrap`` returns the engine call as is.
 """
 
@@ -33,7 +33,8 @@ from unimodel.gateway.resilience.breaker import NO_PROBE, Permit
 from unimodel.gateway.resilience.deadline import PRECISE_DEADLINES, DeadlinePassed, StreamDeadline, next_before
 from unimodel.gateway.resilience.retry import Backoff, Verdict, classify
 from unimodel.gateway.resilience.upstreams import Upstream, UpstreamPool
-from unimodel.protocol.events import Event
+from unimodel.protocol.events import Event, close_events
+from unimodel.service.context import RouteChoice
 from unimodel.service.pipeline import Call, Generate, Stage
 
 log = logging.getLogger("unimodel.resilience")
@@ -85,21 +86,6 @@ class ResilienceStage(Stage):
                       and policy.first_token_timeout_s is None and policy.total_timeout_s is None
                       and not pool.primary.breaker.enabled)
 
-    # ---- lifecycle -------------------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        owned = self.pool.owned
-        # concurrently: each start probes its upstream, bounded by its connect timeout
-        await asyncio.gather(*(u.engine.start() for u in owned if u.engine is not None))
-
-    async def aclose(self) -> None:
-        for upstream in self.pool.owned:
-            try:
-                if upstream.engine is not None:
-                    await upstream.engine.aclose()
-            except Exception:
-                log.exception("closing upstream %s failed", upstream.name)
-
     def status(self) -> dict[str, Any]:
         return {"upstreams": self.pool.status(), "retries": self.policy.retries}
 
@@ -111,23 +97,22 @@ class ResilienceStage(Stage):
     # ---- per request -----------------------------------------------------------------------------------
 
     def wrap(self, call: Call, generate: Generate) -> Generate:
-        route = call.state.get("route")
+        route = call.route
         timeouts = self._timeouts(route)
-        names = getattr(route, "upstreams", None)
+        names = route.upstreams if route is not None else None
         if self._idle and timeouts == self._defaults and not names:
             return generate
         return functools.partial(self._generate, call, generate, timeouts, names)
 
-    def _timeouts(self, route: Any) -> _Timeouts:
-        t = getattr(route, "timeouts", None)
-        if t is None:
+    def _timeouts(self, route: Optional[RouteChoice]) -> _Timeouts:
+        if route is None:
             return self._defaults
-        first, total = getattr(t, "first_token_s", None), getattr(t, "total_s", None)
-        return _Timeouts(getattr(t, "connect_s", None),
+        first, total = route.first_token_timeout_s, route.total_timeout_s
+        return _Timeouts(route.connect_timeout_s,
                          first if first is not None else self._defaults.first_token_s,
                          total if total is not None else self._defaults.total_s)
 
-    async def _generate(self, call: Call, primary: Generate, timeouts: _Timeouts, names: Optional[list[str]],
+    async def _generate(self, call: Call, primary: Generate, timeouts: _Timeouts, names: Optional[tuple[str, ...]],
                         request: GenerationRequest) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
         deadline = None if timeouts.total_s is None else loop.time() + timeouts.total_s
@@ -217,9 +202,9 @@ class ResilienceStage(Stage):
             raise CircuitOpenError("no upstream is available right now (their circuit breakers are open); "
                                    "retry later", retry_after=max(1.0, retry_after))
         finally:
-            call.ctx.attributes["retries"] = max(0, attempts - 1)
+            call.ctx.retries = max(0, attempts - 1)
             if current is not None:
-                call.ctx.attributes["upstream"] = current.name
+                call.ctx.upstream = current.name
                 call.response_headers[UPSTREAM_HEADER] = current.name
 
     async def _try(self, upstream: Upstream, permit: Permit, primary: Generate, request: GenerationRequest,
@@ -247,7 +232,10 @@ class ResilienceStage(Stage):
             return None
         except BaseException as exc:
             if events is not None:
-                await _close(events)
+                try:
+                    await close_events(events)
+                except Exception:
+                    log.debug("closing a failed upstream stream failed", exc_info=True)
             if not isinstance(exc, Exception):  # cancelled or closed: the client left, no verdict
                 upstream.breaker.release(permit)
                 raise
@@ -285,15 +273,6 @@ def _open(upstream: Upstream, primary: Generate, request: GenerationRequest,
     if timeouts.first_token_s is not None and not request.streamed:  # the first token must be seen as it comes
         request = dataclasses.replace(request, streamed=True)
     return generate(request)
-
-
-async def _close(events: AsyncIterator[Event]) -> None:
-    aclose = getattr(events, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:
-            log.debug("closing a failed upstream stream failed", exc_info=True)
 
 
 class _TotalTimeout(UpstreamTimeoutError):

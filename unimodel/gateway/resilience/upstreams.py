@@ -3,8 +3,8 @@
 Names: ``primary`` is the server's own engine (whatever ``--engine`` is: a local model may fail over to a
 remote one); ``fallback-1``, ``fallback-2`` … are ``--fallback-upstream`` URLs in order; ``canary`` is
 ``--canary-upstream``; any other name is an entry of the config file's ``upstreams:`` mapping, reachable when a
-route names it. Every upstream but the primary is an :class:`~unimodel.engines.upstream.UpstreamEngine` made
-here with the primary's settings (parse mode, model family, timeouts), started and closed by the stage.
+route names it. Every upstream but the primary is an engine of the server's engine set (an upstream engine with
+the primary's settings), given to the stage by the composition root and started and closed by the app.
 
 The chain: a route that names upstreams gets exactly those, in order; otherwise ``primary`` then the
 fallbacks — or, for a ``canary_weight`` share of requests, ``canary`` first and then that chain.
@@ -68,11 +68,6 @@ class UpstreamPool:
         self.canary_chain: tuple[Upstream, ...] = (canary, *self.default_chain) if canary else self.default_chain
         self._rng = rng or random.Random()
         self._unknown_logged: set[str] = set()
-
-    @property
-    def owned(self) -> list[Upstream]:
-        """The upstreams whose engines the stage starts and closes (all but the primary)."""
-        return [u for u in self.by_name.values() if u.engine is not None]
 
     @property
     def names(self) -> list[str]:

@@ -23,10 +23,10 @@ router = APIRouter()
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     served: Metrics = request.app.state.metrics
-    key = request.app.state.settings.metrics_key
+    key: "str | None" = request.app.state.metrics_key
     if key is not None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        expected = key.get_secret_value().encode("utf-8", "surrogatepass")
+        expected = key.encode("utf-8", "surrogatepass")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8", "surrogatepass"),
                                                                   expected):
             return error_response(AuthenticationError("/metrics needs 'Authorization: Bearer KEY' with the "

@@ -28,7 +28,7 @@ async def test_the_first_request_runs_and_a_repeat_replays_without_calling_the_e
     first_call = h.call()
     first = await h.complete(first_call)
     assert h.engine.calls == 1 and REPLAYED_HEADER not in first_call.response_headers
-    assert first_call.ctx.attributes["idempotency"] == "first"
+    assert first_call.ctx.idempotency == "first"
     again_call = h.call()
     again = await h.complete(again_call)
     assert h.engine.calls == 1
@@ -55,7 +55,7 @@ async def test_without_the_header_every_request_runs_and_the_stage_keeps_nothing
     for _ in range(2):
         call = h.call(key=None)
         await h.complete(call)
-        assert "idempotency" not in call.state and "idempotency" not in call.ctx.attributes
+        assert "idempotency" not in call.stage_states and call.ctx.idempotency is None
     assert h.engine.calls == 2 and h.stage.status()["first"] == 0
 
 
@@ -82,7 +82,7 @@ async def test_four_concurrent_duplicates_make_one_engine_call(make_harness: Mak
     bodies = await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
     assert h.engine.calls == 1
     assert all(b == bodies[0] for b in bodies)
-    assert sorted(c.ctx.attributes["idempotency"] for c in calls) == ["first"] + ["replayed"] * 3
+    assert sorted(str(c.ctx.idempotency) for c in calls) == ["first"] + ["replayed"] * 3
 
 
 async def test_a_different_body_while_the_first_runs_is_a_409_at_once(make_harness: MakeHarness) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from unimodel.protocol.events import (
     ToolCallStart,
     Usage,
 )
-from unimodel.server.app import build_stages
+from unimodel.compose import build_engines, build_stages
 
 
 def test_the_record_codec_round_trips_every_event() -> None:
@@ -107,7 +108,7 @@ async def test_redis_down_serves_without_idempotency_logs_once_and_recovers(
                 for _ in range(3):
                     call = h.call()
                     body = await h.complete(call)
-                    assert body["object"] == "chat.completion" and call.ctx.attributes["idempotency"] == "unavailable"
+                    assert body["object"] == "chat.completion" and call.ctx.idempotency == "unavailable"
                     await asyncio.sleep(0.15)
             assert h.engine.calls == 4
             outage_lines = [r.getMessage() for r in caplog.records
@@ -140,11 +141,15 @@ async def test_redis_going_down_mid_request_does_not_fail_it() -> None:
             await stage.aclose()
 
 
+def stages_of(settings: Settings, engine: Any) -> list[Any]:
+    return build_stages(settings, build_engines(settings, engine))
+
+
 def test_build_stages_places_idempotency_and_picks_its_store() -> None:
     engine = CountingEngine()
-    names = [s.name for s in build_stages(Settings(), engine)]
+    names = [s.name for s in stages_of(Settings(), engine)]
     assert "idempotency" in names and names.index("idempotency") > names.index("images")
-    [stage] = [s for s in build_stages(Settings(redis="redis://127.0.0.1:1/0"), engine) if s.name == "idempotency"]
+    [stage] = [s for s in stages_of(Settings(redis="redis://127.0.0.1:1/0"), engine) if s.name == "idempotency"]
     assert isinstance(stage, IdempotencyStage) and isinstance(stage.store, RedisStore)
     assert stage.store.prefix == "unimodel:idem:"
-    assert "idempotency" not in [s.name for s in build_stages(Settings(idempotency=False), engine)]
+    assert "idempotency" not in [s.name for s in stages_of(Settings(idempotency=False), engine)]

@@ -36,9 +36,9 @@ from unimodel.gateway.resilience import (
     Upstream,
     UpstreamPool,
 )
-from unimodel.protocol.events import ContentDelta, Event, Finish, Usage
+from unimodel.protocol.events import FLUSH, ContentDelta, Event, Finish, Usage
 from unimodel.protocol.openai import Message, ModelCard
-from unimodel.service.context import RequestContext
+from unimodel.service.context import RequestContext, RouteChoice
 from unimodel.service.pipeline import Call
 
 
@@ -84,6 +84,7 @@ class FakeEngine(Engine):
                     raise UpstreamConnectionError("the upstream went away")
                 yield ContentDelta(word + " ")
                 if self.frame_delay_s:
+                    yield FLUSH  # about to wait: Flush is every engine's contract
                     await asyncio.sleep(self.frame_delay_s)
             yield Usage(3, 2)
             yield Finish("stop")
@@ -138,17 +139,14 @@ def engine_of(h: Harness, name: str) -> FakeEngine:
     return engine
 
 
-REQUEST = GenerationRequest(request_id="r1", served_model="m", messages=[Message(role="user", content="hi")])
+REQUEST = GenerationRequest(completion_id="r1", served_model="m", messages=[Message(role="user", content="hi")])
 
 
-def new_call(route: Any = None) -> Call:
+def new_call(chosen: Optional[RouteChoice] = None) -> Call:
     async def read() -> bytes:
         return b""
 
-    call = Call(RequestContext("r1"), {}, read, request=REQUEST)
-    if route is not None:
-        call.state["route"] = route
-    return call
+    return Call(RequestContext("r1"), {}, read, engine_request=REQUEST, route=chosen)
 
 
 async def run(h: Harness, call: Optional[Call] = None) -> tuple[str, Call]:
@@ -168,11 +166,9 @@ class Timeouts:
     total_s: Optional[float] = None
 
 
-@dataclass
-class Route:
-    name: str = "r"
-    upstreams: Optional[list[str]] = None
-    timeouts: Timeouts = field(default_factory=Timeouts)
+def route(upstreams: Optional[list[str]] = None, timeouts: Optional[Timeouts] = None) -> RouteChoice:
+    t = timeouts or Timeouts()
+    return RouteChoice("r", tuple(upstreams) if upstreams else None, t.connect_s, t.first_token_s, t.total_s)
 
 
 def fails(n: int, status: int = 503) -> list[BaseException]:
@@ -185,8 +181,8 @@ def test_nothing_configured_returns_the_engine_call_itself() -> None:
     h = harness(retries=0, failures=0)
     generate = h.primary.generate
     assert h.stage.wrap(new_call(), generate) is generate
-    assert h.stage.wrap(new_call(Route()), generate) is generate  # a route with no timeouts of its own
-    assert h.stage.wrap(new_call(Route(timeouts=Timeouts(first_token_s=1))), generate) is not generate
+    assert h.stage.wrap(new_call(route()), generate) is generate  # a route with no timeouts of its own
+    assert h.stage.wrap(new_call(route(timeouts=Timeouts(first_token_s=1))), generate) is not generate
     assert harness(retries=1, failures=0).stage.wrap(new_call(), generate) is not generate
     assert harness(retries=0, failures=5).stage.wrap(new_call(), generate) is not generate
 
@@ -198,7 +194,7 @@ async def test_retryable_failures_are_retried_with_bounded_jittered_waits() -> N
     h.primary.failures = fails(2)
     text, call = await run(h)
     assert text == "from primary" and h.primary.calls == 3
-    assert call.ctx.attributes == {"retries": 2, "upstream": "primary"}
+    assert (call.ctx.retries, call.ctx.upstream) == (2, "primary")
     assert call.response_headers[UPSTREAM_HEADER] == "primary"
     assert len(h.waits) == 2 and 0 <= h.waits[0] <= 0.1 and 0 <= h.waits[1] <= 0.2
     assert h.primary.closed == 3  # every failed try's stream was closed
@@ -220,7 +216,7 @@ async def test_a_client_error_is_never_retried_and_does_not_count_against_the_up
         await run(h, call)
     assert h.primary.calls == 1 and engine_of(h, "fallback-1").calls == 0 and h.waits == []
     assert h.stage.pool.primary.breaker.state == "closed"
-    assert call.ctx.attributes == {"retries": 0, "upstream": "primary"}
+    assert (call.ctx.retries, call.ctx.upstream) == (0, "primary")
 
 
 async def test_an_upstream_500_is_not_retried_on_the_same_upstream_but_fails_over() -> None:
@@ -228,7 +224,7 @@ async def test_an_upstream_500_is_not_retried_on_the_same_upstream_but_fails_ove
     h.primary.failures = fails(1, status=500)
     text, call = await run(h)
     assert text == "from fallback-1" and h.primary.calls == 1 and h.waits == []
-    assert call.ctx.attributes == {"retries": 1, "upstream": "fallback-1"}
+    assert (call.ctx.retries, call.ctx.upstream) == (1, "fallback-1")
 
 
 async def test_an_upstream_429_waits_its_retry_after_when_short_enough() -> None:
@@ -270,7 +266,7 @@ async def test_a_dead_primary_is_answered_by_the_fallback_with_the_same_request(
     text, call = await run(h)
     assert text == "from fallback-1"
     assert call.response_headers[UPSTREAM_HEADER] == "fallback-1"
-    assert call.ctx.attributes == {"retries": 2, "upstream": "fallback-1"}
+    assert (call.ctx.retries, call.ctx.upstream) == (2, "fallback-1")
     assert engine_of(h, "fallback-2").calls == 0
 
 
@@ -301,7 +297,7 @@ async def test_every_circuit_open_is_a_fast_503_with_retry_after() -> None:
         await run(h, call)
     assert info.value.status_code == 503 and info.value.code == "circuit_open"
     assert info.value.retry_after == pytest.approx(6.0)
-    assert h.primary.calls == 2 and "upstream" not in call.ctx.attributes
+    assert h.primary.calls == 2 and call.ctx.upstream is None
 
 
 async def test_a_probe_whose_client_leaves_frees_the_slot() -> None:
@@ -337,21 +333,21 @@ async def test_a_failing_canary_is_not_retried_and_the_primary_answers() -> None
     engine_of(h, "canary").failures = fails(1)
     text, call = await run(h)
     assert text == "from primary" and engine_of(h, "canary").calls == 1 and h.waits == []
-    assert call.ctx.attributes == {"retries": 1, "upstream": "primary"}
+    assert (call.ctx.retries, call.ctx.upstream) == (1, "primary")
 
 
 async def test_canary_weight_splits_the_traffic() -> None:
     h = harness(canary=True, canary_weight=0.25)
-    chosen = [(await run(h))[1].ctx.attributes["upstream"] for _ in range(400)]
+    chosen = [(await run(h))[1].ctx.upstream for _ in range(400)]
     assert 60 <= chosen.count("canary") <= 140
 
 
 async def test_a_route_naming_upstreams_gets_exactly_those_in_order() -> None:
     h = harness(retries=0, fallbacks=1, named=("big",))
-    text, call = await run(h, new_call(Route(upstreams=["big", "fallback-1"])))
+    text, call = await run(h, new_call(route(upstreams=["big", "fallback-1"])))
     assert text == "from big" and h.primary.calls == 0
     engine_of(h, "big").failures = fails(1)
-    text, _ = await run(h, new_call(Route(upstreams=["nowhere", "big", "fallback-1"])))  # unknown: skipped
+    text, _ = await run(h, new_call(route(upstreams=["nowhere", "big", "fallback-1"])))  # unknown: skipped
     assert text == "from fallback-1" and h.primary.calls == 0
 
 
@@ -378,7 +374,7 @@ async def test_a_route_timeout_overrides_the_server_default() -> None:
     h = harness(retries=0, first_token=60)
     h.primary.hang = True
     with pytest.raises(UpstreamTimeoutError):
-        await asyncio.wait_for(run(h, new_call(Route(timeouts=Timeouts(first_token_s=0.05)))), 5)
+        await asyncio.wait_for(run(h, new_call(route(timeouts=Timeouts(first_token_s=0.05)))), 5)
 
 
 async def test_the_total_timeout_ends_a_stream_midway_without_blaming_the_upstream() -> None:
@@ -430,7 +426,7 @@ async def test_the_connect_timeout_reaches_an_upstream_engines_client() -> None:
             connector=RecordingConnector(seen), timeout=aiohttp.ClientTimeout(connect=7.0, sock_read=9.0)) as session:
         engine = UpstreamEngine(url, served_model_name="m", session=session)
         h = harness(retries=0)
-        call = new_call(Route(timeouts=Timeouts(connect_s=0.5)))
+        call = new_call(route(timeouts=Timeouts(connect_s=0.5)))
         async with aclosing(h.stage.wrap(call, engine.generate)(REQUEST)) as events:  # type: ignore[type-var]
             assert [e async for e in events][0] == ContentDelta("hi")
         call = new_call()
@@ -443,17 +439,14 @@ async def test_the_connect_timeout_reaches_an_upstream_engines_client() -> None:
 
 # ---- lifecycle ----------------------------------------------------------------------------------------------
 
-async def test_the_stage_starts_and_closes_the_upstreams_it_owns_and_reports_them() -> None:
+async def test_the_stage_reports_its_upstreams() -> None:
     h = harness(fallbacks=1, canary=True)
-    await h.stage.start()
-    assert engine_of(h, "fallback-1").started and engine_of(h, "canary").started
+    await engine_of(h, "fallback-1").start()
     status = h.stage.status()
     assert status["retries"] == 2
     assert status["upstreams"]["primary"] == {"breaker": "closed", "failures": 0, "opened": 0}
     assert status["upstreams"]["fallback-1"]["ready"] is True
     assert h.stage.upstream_names == ["primary", "fallback-1", "canary"]
-    await h.stage.aclose()
-    assert not engine_of(h, "fallback-1").started
 
 
 def test_an_engine_yielding_nothing_is_fine() -> None:
@@ -483,7 +476,7 @@ async def test_a_first_token_timeout_makes_a_plain_request_stream_from_the_engin
         yield Finish("stop")
 
     h = harness(retries=1)
-    call = new_call(Route(timeouts=Timeouts(first_token_s=first_token_s, total_s=30)))
+    call = new_call(route(timeouts=Timeouts(first_token_s=first_token_s, total_s=30)))
     plain = dataclasses.replace(REQUEST, streamed=False)
     async with aclosing(h.stage.wrap(call, generate)(plain)) as events:  # type: ignore[type-var]
         assert [e async for e in events] == [ContentDelta("hi"), Finish("stop")]
