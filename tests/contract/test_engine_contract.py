@@ -9,6 +9,9 @@ import httpx
 import pytest
 
 from tests.contract.conftest import Served
+from tests.support.flush_rules import check_flush_rules
+from tests.support.requests import gen_request
+from unimodel.protocol.events import Event, Finish, Flush
 
 FINISH = {"stop", "length", "tool_calls"}
 TOOLS = [{"type": "function", "function": {"name": "lookup", "description": "Look a word up",
@@ -95,6 +98,24 @@ def test_stream_folds_to_completion(served: Served) -> None:
     assert folded["content"] == (whole["message"]["content"] or "")
     assert folded["reasoning"] == (whole["message"]["reasoning"] or "")
     assert folded["finish"] == whole["finish_reason"]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "whole"])
+def test_the_engine_flushes_by_the_rules(served: Served, stream: bool) -> None:
+    """Flush is every engine's contract (``protocol/events.py``): never first, never two in a row, and at least
+    one in a streamed answer; the one ``Finish`` comes last of the other events."""
+    request = gen_request(f"chatcmpl-flush-{stream}", served.model,
+                          {"model": served.model, "messages": MSG, "max_tokens": 24, "temperature": 0,
+                           "stream": stream}, max_tokens=24)
+
+    async def events() -> list[Event]:
+        return [e async for e in served.server.engine.generate(request)]
+
+    got = served.server.run(events())
+    batches = check_flush_rules(got)
+    assert any(isinstance(e, Flush) for e in got) or not stream, got
+    others = [e for batch in batches for e in batch]
+    assert isinstance(others[-1], Finish) and sum(isinstance(e, Finish) for e in others) == 1
 
 
 def test_tools_request_is_well_formed(served: Served) -> None:

@@ -1,5 +1,5 @@
-"""The rules an engine that ``flushes`` keeps (see ``unimodel/protocol/events.py``), checked on its events; and
-the SSE frames of a streamed answer, whatever its writes."""
+"""The ``Flush`` rules every engine keeps (see ``unimodel/protocol/events.py``), checked on its events; and the
+SSE frames of a streamed answer, whatever its writes."""
 
 from __future__ import annotations
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -13,6 +15,7 @@ from unimodel.config import Settings
 from unimodel.engines.base import Engine
 from unimodel.server.app import create_app
 
+T = TypeVar("T")
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -35,6 +38,12 @@ class LiveServer:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        """Run ``coro`` on the server's event loop (where its engine lives: e.g. to read an engine's own events
+        from a test's thread) and return what it returns."""
+        loop = self.server.servers[0].get_loop()
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
 
     def __enter__(self) -> "LiveServer":
         self.thread.start()

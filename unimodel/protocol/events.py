@@ -9,16 +9,19 @@ writes before its ``[THINK]`` arrives first, as content (as vLLM's Mistral parse
 is ``ToolCallStart`` → one or more ``ToolCallArgsDelta`` → ``ToolCallEnd`` with increasing ``index``;
 ``Usage`` (at most once) and ``Finish`` (exactly once, last) close the stream.
 
-``Flush`` carries nothing: an engine whose class says ``flushes = True`` yields it whenever it is about to
+``Flush`` carries nothing. It is part of every engine's contract: an engine yields it whenever it is about to
 wait (the end of one network read, of one decode step's tokens), never before its first other event and never
-twice in a row. What came since the last ``Flush`` was ready at the same moment, so the server writes it as one
-body write with adjacent deltas merged into one chunk (as vLLM's ``--stream-interval`` does): under load that
-turns tens of writes per answer into a few, with no added latency. Consumers that do not write (the
-non-streamed builder, stages that count or record) ignore it.
+twice in a row (``tests/support/flush_rules.py`` checks both; the contract suite runs it on every engine).
+What came since the last ``Flush`` was ready at the same moment, so the server writes it as one body write with
+adjacent deltas merged into one chunk (as vLLM's ``--stream-interval`` does): under load that turns tens of
+writes per answer into a few, with no added latency. The server writes nothing between two ``Flush``es, so an
+engine that waits without one holds back what it yielded until its next ``Flush`` or its end. Consumers that do
+not write (the non-streamed builder, stages that count or record) ignore it.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -97,3 +100,11 @@ FLUSH = Flush()
 
 Event = Union[ReasoningDelta, ContentDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd, Usage,
               ThinkingBudgetReached, Finish, Flush]
+
+
+async def close_events(events: AsyncIterator[Event]) -> None:
+    """Close an event stream that can be closed (an async generator: its ``finally`` blocks run, which is how
+    an engine, and every stage wrapping it, learns that nobody reads on); one that cannot is left alone."""
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -681,7 +681,6 @@ async def test_a_flush_follows_the_events_of_each_network_read_and_never_leads()
         return resp
 
     async with _engine(two_reads, parse_mode="upstream") as engine:
-        assert engine.flushes
         batches = check_flush_rules(await _collect(engine, _request()))
     assert batches[0] == [ContentDelta("a")]
     assert batches[1] == [ContentDelta("b"), ContentDelta("c")]

@@ -13,7 +13,7 @@ from tests.support.fake_engine import InMemoryEngine
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.errors import UnimodelError, UpstreamError
 from unimodel.gateway.limits import LimitsStage
-from unimodel.protocol.events import ContentDelta, Event, Finish, Usage
+from unimodel.protocol.events import FLUSH, ContentDelta, Event, Finish, Usage
 from unimodel.service.chat import ChatService, PreparedChat
 from unimodel.service.context import Caller, RequestContext
 from unimodel.service.parse import ParseStage
@@ -39,6 +39,7 @@ class UsageEngine(InMemoryEngine):
             if self.fail_after is not None and i == self.fail_after:
                 raise UpstreamError("the upstream connection failed")
             if self.gate is not None and i > 0:
+                yield FLUSH  # about to wait: Flush is every engine's contract
                 await self.gate.wait()
             yield ContentDelta(self.delta)
         yield Usage(self.prompt, self.completion)

@@ -16,7 +16,7 @@ from tests.support.flush_rules import sse_frames
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.errors import AuthenticationError, RateLimitError, UpstreamError
 from unimodel.gateway.auth import ApiKeyAuth
-from unimodel.protocol.events import ContentDelta, Event, Finish, Usage
+from unimodel.protocol.events import FLUSH, ContentDelta, Event, Finish, Usage
 from unimodel.service.chat import ChatService
 from unimodel.service.context import RequestContext
 from unimodel.service.observer import Observers
@@ -48,6 +48,7 @@ class ScriptedEngine(InMemoryEngine):
                 if self.fail_after is not None and i == self.fail_after:
                     raise UpstreamError("the upstream connection failed")
                 yield ContentDelta(f"t{i} ")
+                yield FLUSH  # about to wait: Flush is every engine's contract
                 await asyncio.sleep(0)
             yield Usage(5, self.n)
             yield Finish("stop")

@@ -1,6 +1,7 @@
-"""Writes of a streamed answer: with an engine that flushes, the events up to each ``Flush`` go out as one
-write, adjacent deltas merged into one chunk; without, one write per event. Either way the answer folds to
-the same message as the non-streamed one, and a failure mid-way still sends what was held first."""
+"""Writes of a streamed answer: the events up to each ``Flush`` (every engine's contract) go out as one write,
+adjacent deltas merged into one chunk; an engine that never flushes gets its answer out at its end, in one
+write. Either way the answer folds to the same message as the non-streamed one, and a failure mid-way still
+sends what was held first."""
 
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ class ScriptEngine(InMemoryEngine):
     kind = "script"
     max_model_len = 1000
 
-    def __init__(self, events: list[Event], flushes: bool, fail_at_end: bool = False) -> None:
-        self.events, self.flushes, self.fail_at_end = events, flushes, fail_at_end
+    def __init__(self, events: list[Event], fail_at_end: bool = False) -> None:
+        self.events, self.fail_at_end = events, fail_at_end
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         for event in self.events:
@@ -83,8 +84,8 @@ def _fold(writes: list[bytes]) -> dict[str, Any]:
     return {"reasoning": reasoning, "content": content, "args": args}
 
 
-async def test_a_flushing_engine_gets_one_write_per_flush_with_adjacent_deltas_merged() -> None:
-    writes = await _writes(ScriptEngine(SCRIPT, flushes=True))
+async def test_one_write_per_flush_with_adjacent_deltas_merged() -> None:
+    writes = await _writes(ScriptEngine(SCRIPT))
     # opening (role + the first event), the rest of the first batch, the second, the tool call, the end + [DONE]
     deltas = [[c["choices"][0]["delta"] for c in _chunks(w) if c["choices"]] for w in writes]
     assert deltas[0] == [{"role": "assistant", "content": ""}, {"reasoning": "a ", "reasoning_content": "a "}]
@@ -96,20 +97,21 @@ async def test_a_flushing_engine_gets_one_write_per_flush_with_adjacent_deltas_m
     assert len(writes) == 5
 
 
-async def test_an_engine_that_does_not_flush_gets_one_write_per_event() -> None:
+async def test_an_engine_that_never_flushes_still_gets_its_answer_out_at_the_end() -> None:
     events = [e for e in SCRIPT if e is not FLUSH]
-    writes = await _writes(ScriptEngine(events, flushes=False))
-    contents = [d for w in writes for c in _chunks(w) if c["choices"] for d in [c["choices"][0]["delta"]]]
-    assert {"content": "x"} in contents and {"content": "y"} in contents  # not merged
-    assert len(writes) == 1 + 7 + 1 + 1  # opening, one per event that makes a frame, the finish, [DONE]
-    assert writes[-1] == b"data: [DONE]\n\n"
+    writes = await _writes(ScriptEngine(events))
+    # the opening (role + the first event), then everything else with [DONE]: held for a Flush that never came
+    assert len(writes) == 2 and writes[-1].endswith(b"data: [DONE]\n\n")
+    contents = [c["choices"][0]["delta"] for c in _chunks(writes[1]) if c["choices"]]
+    assert {"content": "xy"} in contents  # merged, as within any batch
+    assert _chunks(writes[1])[-1]["choices"][0]["finish_reason"] == "tool_calls"
 
 
-@pytest.mark.parametrize("flushes", [True, False])
+@pytest.mark.parametrize("flushes", [True, False], ids=["flushing", "never flushing"])
 async def test_streamed_and_whole_answers_fold_to_the_same_message(flushes: bool) -> None:
     events = SCRIPT if flushes else [e for e in SCRIPT if e is not FLUSH]
-    folded = _fold(await _writes(ScriptEngine(events, flushes=flushes)))
-    whole = await _writes(ScriptEngine(events, flushes=flushes), stream=False)
+    folded = _fold(await _writes(ScriptEngine(events)))
+    whole = await _writes(ScriptEngine(events), stream=False)
     message = whole["choices"][0]["message"]
     assert folded == {"reasoning": message["reasoning"], "content": message["content"],
                       "args": message["tool_calls"][0]["function"]["arguments"]}
@@ -117,7 +119,7 @@ async def test_streamed_and_whole_answers_fold_to_the_same_message(flushes: bool
 
 async def test_a_failure_mid_batch_still_sends_what_was_held_before_the_error_frame() -> None:
     events = [ContentDelta("x"), FLUSH, ContentDelta("y"), ContentDelta("z")]  # no Flush before the failure
-    writes = await _writes(ScriptEngine(events, flushes=True, fail_at_end=True))
+    writes = await _writes(ScriptEngine(events, fail_at_end=True))
     last = _chunks(writes[-1])  # the frames held, the error, and [DONE]: one write
     assert last[0]["choices"][0]["delta"] == {"content": "yz"} and last[1]["error"]["type"]
     assert writes[-1].endswith(b"\n\ndata: [DONE]\n\n")
@@ -146,7 +148,7 @@ async def test_with_prompts_logged_the_answer_is_kept_only_up_to_what_the_log_st
         def request_finished(self, ctx: Any) -> None:
             seen.append(ctx)
 
-    engine = ScriptEngine([ContentDelta("abcdef"), ContentDelta("ghij"), Finish("stop")], flushes=False)
+    engine = ScriptEngine([ContentDelta("abcdef"), ContentDelta("ghij"), Finish("stop")])
     service = ChatService(engine, Pipeline([ParseStage(), ValidateStage(engine.models)]), Observers([Keep()]),
                           capture_text_chars=8)
     body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -156,5 +158,4 @@ async def test_with_prompts_logged_the_answer_is_kept_only_up_to_what_the_log_st
 
     call = Call(RequestContext("r"), {}, read)
     await service.complete(await service.prepare(call))
-    assert seen[0].attributes["answer_text"] == "abcdefgh"
-    assert call.state["chat.answer_parts"].parts == ["abcdef", "gh"]  # nothing past the limit is held
+    assert seen[0].answer_text == "abcdefgh"

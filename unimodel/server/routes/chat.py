@@ -6,11 +6,18 @@ the result, JSON or SSE. It is written against ASGI directly, not as a FastAPI h
 resolution and a task group per stream, and it writes each of the service's chunks (one per engine
 ``Flush``) as one body message. Measured with ``benchmarks/gateway_overhead.py``.
 
-Disconnects: one watcher task waits for ``http.disconnect`` while the request runs. If the client leaves
-while its request waits, prefills or generates, the watcher cancels this request's task, which closes the
-engine stream (freeing the slot or the upstream connection) and ends the request as 499; the cancellation is
-absorbed here, so the server never sees it. The watcher is stopped before the last body message, so a
-response that completes is never mistaken for a client that left.
+The body is read only when the pipeline asks for it (the parse stage's ``call.read_body()``), never before:
+a request refused by an earlier stage (no key, a wrong key) is answered without its body being read, so a
+client without a key cannot make the server wait for, or buffer, up to ``--max-request-bytes``. The body-size
+middleware still refuses a body over the limit, by its Content-Length up front or while it is read.
+
+Disconnects: one watcher task waits for ``http.disconnect`` while the request runs, from the moment the body
+is read (it then owns the receive channel; nothing reads it twice at once; a client that leaves while its
+body is read is seen by the read, a 499 all the same). If the client leaves while its request waits,
+prefills or generates, the watcher cancels this request's task, which closes the engine stream (freeing the
+slot or the upstream connection) and ends the request as 499; the cancellation is absorbed here, so the
+server never sees it. The watcher is stopped before the last body message, so a response that completes is
+never mistaken for a client that left.
 """
 
 from __future__ import annotations
@@ -21,10 +28,10 @@ from typing import Any, Optional
 
 from starlette.types import Message, Receive, Scope, Send
 
-from unimodel.errors import UnimodelError
+from unimodel.errors import ClientClosedError, UnimodelError
 from unimodel.protocol.jsonbytes import dumps
 from unimodel.protocol.sse import DONE
-from unimodel.service.chat import ChatService, ClientClosedError, PreparedChat
+from unimodel.service.chat import ChatService, PreparedChat
 from unimodel.service.context import RequestContext, request_id_from
 from unimodel.service.pipeline import Call
 
@@ -43,8 +50,8 @@ class ChatCompletionsEndpoint:
         service: ChatService = scope["app"].state.chat
         task = asyncio.current_task()
         assert task is not None
-        call = await _new_call(scope, receive)
         watcher = _DisconnectWatcher(receive, task)
+        call = _new_call(scope, _Body(receive, watcher))
         try:
             await _answer(service, call, send, watcher)
         except asyncio.CancelledError:
@@ -64,9 +71,10 @@ async def _answer(service: ChatService, call: Call, send: Send, watcher: "_Disco
         watcher.stop()
         await _send_error(send, exc, call.response_headers)
         return
+    watcher.start()  # already watching once the body was read; a pipeline that never read it starts it here
     try:
-        assert call.wire is not None
-        if call.wire.stream:
+        assert call.client_request is not None
+        if call.client_request.stream:
             await _send_stream(service, prepared, send, call.response_headers, watcher)
             return
         try:
@@ -106,38 +114,54 @@ def _encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-async def _new_call(scope: Scope, receive: Receive) -> Call:
-    """The pipeline's view of an HTTP request. The body is read here, before the disconnect watcher owns the
-    receive channel; a failure to read it (over the size limit) is raised again when the parse stage asks
-    for the body, so it is refused, and observed, like any other request."""
+def _new_call(scope: Scope, body: "_Body") -> Call:
+    """The pipeline's view of an HTTP request: its headers, and its body read only when a stage asks."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     rid = scope.get("state", {}).get("request_id") or request_id_from(headers.get("x-request-id"))
-    failure: Optional[UnimodelError] = None
-    parts: list[bytes] = []
-    try:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":  # gone before its request was read: a 499 in the log
-                failure = ClientClosedError("the client closed the connection before its request was read")
-                break
-            parts.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-    except UnimodelError as exc:
-        failure = exc
-    body = b"".join(parts)
+    return Call(RequestContext(rid), headers, body)
 
-    async def read_body() -> bytes:
-        if failure is not None:
-            raise failure
-        return body
 
-    return Call(RequestContext(rid), headers, read_body)
+class _Body:
+    """``call.read_body``: reads the body from ``receive`` the first time it is called (the parse stage), then
+    hands the receive channel to the disconnect watcher; later calls return the same bytes. A failure to read
+    it (over the size limit: the middleware's 413; the client gone: a 499) is raised by every call, so the
+    request is refused, and observed, like any other."""
+
+    __slots__ = ("_receive", "_watcher", "_body", "_failure")
+
+    def __init__(self, receive: Receive, watcher: "_DisconnectWatcher") -> None:
+        self._receive = receive
+        self._watcher = watcher
+        self._body: Optional[bytes] = None
+        self._failure: Optional[BaseException] = None
+
+    async def __call__(self) -> bytes:
+        if self._body is not None:
+            return self._body
+        if self._failure is not None:
+            raise self._failure
+        parts: list[bytes] = []
+        try:
+            while True:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":  # gone before its request was read: a 499 in the log
+                    raise ClientClosedError("the client closed the connection before its request was read")
+                parts.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        except BaseException as exc:  # the channel is mid-body now: never read it again
+            self._failure = exc if isinstance(exc, UnimodelError) else ClientClosedError(
+                "the request's body could not be read")
+            raise
+        self._body = b"".join(parts)
+        self._watcher.start()
+        return self._body
 
 
 class _DisconnectWatcher:
-    """A task that waits for ``http.disconnect`` and then cancels the request's task, once; :meth:`stop`
-    (idempotent, synchronous) ends it, after which it can cancel nothing."""
+    """A task that waits for ``http.disconnect`` and then cancels the request's task, once. :meth:`start` begins
+    the watch (once the body is read: the receive channel is then the watcher's alone); :meth:`stop`
+    (idempotent, synchronous) ends it, after which it can start and cancel nothing."""
 
     __slots__ = ("_receive", "_task", "_watch", "fired", "_stopped")
 
@@ -146,7 +170,11 @@ class _DisconnectWatcher:
         self._task = task
         self.fired = False
         self._stopped = False
-        self._watch: Optional[asyncio.Task[None]] = asyncio.get_running_loop().create_task(self._run())
+        self._watch: Optional[asyncio.Task[None]] = None
+
+    def start(self) -> None:
+        if self._watch is None and not self._stopped:
+            self._watch = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         while not self._stopped:

@@ -16,7 +16,7 @@ from unimodel.engines.base import GenerationRequest
 from unimodel.errors import UpstreamError
 from unimodel.gateway.auth import ApiKeyAuth
 from unimodel.gateway.idempotency import IdempotencyStage, IdempotencyStore, MemoryStore, RedisStore
-from unimodel.protocol.events import ContentDelta, Event, Finish, ReasoningDelta, Usage
+from unimodel.protocol.events import FLUSH, ContentDelta, Event, Finish, ReasoningDelta, Usage
 from unimodel.service.chat import ChatService
 from unimodel.service.context import RequestContext
 from unimodel.service.parse import ParseStage
@@ -48,6 +48,7 @@ class CountingEngine(InMemoryEngine):
             if fail and i == 1:
                 raise UpstreamError("the upstream connection failed")
             yield ContentDelta(f"c{self.calls}.{i} ")
+            yield FLUSH  # about to wait: Flush is every engine's contract
             await asyncio.sleep(0)
         yield Usage(5, self.n + 1, 1)
         yield Finish("stop")
