@@ -20,8 +20,6 @@ from unimodel.protocol.events import Usage
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
-CLIENT_CLOSED = 499  # nginx's label for "the client went away before the answer"
-
 
 def request_id_from(header: Optional[str]) -> str:
     """The client's ``X-Request-Id`` when it is a sane token (letters, digits, ``._:-``, ≤128), else a new id."""
