@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-import unimodel.cli as cli
+from tests.support.serve_cli import serve_settings
 from unimodel.compose import compose
-from unimodel.config import Settings
 from unimodel.engines.options import UpstreamOptions
 from unimodel.engines.upstream import UpstreamEngine
 from unimodel.images.decode import ImageLimits
@@ -31,12 +30,7 @@ EXPECTED = UpstreamOptions(api_key="sk-up", parse_mode="gateway", family="think-
                            max_connections=7)
 
 
-def settings_from(monkeypatch: pytest.MonkeyPatch, *flags: str) -> Settings:
-    seen: list[Settings] = []
-    monkeypatch.setattr(cli, "run_server", seen.append)
-    cli.app(args=["serve", *flags], standalone_mode=False)
-    [settings] = seen
-    return settings
+settings_from = serve_settings
 
 
 def check_extras(engines: object) -> None:

@@ -12,6 +12,7 @@ from pydantic.fields import FieldInfo
 from typer.testing import CliRunner
 
 import unimodel.cli as cli
+from tests.support.serve_cli import serve_settings
 from unimodel import settings_flags
 from unimodel.config import Panel, Settings
 from unimodel.settings_flags import PANELS, FlagError, flag_name, parameter
@@ -40,12 +41,7 @@ def _serve_command() -> Any:
     return typer.main.get_command(cli.app).commands["serve"]  # type: ignore[attr-defined]
 
 
-def _serve(monkeypatch: pytest.MonkeyPatch, *args: str) -> Settings:
-    seen: list[Settings] = []
-    monkeypatch.setattr(cli, "run_server", seen.append)
-    cli.app(args=["serve", *args], standalone_mode=False)
-    [settings] = seen
-    return settings
+_serve = serve_settings
 
 
 def test_every_setting_is_exactly_one_flag() -> None:
