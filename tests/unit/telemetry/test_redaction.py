@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from unimodel.telemetry.redaction import iban_ok, luhn_ok, redact
+from unimodel.redaction import iban_ok, luhn_ok, redact
 
 # ---- generators of the values to hide ---------------------------------------------------------------
 
