@@ -1,12 +1,14 @@
 """A real ``redis-server`` on a free loopback port in a temporary directory, started and stopped by tests.
 
 ``.ci/run`` installs Debian's redis-server when it is missing. The server can be stopped and started again on
-the same port (to test what happens while Redis is down).
+the same port (to test what happens while Redis is down), or paused and resumed (SIGSTOP/SIGCONT: connections
+stay open and every call times out, as with a Redis stalled by a fork, a swap storm or a failover).
 """
 
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -50,6 +52,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server would not act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -57,6 +60,15 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
             self.proc = None
+
+    def pause(self) -> None:
+        """Freeze the server: it accepts nothing and answers nothing until :meth:`resume`."""
+        assert self.proc is not None, "the server is not running"
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None, "the server is not running"
+        self.proc.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> "RedisServer":
         return self.start()

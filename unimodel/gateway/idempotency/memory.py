@@ -3,6 +3,8 @@
 Stored responses live in an LRU bounded by count and by bytes (the least recently used go first) and expire
 after the TTL (checked when a key is read, and at the LRU's cold end on every insert). In-flight claims are
 few (one per running request) and are not evicted; a waiter awaits the claim's own :class:`asyncio.Event`.
+A claim lasts until its request ends (no replica can die holding it: it lives and dies with this process, which
+is also the one that would renew it), unless ``claim_ttl_s`` is given.
 Hand-written: a dict and an ``OrderedDict`` are the whole of it, and ``cachetools``' TTL cache has no byte bound
 and no notion of an in-flight entry to wait on.
 """
@@ -10,12 +12,13 @@ and no notion of an in-flight entry to wait on.
 from __future__ import annotations
 
 import asyncio
+import math
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from unimodel.gateway.idempotency.store import Claimed, ClaimResult, Done, InFlight
 
@@ -32,9 +35,10 @@ class MemoryStore:
     kind = "memory"
     remote = False
 
-    def __init__(self, ttl_s: float, claim_ttl_s: float, max_entries: int = 10_000,
+    def __init__(self, ttl_s: float, claim_ttl_s: Optional[float] = None, max_entries: int = 10_000,
                  max_bytes: int = 256 * 1024 * 1024, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl_s, self.claim_ttl_s = ttl_s, claim_ttl_s
+        self.ttl_s = ttl_s
+        self.claim_ttl_s = math.inf if claim_ttl_s is None else claim_ttl_s
         self.max_entries, self.max_bytes = max_entries, max_bytes
         self._clock = clock
         self._claims: dict[str, _Claim] = {}

@@ -1,7 +1,12 @@
 """Idempotency keys in Redis, shared by every replica: one key per (caller, Idempotency-Key).
 
 The key holds ``I<token><fingerprint>`` while its first request runs (a claim with its own short TTL, so a
-replica that died frees it) and ``D<record>`` once that request succeeded (for the idempotency TTL).
+replica that died frees it) and ``D<record>`` once that request succeeded (for the idempotency TTL). The claim's
+TTL (``claim_ttl_s``, a minute) is renewed while its request runs, one batched script per third of it for all
+of this replica's claims (``gateway/leases.py``). A release or store that fails (Redis paused as the request
+ends) is retried in the background until it lands or the claim has expired anyway (both scripts check the
+claim's token, so running twice does no harm); a record waits for it only within ``MAX_PENDING_BYTES``, past
+that the claim is released instead. A claim whose reply was lost is released the same way, in case it ran.
 Claiming is one round trip: a Lua script returns what the key holds, or sets the claim when it is absent —
 ``SET NX`` and a ``GET`` made atomic, so of any number of concurrent duplicates on any number of replicas
 exactly one runs. Storing and releasing check the claim's token in a script too, so a request whose claim
@@ -15,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any, Optional
 
 from redis.asyncio import Redis
@@ -23,8 +29,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from unimodel.gateway.idempotency.store import Claimed, ClaimResult, Done, InFlight, StoreUnavailableError
+from unimodel.gateway.leases import Leases
 
 _TOKEN_CHARS = 32  # secrets.token_hex(16)
+MAX_PENDING_BYTES = 64 * 1024 * 1024  # records kept for a retried store at most, all together
 
 # KEYS[1]: the key; ARGV[1]: the claim value; ARGV[2]: the claim's TTL in ms
 _CLAIM = """
@@ -48,6 +56,20 @@ local cur = redis.call('GET', KEYS[1])
 if cur and string.sub(cur, 1, #ARGV[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# KEYS: claimed keys; ARGV[1]: the claim's TTL in ms, then 'I' .. token per key. Renews each claim still ours;
+# returns the positions (0-based) of those that are not (expired, or claimed by another since).
+_RENEW = """
+local lost = {}
+for i = 1, #KEYS do
+  local cur, mine = redis.call('GET', KEYS[i]), ARGV[i + 1]
+  if cur and string.sub(cur, 1, #mine) == mine then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+  else
+    lost[#lost + 1] = i - 1
+  end
+end
+return lost
+"""
 
 
 class RedisStore:
@@ -55,11 +77,15 @@ class RedisStore:
     remote = True
 
     def __init__(self, url: str, prefix: str, ttl_s: float, claim_ttl_s: float, *, timeout_s: float = 1.0,
-                 poll_s: float = 0.02, max_poll_s: float = 0.2) -> None:
+                 poll_s: float = 0.02, max_poll_s: float = 0.2, drain_s: float = 3.0) -> None:
         self.url, self.prefix = url, prefix + "idem:"
         self.ttl_ms, self.claim_ttl_ms = max(1, int(ttl_s * 1000)), max(1, int(claim_ttl_s * 1000))
         self.timeout_s, self.poll_s, self.max_poll_s = timeout_s, poll_s, max_poll_s
         self._client: Optional[Redis] = None
+        # (key, token) of this replica's running claims, renewed in the background
+        self.leases: Leases[tuple[str, str]] = Leases("idempotency", claim_ttl_s, self._renew_batch,
+                                                      drain_s=drain_s)
+        self._pending_bytes = 0
 
     async def start(self) -> None:
         # one immediate retry (a pooled connection Redis closed when it restarted), no backoff: a request must
@@ -70,8 +96,11 @@ class RedisStore:
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
         self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+        self.leases.start()
 
     async def aclose(self) -> None:
+        await self.leases.aclose()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -84,9 +113,17 @@ class RedisStore:
 
     async def claim(self, key: str, fingerprint: str) -> ClaimResult:
         token = secrets.token_hex(_TOKEN_CHARS // 2)
-        held = await self._call(self._claim(keys=[self.prefix + key],
-                                            args=[f"I{token}{fingerprint}", self.claim_ttl_ms]))
-        return Claimed(token) if held is None else _held(held)
+        try:
+            held = await self._call(self._claim(keys=[self.prefix + key],
+                                                args=[f"I{token}{fingerprint}", self.claim_ttl_ms]))
+        except StoreUnavailableError:  # it may still run (a reply lost, a paused Redis): released if it did
+            self.leases.retry(lambda: self._release_once(key, token),
+                              time.monotonic() + self.claim_ttl_ms / 1000.0 + self.timeout_s)
+            raise
+        if held is not None:
+            return _held(held)
+        self.leases.hold((key, token))
+        return Claimed(token)
 
     async def wait(self, key: str, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -99,13 +136,44 @@ class RedisStore:
             delay = min(delay * 2, self.max_poll_s)
 
     async def finish(self, key: str, token: str, record: bytes) -> None:
-        await self._call(self._finish(keys=[self.prefix + key], args=[f"I{token}", b"D" + record, self.ttl_ms]))
+        expires = self.leases.drop((key, token))
+        try:
+            await self._finish_once(key, token, record)
+        except StoreUnavailableError:
+            size = len(record)
+            if self._pending_bytes + size > MAX_PENDING_BYTES:  # no room to keep it: at least free the key
+                self.leases.retry(lambda: self._release_once(key, token), expires)
+            else:
+                self._pending_bytes += size
+                self.leases.retry(lambda: self._finish_once(key, token, record), expires,
+                                  on_end=lambda: self._forget(size))
+            raise
 
     async def release(self, key: str, token: str) -> None:
-        await self._call(self._release(keys=[self.prefix + key], args=[f"I{token}"]))
+        expires = self.leases.drop((key, token))
+        try:
+            await self._release_once(key, token)
+        except StoreUnavailableError:
+            self.leases.retry(lambda: self._release_once(key, token), expires)
+            raise
 
     def status(self) -> dict[str, Any]:
-        return {"store": self.kind}
+        return {"store": self.kind, **self.leases.status()}
+
+    async def _finish_once(self, key: str, token: str, record: bytes) -> None:
+        await self._call(self._finish(keys=[self.prefix + key], args=[f"I{token}", b"D" + record, self.ttl_ms]))
+
+    async def _release_once(self, key: str, token: str) -> None:
+        await self._call(self._release(keys=[self.prefix + key], args=[f"I{token}"]))
+
+    def _forget(self, size: int) -> None:
+        self._pending_bytes -= size
+
+    async def _renew_batch(self, items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Renew the claims ``items`` (key, token) in one script; the ones no longer ours."""
+        lost = await self._call(self._renew(keys=[self.prefix + key for key, _ in items],
+                                            args=[self.claim_ttl_ms, *(f"I{token}" for _, token in items)]))
+        return [items[int(i)] for i in lost]
 
     async def _call(self, pending: Any) -> Any:
         try:

@@ -4,8 +4,10 @@ One key (already scoped to the caller and hashed by the stage) is, at any time, 
 by the request that runs, with that request's body fingerprint and a token only it knows), or *done* (the
 stored response, until its TTL). :meth:`IdempotencyStore.claim` moves an absent key to in flight atomically
 and says which state it found otherwise, so of any number of concurrent duplicates exactly one runs.
-An in-flight claim expires on its own after ``claim_ttl_s`` (a replica that died mid-request must not hold
-a key for a day). Stores raise :class:`StoreUnavailableError` for an outage, never their client's errors.
+A shared store's in-flight claim expires ``claim_ttl_s`` after its owner last renewed it (the owner renews it
+while its request runs; a replica that died mid-request must not hold a key for long), and a release that
+could not reach the store is retried until the claim would have expired anyway. Stores raise
+:class:`StoreUnavailableError` for an outage, never their client's errors.
 """
 
 from __future__ import annotations

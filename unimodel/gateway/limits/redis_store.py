@@ -9,6 +9,14 @@ leave that gap open (two replicas both read "3 of 4 used" and both admit), which
 replicas. A bucket's key expires when it would have refilled to full, and a lease when it runs out, so
 nothing outlives its use; a missing bucket is a full one.
 
+An in-flight lease is short (``lease_s``, a minute) and renewed while its request runs, in one batched script
+per third of a lease for every running request of the replica (``gateway/leases.py``): a replica that dies
+frees its slots within a minute. A release that fails (Redis paused or restarting as the request ends) is
+retried in the background until it lands or the lease has expired anyway; the lease guards it (the script gives
+back only when it removed the lease), so a release that ran although its reply was lost gives back once. A
+release without a lease (tokens only) is retried only when it was never sent (a double refund would leak); an
+admission whose reply was lost is undone the same way, in case it ran.
+
 Every call is bounded (``timeout_s`` on the socket, connect and the whole call); the client library retries
 only a broken pooled connection, once (a reply lost after the script ran would count a call twice: limits err
 towards refusing, never towards leaking). When Redis cannot answer, :class:`StoreUnavailable` is raised at once
@@ -24,6 +32,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Optional
 
+from unimodel.gateway.leases import Leases
 from unimodel.gateway.limits.policy import Plan
 from unimodel.gateway.limits.store import Decision, StoreUnavailable
 
@@ -81,6 +90,8 @@ pcall(redis.replicate_commands)
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local window, n, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+-- the lease guards the give-back: a release that runs twice (retried after its reply was lost) gives back once
+if lease ~= '' and redis.call('ZREM', KEYS[n + 1], lease) == 0 then return 0 end
 for i = 1, n do
   local limit, back = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
   local level = math.min(limit, refilled(KEYS[i], limit, window, now) + back)
@@ -91,9 +102,41 @@ for i = 1, n do
     redis.call('PEXPIRE', KEYS[i], math.ceil((limit - level) * window / limit) + 1000)
   end
 end
-if lease ~= '' then redis.call('ZREM', KEYS[n + 1], lease) end
 return 1
 """
+
+# KEYS: in-flight sets; ARGV: the lease's ms, then per key the number of its leases and the leases. Pushes each
+# lease still in its set a full lease ahead (a lease gone — expired, freed — is not brought back: its slot may
+# be someone else's now) and returns the positions (0-based, over all leases) of those gone.
+RENEW = """
+pcall(redis.replicate_commands)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local lease_ms = tonumber(ARGV[1])
+local score = string.format('%.17g', now + lease_ms)
+local lost, a, pos = {}, 2, 0
+for i = 1, #KEYS do
+  local n, held = tonumber(ARGV[a]), 0
+  a = a + 1
+  for j = 1, n do
+    if redis.call('ZSCORE', KEYS[i], ARGV[a]) then
+      redis.call('ZADD', KEYS[i], 'XX', score, ARGV[a])
+      held = held + 1
+    else
+      lost[#lost + 1] = pos
+    end
+    a, pos = a + 1, pos + 1
+  end
+  if held > 0 and redis.call('PTTL', KEYS[i]) < lease_ms + 1000 then
+    redis.call('PEXPIRE', KEYS[i], math.ceil(lease_ms) + 1000)
+  end
+end
+return lost
+"""
+
+
+class _NotSent(StoreUnavailable):
+    """Refused before anything reached Redis (not started, or within the backoff after a failure)."""
 
 
 def _outage_errors() -> tuple[type[BaseException], ...]:
@@ -105,8 +148,8 @@ def _outage_errors() -> tuple[type[BaseException], ...]:
 class RedisStore:
     remote = True
 
-    def __init__(self, url: str, prefix: str = "unimodel:", *, timeout_s: float = 0.25, lease_s: float = 900.0,
-                 backoff_s: float = 1.0) -> None:
+    def __init__(self, url: str, prefix: str = "unimodel:", *, timeout_s: float = 0.25, lease_s: float = 60.0,
+                 backoff_s: float = 1.0, drain_s: float = 3.0) -> None:
         self.url = url
         self.prefix = prefix + "limits:"
         self.timeout_s = timeout_s
@@ -115,6 +158,9 @@ class RedisStore:
         self._client: Any = None
         self._acquire: Any = None
         self._release: Any = None
+        self._renew: Any = None
+        # (in-flight set, lease) of this replica's running requests, renewed in the background
+        self.leases: Leases[tuple[str, str]] = Leases("rate-limit", lease_s, self._renew_batch, drain_s=drain_s)
         self._errors: tuple[type[BaseException], ...] = ()
         self._down_since: Optional[float] = None
         self._retry_at = 0.0
@@ -135,8 +181,11 @@ class RedisStore:
                                          socket_connect_timeout=self.timeout_s, retry=retry)
         self._acquire = self._client.register_script(ACQUIRE)
         self._release = self._client.register_script(RELEASE)
+        self._renew = self._client.register_script(RENEW)
+        self.leases.start()
 
     async def aclose(self) -> None:
+        await self.leases.aclose()
         client, self._client = self._client, None
         if client is not None:
             close = getattr(client, "aclose", None) or client.close  # redis-py < 5.0.1 names it close
@@ -148,38 +197,80 @@ class RedisStore:
 
     def status(self) -> dict[str, Any]:
         return {"store": "redis", "redis": "up" if self.up else "down", "outages": self.outages,
-                "failed_calls": self.failed_calls}
+                "failed_calls": self.failed_calls, **self.leases.status()}
 
     async def acquire(self, plan: Plan, lease: str) -> Decision:
         keys = [self.prefix + b.id for b in plan.buckets]
         args: list[Any] = [plan.window_s * 1000.0, len(plan.buckets), plan.max_concurrent, lease, self.lease_ms]
         for b in plan.buckets:
             args += [b.limit, b.cost]
+        held: Optional[tuple[str, str]] = None
         if plan.max_concurrent and plan.concurrency_id is not None:
             keys.append(self.prefix + plan.concurrency_id)
-        out = await self._call(self._acquire, keys, args)
-        return Decision(bool(int(out[0])), tuple(float(x) for x in out[2:]), concurrency_full=bool(int(out[1])))
+            held = (keys[-1], lease)
+        try:
+            out = await self._call(self._acquire, keys, args)
+        except _NotSent:
+            raise
+        except StoreUnavailable:
+            if held is not None:  # it may still run (a reply lost, a paused Redis): undo it if it did
+                undo = self._release_args(plan, [float(b.cost) for b in plan.buckets], lease)
+                self.leases.retry(lambda: self._call(self._release, *undo),
+                                  time.monotonic() + self.lease_ms / 1000.0 + self.timeout_s)
+            raise
+        decision = Decision(bool(int(out[0])), tuple(float(x) for x in out[2:]), concurrency_full=bool(int(out[1])))
+        if held is not None and decision.allowed:
+            self.leases.hold(held)
+        return decision
 
     async def release(self, plan: Plan, returns: Sequence[float], lease: Optional[str]) -> None:
+        if lease and plan.max_concurrent and plan.concurrency_id is not None:
+            expires = self.leases.drop((self.prefix + plan.concurrency_id, lease))
+        else:
+            lease, expires = None, time.monotonic() + plan.window_s  # past it, a refund may be moot
+        call = self._release_args(plan, returns, lease)
+        if not call[0]:
+            return
+        try:
+            await self._call(self._release, *call)
+        except StoreUnavailable as exc:
+            # guarded by its lease, a release may run twice; without one, only if it never reached Redis
+            if lease is not None or isinstance(exc, _NotSent):
+                self.leases.retry(lambda: self._call(self._release, *call), expires)
+            raise
+
+    def _release_args(self, plan: Plan, returns: Sequence[float],
+                      lease: Optional[str]) -> tuple[list[str], list[Any]]:
         keys: list[str] = []
         args: list[Any] = []
         for b, back in zip(plan.buckets, returns):
             if back != 0:
                 keys.append(self.prefix + b.id)
                 args += [b.limit, back]
-        if lease is not None and plan.concurrency_id is not None:
+        if lease and plan.max_concurrent and plan.concurrency_id is not None:
             keys.append(self.prefix + plan.concurrency_id)
         else:
             lease = None
-        if not keys:
-            return
-        await self._call(self._release, keys, [plan.window_s * 1000.0, len(args) // 2, lease or "", *args])
+        return keys, [plan.window_s * 1000.0, len(args) // 2, lease or "", *args]
+
+    async def _renew_batch(self, items: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Renew ``items`` (in-flight set, lease) in one script; the ones no longer in their set."""
+        by_key: dict[str, list[str]] = {}
+        for key, lease in items:
+            by_key.setdefault(key, []).append(lease)
+        args: list[Any] = [self.lease_ms]
+        order: list[tuple[str, str]] = []
+        for key, leases in by_key.items():
+            args += [len(leases), *leases]
+            order += [(key, lease) for lease in leases]
+        lost = await self._call(self._renew, list(by_key), args)
+        return [order[int(i)] for i in lost]
 
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         if self._client is None:
-            raise StoreUnavailable("the limit store is not started")
+            raise _NotSent("the limit store is not started")
         if self._down_since is not None and time.monotonic() < self._retry_at:
-            raise StoreUnavailable("Redis is down")
+            raise _NotSent("Redis is down")
         try:
             result = await asyncio.wait_for(script(keys=keys, args=args), self.timeout_s)
         except self._errors as exc:

@@ -62,9 +62,15 @@ async def test_a_store_claims_once_and_hands_over_on_finish(store_factory: Store
 async def test_an_expired_claim_frees_the_key(store_factory: StoreFactory) -> None:
     store = store_factory(claim_ttl_s=0.2)
     await store.start()
+    # in Redis a claim lives while its owner renews it: the stale one is a replica's that then died
+    owner = store if store.kind == "memory" else store_factory(claim_ttl_s=0.2)
     try:
-        stale = await store.claim("k", "fp")
+        if owner is not store:
+            await owner.start()
+        stale = await owner.claim("k", "fp")
         assert isinstance(stale, Claimed)
+        if owner is not store:
+            await owner.aclose()
         await store.wait("k", 5)  # returns when the claim expires, well before 5 s
         fresh = await store.claim("k", "fp")
         assert isinstance(fresh, Claimed) and fresh.token != stale.token
@@ -149,6 +155,8 @@ def test_build_stages_places_idempotency_and_picks_its_store() -> None:
     engine = CountingEngine()
     names = [s.name for s in stages_of(Settings(), engine)]
     assert "idempotency" in names and names.index("idempotency") > names.index("images")
+    limited = [s.name for s in stages_of(Settings(tpm=100), engine)]
+    assert limited.index("limits") < limited.index("images") < limited.index("idempotency")
     [stage] = [s for s in stages_of(Settings(redis="redis://127.0.0.1:1/0"), engine) if s.name == "idempotency"]
     assert isinstance(stage, IdempotencyStage) and isinstance(stage.store, RedisStore)
     assert stage.store.prefix == "unimodel:idem:"
