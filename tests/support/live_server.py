@@ -14,6 +14,8 @@ import uvicorn
 from unimodel.config import Settings
 from unimodel.engines.base import Engine
 from unimodel.server.app import create_app
+from unimodel.server.connections import uvicorn_options
+from unimodel.server.run import connection_bounds
 
 T = TypeVar("T")
 
@@ -30,8 +32,10 @@ class LiveServer:
         self.engine = engine
         self.wait_ready = wait_ready
         self.app = create_app(settings, engine)
+        # the connection bounds `unimodel serve` runs with (server/connections.py), from the same settings
+        options = {**uvicorn_options(connection_bounds(settings)), **uvicorn_kwargs}
         config = uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="on", **uvicorn_kwargs)
+                                lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -11,12 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
+
+from unimodel.errors import UnimodelError
+from unimodel.service.pipeline import StageState
 
 T = TypeVar("T")
 
 PRECISE_DEADLINES = sys.version_info >= (3, 11)  # StreamDeadline needs Task.uncancel
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDeadline:
+    """A request's total deadline (event-loop time), for what waits outside the event stream on its behalf: the
+    server's writes to a client that stopped reading (``server/routes/chat.py``). ``error()``: what passing it
+    is (the same 504 as when it passes while the stream waits for an event)."""
+
+    at: float
+    error: Callable[[], UnimodelError]
+
+
+#: set by the resilience stage on a request with a total timeout
+REQUEST_DEADLINE: StageState[RequestDeadline] = StageState("resilience.deadline")
 
 
 class DeadlinePassed(Exception):

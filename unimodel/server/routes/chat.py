@@ -18,6 +18,13 @@ prefills or generates, the watcher cancels this request's task, which closes the
 slot or the upstream connection) and ends the request as 499; the cancellation is absorbed here, so the
 server never sees it. The watcher is stopped before the last body message, so a response that completes is
 never mistaken for a client that left.
+
+Stalled clients: a streamed answer's writes fail rather than wait forever (``server/connections.py``,
+``server/writes.py``): a client that takes (next to) nothing for ``--stream-write-timeout-s``, or one still not
+reading when the request's total timeout (the resilience stage's deadline) passes, makes the waiting ``send``
+raise; that error is thrown into the service's stream, which ends the request with it (499
+``client_write_timeout``, or the 504 of the total timeout: engine stream closed, stages released, logged), and
+the connection is dropped.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ from typing import Any, Optional
 from starlette.types import Message, Receive, Scope, Send
 
 from unimodel.errors import ClientClosedError, UnimodelError
+from unimodel.gateway.resilience.deadline import REQUEST_DEADLINE
 from unimodel.protocol.jsonbytes import dumps
 from unimodel.protocol.sse import DONE
+from unimodel.server.writes import raise_on_failed_writes
 from unimodel.service.chat import ChatService, PreparedChat
-from unimodel.service.context import RequestContext, request_id_from
+from unimodel.service.context import RequestContext, client_request_id_from, new_request_id
 from unimodel.service.pipeline import Call
 
 PATH = "/v1/chat/completions"
@@ -92,12 +101,23 @@ async def _answer(service: ChatService, call: Call, send: Send, watcher: "_Disco
 async def _send_stream(service: ChatService, prepared: PreparedChat, send: Send, headers: dict[str, str],
                        watcher: "_DisconnectWatcher") -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [*_SSE, *_encode_headers(headers)]})
+    deadline = prepared.call.get(REQUEST_DEADLINE)  # the request's total timeout covers its writes too
+    if deadline is None:
+        raise_on_failed_writes()
+    else:
+        raise_on_failed_writes(deadline.at, deadline.error)
     async with aclosing(service.stream(prepared)) as writes:  # closed at once if a write fails
         async for data in writes:
             last = data.endswith(DONE)  # the service's last write: it ends the body too (one write, not two)
             if last:
                 watcher.stop()  # the answer is complete: what the server says next is not the client leaving
-            await send({"type": "http.response.body", "body": data, "more_body": not last})
+            try:
+                await send({"type": "http.response.body", "body": data, "more_body": not last})
+            except UnimodelError as exc:  # the client stopped reading, or the time ran out while it did not
+                watcher.stop()  # the connection is being dropped: that is no client leaving on its own
+                if not last:
+                    await writes.athrow(exc)  # the request ends as that error: engine closed, stages released
+                return
 
 
 async def _send_error(send: Send, exc: UnimodelError, headers: dict[str, str]) -> None:
@@ -115,10 +135,15 @@ def _encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 def _new_call(scope: Scope, body: "_Body") -> Call:
-    """The pipeline's view of an HTTP request: its headers, and its body read only when a stage asks."""
+    """The pipeline's view of an HTTP request: its headers, and its body read only when a stage asks. A repeated
+    header keeps its last value here; a second ``Authorization`` never gets this far (the app's
+    ``SingleAuthorizationMiddleware`` refuses it, for every route alike)."""
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    rid = scope.get("state", {}).get("request_id") or request_id_from(headers.get("x-request-id"))
-    return Call(RequestContext(rid), headers, body)
+    state = scope.get("state", {})  # the ids RequestIdMiddleware set: ours, and the client's apart
+    rid = state.get("request_id") or new_request_id()
+    client_rid = state.get("client_request_id") if "request_id" in state else client_request_id_from(
+        headers.get("x-request-id"))
+    return Call(RequestContext(rid, client_rid), headers, body)
 
 
 class _Body:
