@@ -92,6 +92,7 @@ def test_a_dead_primary_is_answered_by_the_fallback() -> None:
 def test_the_breaker_opens_skips_the_primary_and_closes_after_a_successful_probe() -> None:
     with upstreams(Script(error_status=503), Script(content="from the fallback")) as [up, fb], \
             gateway(up.base_url, retries=0, breaker_failures=3, breaker_window_s=30, breaker_cooldown_s=2.0,
+                    breaker_min_callers=1,  # one (anonymous) caller's failures open it: the plain breaker
                     fallback_upstreams=[fb.base_url]) as server:
         assert ready(server)["primary"]["breaker"] == "closed"
         for _ in range(3):
@@ -113,7 +114,8 @@ def test_the_breaker_opens_skips_the_primary_and_closes_after_a_successful_probe
 
 def test_an_open_breaker_without_a_fallback_is_a_fast_503_that_never_touches_the_primary() -> None:
     with upstreams(Script(error_status=503)) as [up], \
-            gateway(up.base_url, retries=0, breaker_failures=2, breaker_cooldown_s=30) as server:
+            gateway(up.base_url, retries=0, breaker_failures=2, breaker_cooldown_s=30,
+                    breaker_min_callers=1) as server:  # the plain breaker: one caller's failures open it
         assert [post(server).status_code for _ in range(2)] == [502, 502]
         started = time.monotonic()
         resp = post(server)

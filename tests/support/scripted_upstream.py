@@ -48,7 +48,8 @@ class Script:
     continuous_usage: bool = True  # honour stream_options.continuous_usage_stats (usage in every frame)
     fail_first: int = 0  # the first N calls to this model answer fail_status (with error_headers), then succeed
     fail_status: int = 503
-    # per request: when set, the request body is answered by the script respond(body) (an evaluator's answers)
+    # per request: when set, the request body is answered by the script respond(body) (an evaluator's answers;
+    # a failure on a marker in one caller's prompt), its delay_s and error_status included
     respond: Optional[Callable[[dict[str, Any]], "Script"]] = None
 
     def raw_text(self, skip_special: bool) -> str:
@@ -242,14 +243,16 @@ class ScriptedUpstream:
                                                               "code": script.fail_status}},
                                script.error_headers)
                     return
+                if script.respond is not None:  # this request's own script: its delay and error count too
+                    script = script.respond(body)
+                    if script.delay_s:
+                        time.sleep(script.delay_s)
                 if script.error_status:
                     self._json(script.error_status, {"error": {"message": script.error_message,
                                                                "type": "BadRequestError", "param": "messages",
                                                                "code": script.error_status}},
                                script.error_headers)
                     return
-                if script.respond is not None:
-                    script = script.respond(body)
                 if script.honors_effort and body.get("reasoning_effort") == "none":
                     script = Script(mode=script.mode, content=script.content, chunk_chars=script.chunk_chars)
                 if body.get("continue_final_message"):

@@ -129,6 +129,13 @@ class Engine(abc.ABC):
     def is_ready(self) -> bool:
         """True when a request sent now would be served."""
 
+    async def check_health(self) -> bool:
+        """A fresh look at whether this engine can serve, asked when requests fail (the resilience stage's
+        circuit breaker asks it before one caller's failures may switch the engine off for everyone). By
+        default what :meth:`is_ready` says; an engine that talks to a server asks that server. Never raises but
+        for cancellation."""
+        return self.is_ready()
+
     def stats(self) -> Optional[dict[str, int]]:
         """Gauges of the engine's own batch for metrics (``waiting``, ``running``, ``max_sequences``, ``steps``,
         ``tokens``), or ``None`` for an engine that keeps no batch of its own (an upstream's is its own)."""

@@ -140,6 +140,9 @@ class VllmEngine(Engine):
     def is_ready(self) -> bool:
         return self._ready.is_set()
 
+    async def check_health(self) -> bool:
+        return self.is_ready() and await self.upstream.probe()
+
     def models(self) -> list[ModelCard]:
         return self.upstream.models()
 

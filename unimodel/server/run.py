@@ -1,4 +1,5 @@
-"""Run the app under uvicorn with graceful shutdown (SIGTERM: stop accepting, let in-flight finish)."""
+"""Run the app under uvicorn with graceful shutdown (SIGTERM: ``/ready`` 503 for ``--shutdown-drain-s`` while
+still serving (``server/drain.py``), then stop accepting and let in-flight requests finish)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,24 @@ import uvicorn
 from unimodel.compose import compose
 from unimodel.config import Settings
 from unimodel.server.app import serve_composition
+from unimodel.server.connections import ConnectionBounds, fit_to_fd_limit, uvicorn_options
 
 log = logging.getLogger("unimodel")
+
+
+def connection_bounds(settings: Settings) -> ConnectionBounds:
+    """What one client connection may hold (``server/connections.py``), from the settings."""
+    return ConnectionBounds(
+        max_connections=settings.max_connections, max_header_bytes=settings.max_header_bytes,
+        header_timeout_s=settings.header_timeout_s, keep_alive_timeout_s=settings.keep_alive_timeout_s,
+        write_timeout_s=settings.stream_write_timeout_s)
+
+
+def fitted_connection_bounds(settings: Settings) -> ConnectionBounds:
+    """:func:`connection_bounds`, with the open-file limit raised to fit them (or them lowered to fit it): room
+    for every upstream pool (the primary's and each extra upstream's) and a few dozen other files besides."""
+    upstreams = 1 + len(settings.fallback_upstreams) + len(settings.upstreams) + (settings.canary_upstream is not None)
+    return fit_to_fd_limit(connection_bounds(settings), reserve=upstreams * settings.upstream_max_connections + 64)
 
 
 class StartFailed(Exception):
@@ -30,6 +47,7 @@ def run_server(settings: Settings) -> None:
             server.should_exit = True
 
     app = serve_composition(parts, on_start_failure=stop_on_failure)
+    app.state.drain.arm(settings.shutdown_drain_s)  # SIGTERM: /ready 503 first, then uvicorn's shutdown
     log.info("unimodel serving on http://%s:%d/v1 (engine: %s)", settings.host, settings.port,
              parts.engines.primary.kind)
     config = uvicorn.Config(
@@ -40,6 +58,7 @@ def run_server(settings: Settings) -> None:
         timeout_graceful_shutdown=int(round(settings.shutdown_grace_s)),
         lifespan="on",
         access_log=False,  # unimodel.access writes one line per request, without the client's IP address
+        **uvicorn_options(fitted_connection_bounds(settings)),
     )
     server = uvicorn.Server(config)
     server.run()

@@ -6,7 +6,9 @@ spawns the processes, and restarts one that dies. Each worker builds its own app
 
 What each worker holds on its own, per process:
 
-* the engine's upstream connection pool, the resilience stage's breakers and retry state;
+* the engine's upstream connection pool (and each key's share of it), the resilience stage's breakers and retry
+  state;
+* its client connections and their bounds (``server/connections.py``): ``--max-connections`` is per worker;
 * the request log writer (every worker appends to the same database: SQLite serialises the writers; prefer
   PostgreSQL, ``--log-db``, for many workers) and the dashboard's window and alerts;
 * the metrics registry: ``GET /metrics`` reports the worker that answered the scrape. Counters from one
@@ -40,6 +42,9 @@ def run_workers(settings: Settings) -> None:
     """Serve with ``settings.workers`` processes on one port; returns when uvicorn's supervisor stops."""
     import uvicorn
 
+    from unimodel.server.connections import uvicorn_options
+    from unimodel.server.run import fitted_connection_bounds
+
     check_workers(settings)
     fd, path = tempfile.mkstemp(prefix="unimodel-workers-", suffix=".settings")  # mode 0600
     try:
@@ -58,6 +63,7 @@ def run_workers(settings: Settings) -> None:
             timeout_graceful_shutdown=int(round(settings.shutdown_grace_s)),
             lifespan="on",
             access_log=False,
+            **uvicorn_options(fitted_connection_bounds(settings)),  # each worker: its own connections, its own cap
         )
     finally:
         os.environ.pop(SETTINGS_FILE_ENV, None)
@@ -77,4 +83,6 @@ def worker_app() -> FastAPI:
     logging.getLogger("unimodel").setLevel(settings.log_level.upper())
 
     # a start failure is logged and kept for /ready (503) by the app; exiting would only make uvicorn respawn us
-    return create_app(settings)
+    app = create_app(settings)
+    app.state.drain.arm(settings.shutdown_drain_s)  # each worker drains on the SIGTERM uvicorn passes on
+    return app

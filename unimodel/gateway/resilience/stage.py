@@ -9,7 +9,9 @@ failure later ends the stream with an error frame as any mid-stream failure does
 Timeouts, each from the route's policy when it sets one (``call.route``), else the server's:
 ``connect`` (the upstream client's connect timeout, for this request), ``first_token`` (per try: no first
 event in time → that upstream failed, 504 ``upstream_timeout`` if it was the last) and ``total`` (the whole
-request, waits and stream included; past it, 504 before the first event or an error frame after).
+request, waits and stream included; past it, 504 before the first event or an error frame after; the deadline is
+also left on the call, ``REQUEST_DEADLINE``, so that the server's writes to a client that stopped reading end
+there too).
 
 The choice is recorded: ``ctx.upstream`` (``primary``, ``canary``, ``fallback-1`` …),
 ``ctx.retries`` (tries after the first) and the ``X-Unimodel-Upstream`` response header. With
@@ -30,7 +32,14 @@ from typing import Any, Optional
 from unimodel.engines.base import GenerationRequest
 from unimodel.errors import CircuitOpenError, UnimodelError, UpstreamTimeoutError
 from unimodel.gateway.resilience.breaker import NO_PROBE, Permit
-from unimodel.gateway.resilience.deadline import PRECISE_DEADLINES, DeadlinePassed, StreamDeadline, next_before
+from unimodel.gateway.resilience.deadline import (
+    PRECISE_DEADLINES,
+    REQUEST_DEADLINE,
+    DeadlinePassed,
+    RequestDeadline,
+    StreamDeadline,
+    next_before,
+)
 from unimodel.gateway.resilience.retry import Backoff, Verdict, classify
 from unimodel.gateway.resilience.upstreams import Upstream, UpstreamPool
 from unimodel.protocol.events import Event, close_events
@@ -89,6 +98,10 @@ class ResilienceStage(Stage):
     def status(self) -> dict[str, Any]:
         return {"upstreams": self.pool.status(), "retries": self.policy.retries}
 
+    async def aclose(self) -> None:
+        for upstream in self.pool.by_name.values():  # a breaker's health check in flight
+            await upstream.breaker.aclose()
+
     @property
     def upstream_names(self) -> list[str]:
         """Every upstream a route may name."""
@@ -116,6 +129,9 @@ class ResilienceStage(Stage):
                         request: GenerationRequest) -> AsyncIterator[Event]:
         loop = asyncio.get_running_loop()
         deadline = None if timeouts.total_s is None else loop.time() + timeouts.total_s
+        if deadline is not None:  # the server's writes to the client are bounded by it too
+            call.put(REQUEST_DEADLINE, RequestDeadline(
+                deadline, functools.partial(_total_timeout, timeouts.total_s, started=True)))
         opened = await self._first(call, primary, self.pool.chain(names), request, timeouts, deadline)
         if opened is None:
             return
@@ -152,7 +168,7 @@ class ResilienceStage(Stage):
                 # the stream broke after its first event: not retried (that event is with the client), but the
                 # upstream's failure counts; our own total timeout is no failure of the upstream's
                 if not _is_total_timeout(exc) and classify(exc).counts_as_failure:
-                    breaker.failure(NO_PROBE)
+                    breaker.failure(NO_PROBE, _caller(call))
                 raise
             finally:
                 if bound is not None:
@@ -180,7 +196,8 @@ class ResilienceStage(Stage):
                     attempts += 1
                     current = upstream
                     try:
-                        opened = await self._try(upstream, permit, primary, request, timeouts, deadline)
+                        opened = await self._try(upstream, permit, primary, request, timeouts, deadline,
+                                                 _caller(call))
                     except _GiveUp as give_up:
                         last = give_up.error
                         if not give_up.retry or try_no >= upstream.retries:
@@ -208,8 +225,9 @@ class ResilienceStage(Stage):
                 call.response_headers[UPSTREAM_HEADER] = current.name
 
     async def _try(self, upstream: Upstream, permit: Permit, primary: Generate, request: GenerationRequest,
-                   timeouts: _Timeouts, deadline: Optional[float]) -> Optional[_Opened]:
-        """One try: its first event, or :class:`_GiveUp` with the verdict. The breaker hears the outcome."""
+                   timeouts: _Timeouts, deadline: Optional[float], caller: str) -> Optional[_Opened]:
+        """One try: its first event, or :class:`_GiveUp` with the verdict. The breaker hears the outcome (a
+        failure with the caller's name: one caller's failures alone do not open it)."""
         loop = asyncio.get_running_loop()
         first_deadline = deadline
         if timeouts.first_token_s is not None:
@@ -240,14 +258,14 @@ class ResilienceStage(Stage):
                 upstream.breaker.release(permit)
                 raise
             if _is_total_timeout(exc):  # out of time altogether: nothing left to try
-                upstream.breaker.failure(permit)
+                upstream.breaker.failure(permit, caller)
                 raise
             verdict = classify(exc)
             if verdict is Verdict.CLIENT:  # the request's own fault: never retried; the upstream did answer
                 upstream.breaker.success(permit)
                 raise
             if verdict.counts_as_failure:
-                upstream.breaker.failure(permit)
+                upstream.breaker.failure(permit, caller)
             else:
                 upstream.breaker.release(permit)
             if not isinstance(exc, UnimodelError):
@@ -286,6 +304,11 @@ def _total_timeout(total_s: Optional[float], *, started: bool) -> UpstreamTimeou
 
 def _is_total_timeout(exc: BaseException) -> bool:
     return isinstance(exc, _TotalTimeout)
+
+
+def _caller(call: Call) -> str:
+    """Who a failure is counted against: the key's name (the auth stage's; not the client-chosen ``user``)."""
+    return call.ctx.key_name or "anonymous"
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,23 +1,31 @@
-"""``GET /v1/models``, ``/health`` (process alive) and ``/ready`` (engine ready)."""
+"""``GET /v1/models``, ``/health`` (process alive) and ``/ready`` (some engine can serve, not draining)."""
 
 from __future__ import annotations
+
+import logging
+from typing import Any, Optional
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from unimodel.errors import ServiceUnavailableError
+from unimodel.engines.base import Engine
+from unimodel.engines.engine_set import EngineSet
 from unimodel.protocol.openai import ModelList
-from unimodel.server.errors import error_response
+from unimodel.server.access import StateAccess
+from unimodel.server.drain import Drain
 from unimodel.service.context import RequestContext
 from unimodel.service.pipeline import Call, Pipeline
 
 router = APIRouter()
+log = logging.getLogger("unimodel.server")
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
     pipeline: Pipeline = request.app.state.models_pipeline
-    call = Call(RequestContext(request.scope.get("state", {}).get("request_id", "")), request.headers, request.body)
+    state = request.scope.get("state", {})
+    call = Call(RequestContext(state.get("request_id", ""), state.get("client_request_id")), request.headers,
+                request.body)
     entered = await pipeline.enter(call)  # the same auth stage as chat requests
     await pipeline.exit(call, entered, None)
     return JSONResponse(ModelList(data=request.app.state.engine.models()).model_dump(mode="json"))
@@ -30,14 +38,46 @@ async def health() -> JSONResponse:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    engine = request.app.state.engine
-    stages = request.app.state.chat.pipeline.status()
-    if engine.is_ready():
-        return JSONResponse({"status": "ready", "engine": engine.kind,
-                             "models": [m.id for m in engine.models()], **stages})
-    failed = request.app.state.start_error
-    if failed is not None:
-        # the reason (paths, exception text) is in the server log, not for whoever can reach /ready
-        return error_response(ServiceUnavailableError(
-            f"the {engine.kind} engine failed to start ({type(failed).__name__}); see the server log"))
-    return error_response(ServiceUnavailableError(f"the {engine.kind} engine is not ready", retry_after=2))
+    """200 ``ready`` (every engine of the set can serve) or ``degraded`` (some can: the others' requests go to
+    them), 503 ``not ready`` (none can, or the server is draining after SIGTERM). A load balancer needs only the
+    status; the details (what is down and why, the engine, the models, the stages' status) are for the
+    operator's keys (:mod:`unimodel.server.access`)."""
+    app = request.app
+    engines: EngineSet = app.state.engines
+    drain: Drain = app.state.drain
+    primary = engines.primary
+    down = [name for name, engine in (("primary", primary), *engines.extras.items()) if not _serves(engine)]
+    failed: Optional[BaseException] = app.state.start_error
+    headers = {"Cache-Control": "no-store"}
+    if drain.draining:
+        status, why = "not ready", "the server is shutting down"
+    elif not down:
+        status, why = "ready", None
+    elif len(down) < 1 + len(engines.extras):  # another engine of the set serves the primary's requests
+        status, why = "degraded", None
+    else:
+        status, why = "not ready", f"the {primary.kind} engine is not ready"
+        if failed is None:
+            headers["Retry-After"] = "2"
+    if "primary" in down and failed is not None and not drain.draining:  # its text (paths …): the log only
+        why = f"the {primary.kind} engine failed to start ({type(failed).__name__}); see the server log"
+    code = 503 if status == "not ready" else 200
+    access: StateAccess = app.state.state_access
+    if not await access.allows(request):
+        return JSONResponse({"status": status}, status_code=code, headers=headers)
+    body: dict[str, Any] = {"status": status, "engine": primary.kind}
+    if why is not None:
+        body["reason"] = why
+    if down:
+        body["down"] = down  # the engine set's names: primary, fallback-N, canary, the config file's upstreams
+    if "primary" not in down:
+        body["models"] = [m.id for m in primary.models()]
+    return JSONResponse({**body, **app.state.chat.pipeline.status()}, status_code=code, headers=headers)
+
+
+def _serves(engine: Engine) -> bool:
+    try:
+        return bool(engine.is_ready())
+    except Exception:  # an engine that cannot say is not one to send requests to
+        log.exception("the %s engine's is_ready failed", engine.kind)
+        return False
