@@ -25,6 +25,9 @@ class _Primary:
     def models(self) -> list[Any]:
         return []
 
+    async def check_health(self) -> bool:  # what the primary's breaker asks
+        return True
+
 
 def test_defaults_retry_twice_with_a_breaker_on_the_primary_only() -> None:
     stage = resilience(Settings())
@@ -101,13 +104,10 @@ def test_serve_flags_reach_the_settings(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_resilience_is_the_last_stage() -> None:
-    class Engine:
-        def models(self) -> list[Any]:
-            return []
-
-    stages = build_stages(Settings(), build_engines(Settings(), Engine()))  # type: ignore[arg-type]
-    assert isinstance(stages[-1], ResilienceStage)
-    Pipeline(stages)  # names distinct
+    for settings in (Settings(), Settings(rpm=5, max_concurrent=2, tpm=100)):
+        stages = build_stages(settings, build_engines(settings, _Primary()))  # type: ignore[arg-type]
+        assert isinstance(stages[-1], ResilienceStage)
+        Pipeline(stages)  # names distinct (the two parts of the limits too)
 
 
 def test_a_route_naming_an_unconfigured_upstream_is_a_start_up_error() -> None:

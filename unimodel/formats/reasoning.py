@@ -17,6 +17,13 @@ Three parties, each with its own part:
 
 :class:`ModelReasoning` binds a policy to a format and applies it to one request, giving the frozen
 :class:`AppliedReasoning` that the engine gets (as fields of its request) and the observers read.
+
+What a request is charged at (:attr:`AppliedReasoning.charged`): a client's ``thinking_budget`` makes the
+model think as long as the budget says, whatever level was asked, so ``low`` with a budget of a million tokens
+is ``high``'s work. The charged level is the lowest client level whose policy would let the model think that
+long (the same model level or a higher one, and a policy budget that covers the budget the model runs with;
+an unbounded budget is covered only by an unbounded level, and when no level covers it, the top level), and
+never below the level asked. The high-reasoning quota and a route's ``max_reasoning_effort`` read it.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from unimodel.errors import InvalidRequestError
 from unimodel.formats.base import ModelFormat
-from unimodel.protocol.effort import EFFORTS, NO_THINKING, Effort
+from unimodel.protocol.effort import EFFORTS, NO_THINKING, Effort, effort_rank
 
 
 def _default_budgets() -> dict[Effort, Optional[int]]:
@@ -65,10 +72,17 @@ class AppliedReasoning:
     effort: Effort
     model_effort: Optional[str]
     budget: Optional[int]
+    #: the level it is charged at when that is above ``effort`` (a client budget beyond the level's); else None
+    charged_at: Optional[Effort] = None
 
     @property
     def thinks(self) -> bool:
         return self.model_effort is not None and self.model_effort != NO_THINKING
+
+    @property
+    def charged(self) -> Effort:
+        """The level this request is charged at: the quotas and the routes' caps read it (the module says how)."""
+        return self.charged_at or self.effort
 
     def report(self, thinking_tokens: Optional[int] = None, truncated: Optional[bool] = None) -> dict[str, Any]:
         """The ``unimodel_reasoning`` body field and the ``X-Unimodel-Reasoning`` header's fields."""
@@ -78,13 +92,15 @@ class AppliedReasoning:
             out["thinking_tokens"] = thinking_tokens
         if truncated is not None:
             out["truncated"] = truncated
+        if self.charged_at is not None:
+            out["charged_effort"] = self.charged_at
         return out
 
 
 class ModelReasoning:
     """A policy bound to the format of the model it serves: checked once, applied per request."""
 
-    __slots__ = ("policy", "format", "_model_effort")
+    __slots__ = ("policy", "format", "_model_effort", "_thinking")
 
     def __init__(self, policy: ReasoningPolicy, fmt: ModelFormat) -> None:
         unknown = {level: told for level, told in policy.model_effort.items() if told not in fmt.reasoning_levels}
@@ -96,6 +112,10 @@ class ModelReasoning:
         self.format = fmt
         self._model_effort = {level: policy.model_effort.get(level, fmt.model_effort_for(level))
                               for level in EFFORTS}
+        rank = {told: i for i, told in enumerate(fmt.reasoning_levels)}
+        # the levels that think, lowest first: (level, the rank of the model level it is told, its budget)
+        self._thinking = tuple((level, rank[self._model_effort[level]], policy.budgets.get(level))
+                               for level in EFFORTS if self._model_effort[level] != NO_THINKING)
 
     @property
     def default_effort(self) -> Effort:
@@ -118,5 +138,26 @@ class ModelReasoning:
                 "send reasoning_effort low, medium or high with it.",
                 param="thinking_budget",
             )
-        budget = thinking_budget if thinking_budget is not None else self.policy.budgets.get(effort)
-        return AppliedReasoning(effort, model_effort, budget if thinks else None)
+        if thinking_budget is None or not thinks:
+            return AppliedReasoning(effort, model_effort, self.policy.budgets.get(effort) if thinks else None)
+        charged = self.level_for(model_effort, thinking_budget)
+        return AppliedReasoning(effort, model_effort, thinking_budget,
+                                charged if effort_rank(charged) > effort_rank(effort) else None)
+
+    def level_for(self, model_effort: str, budget: Optional[int]) -> Effort:
+        """The lowest client level whose policy lets the model think as long as ``model_effort`` with
+        ``budget`` (``None``: unbounded) does; the top level when none does."""
+        rank = self.format.reasoning_levels.index(model_effort)
+        for level, told_rank, cap in self._thinking:
+            if told_rank >= rank and (cap is None or (budget is not None and budget <= cap)):
+                return level
+        return EFFORTS[-1]
+
+    def largest_budget(self, model_effort: str, ceiling: Effort) -> Optional[int]:
+        """The largest thinking budget charged at ``ceiling`` or below when the model is told ``model_effort``
+        (``None``: unbounded; 0: none at all), for a route's refusal."""
+        rank, top = self.format.reasoning_levels.index(model_effort), effort_rank(ceiling)
+        caps = [cap for level, told_rank, cap in self._thinking if told_rank >= rank and effort_rank(level) <= top]
+        if any(cap is None for cap in caps):
+            return None
+        return max((cap for cap in caps if cap is not None), default=0)

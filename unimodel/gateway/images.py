@@ -6,6 +6,12 @@ in an engine), and http(s) URLs either refused (the default; ``--allow-image-url
 by the gateway itself with :class:`~unimodel.images.fetch.SafeImageFetcher` and passed on as ``data:`` URIs,
 so no upstream ever fetches a client's URL. Decoding runs in worker threads, one image at a time per request (at most one
 decoded image alive per request); fetches run concurrently under their own deadline.
+
+The stage runs after the limits (a refused request never fetches or decodes a byte), and bounds the image work
+of the whole server: at most ``max_in_flight`` requests fetch or decode at once (each holds one slot for all
+its images); a request with images waits at most ``wait_s`` for a slot, then gets a 503 ``images_busy`` with
+``Retry-After``, so a flood of large images costs a bounded amount of memory and CPU and never queues without
+end. A request without images takes no slot.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import math
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Optional, Protocol, TypeVar
 
-from unimodel.errors import InvalidRequestError, UnsupportedFeatureError
+from unimodel.errors import ImagesBusyError, InvalidRequestError, UnsupportedFeatureError
 from unimodel.images.decode import ImageLimits, parse_data_uri, validate_image
 from unimodel.images.fetch import SafeImageFetcher
 from unimodel.protocol.openai import ImagePart, Message
@@ -40,6 +47,12 @@ class ImagePolicy:
     limits: ImageLimits = field(default_factory=ImageLimits)
     fetch_timeout_s: float = 10.0
     max_redirects: int = 3
+    max_in_flight: int = 4  # requests fetching or decoding images at once, server-wide
+    wait_s: float = 5.0  # the longest a request waits for one of those slots (then 503)
+
+    def __post_init__(self) -> None:
+        if self.max_in_flight < 1 or self.wait_s < 0:
+            raise ValueError("max_in_flight must be >= 1 and wait_s >= 0")
 
     def new_fetcher(self) -> SafeImageFetcher:
         """A :class:`SafeImageFetcher` with this policy's limits, deadline and redirect cap."""
@@ -139,15 +152,47 @@ class ImagePolicyStage(Stage):
         self.policy = policy
         self.fetcher = fetcher or policy.new_fetcher()
         self._for_route: dict[str, ImagePolicy] = {}  # the policy with a route's caps, made once per route
+        self._slots: Optional[asyncio.Semaphore] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self.in_flight = 0  # requests fetching or decoding now
+        self.busy = 0  # requests refused for want of a slot
+
+    def status(self) -> dict[str, Any]:
+        return {"in_flight": self.in_flight, "max_in_flight": self.policy.max_in_flight, "busy": self.busy}
 
     async def enter(self, call: Call) -> None:
         request = call.require_engine_request()
+        if not _image_parts(request.messages):
+            return
         policy = self.policy
         if call.route is not None and call.route.image_limits is not None:  # a route's tighter caps
             policy = self._for_route.get(call.route.name) or self._tighten(call.route.name, call.route.image_limits)
-        messages = await inline_images(request.messages, policy, self.fetcher)
+        slots = self._slots_now()
+        if slots.locked():
+            try:  # in this task (no wait_for task): a cancellation never leaks a slot (Semaphore.acquire)
+                async with asyncio.timeout(self.policy.wait_s):
+                    await slots.acquire()
+            except TimeoutError:
+                self.busy += 1
+                raise ImagesBusyError("The server is busy with other requests' images; please retry shortly.",
+                                      retry_after=max(1, math.ceil(self.policy.wait_s))) from None
+        else:
+            await slots.acquire()  # a free slot: taken at once, without suspending
+        self.in_flight += 1
+        try:
+            messages = await inline_images(request.messages, policy, self.fetcher)
+        finally:
+            self.in_flight -= 1
+            slots.release()
         if messages is not request.messages:
             call.engine_request = dataclasses.replace(request, messages=messages)
+
+    def _slots_now(self) -> asyncio.Semaphore:
+        """The slots, made for the running event loop (a semaphore belongs to the loop it first waits on)."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:
+            self._slots, self._loop = asyncio.Semaphore(self.policy.max_in_flight), loop
+        return self._slots
 
     def _tighten(self, route: str, limits: ImageLimits) -> ImagePolicy:
         policy = self._for_route[route] = dataclasses.replace(self.policy, limits=limits)

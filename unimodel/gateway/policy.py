@@ -23,8 +23,10 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 ToolName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
 
-#: names the plain ``--api-key`` keys get (``key-1``, ``key-2`` …) and the caller without keys
-RESERVED_KEY_NAME = r"^(key-\d+|anonymous)$"
+#: names the plain ``--api-key`` keys get (``key-`` and 8 hex digits: ``gateway/keys.py::plain_key_name``; the
+#: ``key-N`` of older versions stays reserved, so an old log's names never meet a named key) and the caller
+#: without keys
+RESERVED_KEY_NAME = r"^(key-\d+|key-[0-9a-f]{8}|anonymous)$"
 
 
 class _Strict(BaseModel):
@@ -68,7 +70,8 @@ def check_key_names(keys: list[KeyPolicy]) -> None:
     seen: set[str] = set()
     for key in keys:
         if re.fullmatch(RESERVED_KEY_NAME, key.name):
-            raise ValueError(f"the key name '{key.name}' is reserved (key-N names the --api-key keys)")
+            raise ValueError(f"the key name '{key.name}' is reserved (key-N and key- with 8 hex digits name the "
+                             "--api-key keys)")
         if key.name in seen:
             raise ValueError(f"two keys are named '{key.name}'")
         seen.add(key.name)

@@ -16,7 +16,8 @@ OpenAI-style client would rather hear why than get a silently different answer);
 override is clamped to the caps. So:
 
 * ``reasoning_effort`` above the route's maximum: 400; absent: the route's default (else the model's),
-  lowered to the maximum;
+  lowered to the maximum; a ``thinking_budget`` longer than the maximum's policy allows (it is charged at the
+  level it runs at, ``formats/reasoning.py``): 400, ``param: "thinking_budget"``;
 * ``max_tokens``/``max_completion_tokens`` above the route's ``max_tokens`` or the key's ``max_tokens_cap``:
   400; absent: the server's default is clamped to the cap (``call.route.max_tokens_cap``, read by the
   validate stage);
@@ -40,7 +41,7 @@ from unimodel.formats.reasoning import ModelReasoning
 from unimodel.gateway.images import ImagePolicy
 from unimodel.gateway.policy import NAME_PATTERN, RoutePolicy, RouteTimeouts
 from unimodel.images.decode import ImageLimits
-from unimodel.protocol.effort import effort_rank
+from unimodel.protocol.effort import NO_THINKING, Effort, effort_rank
 from unimodel.protocol.openai import ChatCompletionRequest, ImagePart
 from unimodel.service.context import Caller, RouteChoice
 from unimodel.service.pipeline import Call, Stage
@@ -143,14 +144,29 @@ class RouteStage(Stage):
                 raise InvalidRequestError(
                     f"reasoning_effort '{wire.reasoning_effort}' is above the route '{route.name}''s maximum, "
                     f"'{ceiling}'.", param="reasoning_effort")
+        else:
+            default = route.default_reasoning_effort
+            if ceiling is not None:
+                default = default or self.reasoning_for(wire.model).default_effort
+                if effort_rank(default) > effort_rank(ceiling):
+                    default = ceiling
+            if default is not None:
+                updates["reasoning_effort"] = default
+        if ceiling is not None and wire.thinking_budget is not None:
+            self._budget(route, ceiling, wire, updates.get("reasoning_effort", wire.reasoning_effort))
+
+    def _budget(self, route: RoutePolicy, ceiling: Effort, wire: ChatCompletionRequest,
+                effort: Optional[Effort]) -> None:
+        """A ``thinking_budget`` that makes the model think longer than the route's ``max_reasoning_effort``
+        allows is refused like an effort above it: the budget is charged at the level it runs at."""
+        reasoning = self.reasoning_for(wire.model)
+        applied = reasoning.apply(effort, wire.thinking_budget)  # on a level that does not think: validate's 400
+        if effort_rank(applied.charged) <= effort_rank(ceiling):
             return
-        default = route.default_reasoning_effort
-        if ceiling is not None:
-            default = default or self.reasoning_for(wire.model).default_effort
-            if effort_rank(default) > effort_rank(ceiling):
-                default = ceiling
-        if default is not None:
-            updates["reasoning_effort"] = default
+        most = reasoning.largest_budget(applied.model_effort or NO_THINKING, ceiling)
+        raise InvalidRequestError(
+            f"thinking_budget ({wire.thinking_budget}) is above what the route '{route.name}''s maximum reasoning "
+            f"effort, '{ceiling}', allows ({most} thinking tokens at most).", param="thinking_budget")
 
     def _max_tokens(self, route: RoutePolicy, caller: Caller, wire: ChatCompletionRequest, call: Call) -> None:
         caps = [(cap, who) for cap, who in ((route.max_tokens, f"the route '{route.name}'"),

@@ -14,12 +14,24 @@ from contextlib import asynccontextmanager
 from typing import Optional
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from unimodel.compose import Composition, compose
 from unimodel.config import Settings
 from unimodel.engines.base import Engine
+from unimodel.printable import mask_urls_in, printable
 from unimodel.server import errors
-from unimodel.server.middleware import BodySizeLimitMiddleware, RequestIdMiddleware
+from unimodel.server.access import StateAccess
+from unimodel.server.drain import Drain
+from unimodel.server.middleware import (
+    CORS_EXPOSED_HEADERS,
+    CORS_REQUEST_HEADERS,
+    AllowedHostsMiddleware,
+    BodySizeLimitMiddleware,
+    CrossOriginMiddleware,
+    RequestIdMiddleware,
+    SingleAuthorizationMiddleware,
+)
 from unimodel.server.routes import chat, meta
 from unimodel.server.routes import dashboard as dashboard_route
 from unimodel.server.routes import metrics as metrics_route
@@ -56,7 +68,7 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
             exc = task.exception()
             assert exc is not None
             app.state.start_error = exc
-            log.error("the %s engine failed to start: %s", engine.kind, exc)
+            log.error("the %s engine failed to start: %s", engine.kind, printable(mask_urls_in(str(exc))))
             if on_start_failure is not None:
                 on_start_failure(exc)
 
@@ -68,6 +80,7 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
             await alerts.start()  # the evaluator task and the webhook sender
         start = asyncio.create_task(engine.start(), name="engine-start")
         start.add_done_callback(started)
+        app.state.drain.install()  # SIGTERM drains first (/ready 503), where the CLI's runner armed it
         try:
             yield
         finally:
@@ -83,22 +96,32 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
                 if request_log is not None:
                     await request_log.aclose()  # last: writes (or spills) the rows of the requests that ended
 
-    app = FastAPI(title="unimodel", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # no /openapi.json (nor docs): it would describe the server to anyone who can reach it, key or not, and the
+    # API it serves is OpenAI's, documented there and in the README
+    app = FastAPI(title="unimodel", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
     app.state.engines = engines
     app.state.start_error = None
+    app.state.drain = Drain()  # /ready's 503 on SIGTERM (server/drain.py)
     app.state.request_log = request_log
     app.state.metrics = parts.metrics
-    app.state.metrics_key = parts.metrics_key
+    app.state.metrics_access = metrics_route.MetricsAccess(
+        tuple(k for k in (parts.metrics_key, parts.admin_key) if k), api_keys=parts.auth.ring.enabled)
+    if parts.auth.ring.plain_names:
+        log.info("the --api-key keys are named %s, in their order", ", ".join(parts.auth.ring.plain_names))
+    if parts.metrics is not None and parts.auth.ring.enabled and not app.state.metrics_access.keys:
+        log.warning("/metrics is closed: the server has API keys but no --metrics-key (or --admin-key) for the "
+                    "scraper; set one, or --no-metrics")
     pipeline = Pipeline(parts.stages)
     chat_service = ChatService(engine, pipeline, Observers([*parts.observers, *observers]),
-                               capture_text_chars=parts.capture_text_chars)
+                               capture_text_chars=parts.capture_text_chars, estimator=parts.usage_estimator)
     app.state.chat = chat_service
     if parts.metrics is not None:
         parts.metrics.watch(ServingCollector(in_flight=lambda: chat_service.in_flight, engine=engine,
                                              stages=parts.stages, request_log=request_log))
     auth = parts.auth
     app.state.models_pipeline = Pipeline([auth])
+    app.state.state_access = StateAccess(auth.ring, parts.admin_key)  # who sees /ready's details
     errors.install(app)
     app.router.add_route(chat.PATH, chat.ChatCompletionsEndpoint(), methods=["POST"], include_in_schema=False)
     app.include_router(meta.router)
@@ -110,5 +133,15 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
                                                         dashboard_route.load_page())
         app.include_router(dashboard_route.router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=parts.max_request_bytes)
+    app.add_middleware(SingleAuthorizationMiddleware)  # every route: one Authorization header or a 400
+    if parts.cors_origins:  # the pages of these origins may call the API: their preflights answered, CORS headers
+        app.add_middleware(CORSMiddleware, allow_origins=list(parts.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=list(CORS_REQUEST_HEADERS), expose_headers=list(CORS_EXPOSED_HEADERS),
+                           allow_private_network=True)
+    app.add_middleware(CrossOriginMiddleware, allowed_origins=parts.cors_origins)  # any other page's: 403
     app.add_middleware(RequestIdMiddleware)
+    if parts.allowed_hosts is not None:  # before anything else: a Host not listed (DNS rebinding) is a 421
+        app.add_middleware(AllowedHostsMiddleware, hosts=parts.allowed_hosts)
+        log.info("answering requests for the host names %s only (--allowed-hosts adds more)",
+                 ", ".join(parts.allowed_hosts))
     return app

@@ -28,6 +28,7 @@ from unimodel.protocol.events import (
     Flush,
     ReasoningDelta,
     ThinkingBudgetReached,
+    ToolCallArgsDelta,
     ToolCallStart,
     Usage,
     close_events,
@@ -43,6 +44,7 @@ from unimodel.service.assemble import (
 from unimodel.service.ending import run_to_end
 from unimodel.service.observer import Observers
 from unimodel.service.pipeline import Call, Pipeline, Stage, StageState
+from unimodel.service.usage_estimate import UsageEstimator, text_bytes
 
 log = logging.getLogger("unimodel.chat")
 
@@ -65,14 +67,21 @@ class ChatService:
     """``capture_text_chars`` > 0 (the request log's ``--log-prompts``): the observers also get the prompt's and
     the answer's text, up to that many characters each, in ``ctx.prompt_text``/``ctx.answer_text`` (raw: the
     request log redacts them before they touch disk). The observers always get ``ctx.tool_names`` (the tools
-    the model called) and ``ctx.image_count``."""
+    the model called) and ``ctx.image_count``.
+
+    A request that ends without a usage event once the engine was asked (its client left, before the first
+    token or mid-stream; the stream broke after some output) gets ``estimator``'s estimate of its prompt and of
+    the text that came (``Usage(..., estimated=True)``) before the stages' ``exit``: the limits settle with it,
+    and the request log and the metrics count it. One that failed before any output for another reason (the
+    engine's queue was full, the upstream refused) is charged nothing: the model did no work we can see."""
 
     def __init__(self, engine: Engine, pipeline: Pipeline, observers: Optional[Observers] = None,
-                 capture_text_chars: int = 0) -> None:
+                 capture_text_chars: int = 0, estimator: UsageEstimator = UsageEstimator()) -> None:
         self.engine = engine
         self.pipeline = pipeline
         self.observers = observers or Observers()
         self.capture_text_chars = capture_text_chars
+        self.estimator = estimator
         self.in_flight = 0  # requests between prepare and their one end (_observe); the metrics read it
 
     async def prepare(self, call: Call) -> PreparedChat:
@@ -197,11 +206,19 @@ class ChatService:
                     ctx.first_token_at = ctx.first_answer_at
             if isinstance(event, ToolCallStart):
                 ctx.tool_names.append(event.name)
-            elif (answer := call.get(_ANSWER)) is not None:
-                answer.add(event.text)
+                ctx.output_bytes += len(event.name)
+            else:
+                ctx.output_bytes += text_bytes(event.text)
+                if (answer := call.get(_ANSWER)) is not None:
+                    answer.add(event.text)
         elif isinstance(event, ReasoningDelta):
             if ctx.first_token_at is None:
                 ctx.first_token_at = time.perf_counter()
+            size = text_bytes(event.text)
+            ctx.output_bytes += size
+            ctx.reasoning_bytes += size
+        elif isinstance(event, ToolCallArgsDelta):
+            ctx.output_bytes += text_bytes(event.text)
         elif isinstance(event, Usage):
             ctx.usage = event if ctx.usage is None else ctx.usage + event
         elif isinstance(event, Finish):
@@ -231,6 +248,8 @@ class ChatService:
                 log.exception("closing the engine stream of %s failed", call.ctx.request_id)
             except BaseException as exc:
                 held = exc
+        if call.ctx.usage is None and prepared.events is not None:
+            self._estimate_usage(call, error)
         try:
             await self.pipeline.exit(call, prepared.entered, error)  # raises only once every exit has run
         except BaseException as exc:
@@ -238,6 +257,17 @@ class ChatService:
         self._observe(call, error)
         if held is not None:
             raise held
+
+    def _estimate_usage(self, call: Call, error: Optional[BaseException]) -> None:
+        """An engine asked that reported no usage: estimate it, unless it failed before any output for a reason
+        other than its client leaving (the class docstring says why)."""
+        ctx, request = call.ctx, call.engine_request
+        if request is None or ctx.idempotency == "replayed":
+            return
+        if ctx.output_bytes == 0 and error is not None and not isinstance(
+                error, (ClientClosedError, asyncio.CancelledError, GeneratorExit)):
+            return
+        ctx.usage = self.estimator.usage(request, ctx.output_bytes, ctx.reasoning_bytes)
 
     def _observe(self, call: Call, error: Optional[BaseException]) -> None:
         ctx = call.ctx

@@ -8,9 +8,9 @@ read it once, when the request is over (``service/observer.py``).
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -21,11 +21,19 @@ from unimodel.protocol.events import Usage
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
-def request_id_from(header: Optional[str]) -> str:
-    """The client's ``X-Request-Id`` when it is a sane token (letters, digits, ``._:-``, ≤128), else a new id."""
+def new_request_id() -> str:
+    """The server's own id of a request: always made here, never a client's (so it is unique: the completion
+    id, the request log's ``request_id`` and the log lines are the server's to trust). 128 random bits as 32
+    hex digits, the form of ``uuid4().hex`` at a quarter of its cost (it is made for every request)."""
+    return os.urandom(16).hex()
+
+
+def client_request_id_from(header: Optional[str]) -> Optional[str]:
+    """The client's ``X-Request-Id`` when it is a sane token (letters, digits, ``._:-``, ≤128), else ``None``.
+    It is only a correlation label: any client may send any value, another key's included."""
     if header and _REQUEST_ID.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,18 +86,24 @@ IdempotencyOutcome = Literal["first", "replayed", "unavailable"]
 class RequestContext:
     """Everything known about one request, filled in as it goes; read by observers at its end.
 
-    ``request_id`` is the request's own id (``X-Request-Id``, echoed); the response's id is
-    :attr:`completion_id`. Times are ``time.perf_counter()`` readings (``received_at`` is also kept as
-    wall-clock ``received_wall``). ``status`` is the HTTP status of a refusal, of a failure mid-stream (the
-    error's status, although the stream had already answered 200), or 499 when the client left; 200 otherwise.
+    ``request_id`` is the server's own id of the request, unique (never the client's); the response's id is
+    :attr:`completion_id`, made from it. ``client_request_id`` is the client's sane ``X-Request-Id``, if it sent
+    one: a label for correlation only (logged beside ours, echoed), never an identity. Times are
+    ``time.perf_counter()`` readings (``received_at`` is also kept as wall-clock ``received_wall``). ``status``
+    is the HTTP status of a refusal, of a failure mid-stream (the error's status, although the stream had
+    already answered 200), or 499 when the client left; 200 otherwise.
     What the stages decided is in typed fields: the caller (auth), the route (route), the applied reasoning
     (validate; ``thinking_truncated`` when a budget cut it), ``limits`` and ``idempotency`` outcomes, the
-    ``upstream`` that answered and the ``retries`` it took (resilience). ``tool_names`` and ``image_count`` are
-    the service's; ``prompt_text``/``answer_text`` only with the request log's ``--log-prompts`` (raw: the
-    request log redacts them before they touch disk).
+    ``upstream`` that answered and the ``retries`` it took (resilience). ``tool_names``, ``image_count`` and
+    ``output_bytes`` (UTF-8 bytes of text the engine produced: thinking, answer and tool calls; ``reasoning_bytes``
+    of it thinking) are the service's; ``usage`` is the engine's count, or the service's estimate
+    (``estimated``) for a request that ended without one after the engine was asked; ``prompt_text``/
+    ``answer_text`` only with the request log's ``--log-prompts`` (raw: the request log redacts them before
+    they touch disk).
     """
 
     request_id: str
+    client_request_id: Optional[str] = None
     received_at: float = field(default_factory=time.perf_counter)
     received_wall: float = field(default_factory=time.time)
     key_name: Optional[str] = None
@@ -113,6 +127,8 @@ class RequestContext:
     upstream: Optional[str] = None
     retries: Optional[int] = None
     tool_names: list[str] = field(default_factory=list)
+    output_bytes: int = 0
+    reasoning_bytes: int = 0
     image_count: Optional[int] = None
     prompt_text: Optional[str] = None
     answer_text: Optional[str] = None

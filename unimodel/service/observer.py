@@ -13,9 +13,13 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from unimodel.printable import printable
 from unimodel.service.context import RequestContext
 
 log = logging.getLogger("unimodel.observer")
+
+#: the most characters of one value in an access log line
+VALUE_CHARS = 256
 
 
 class Observer(Protocol):
@@ -43,6 +47,9 @@ class AccessLog:
     """One ``key=value`` line per request on the ``unimodel.access`` logger.
 
     It names the caller by key name only, never by key or by the client's ``user`` (PII stays out of logs).
+    Values an upstream or a client chose (a model id, a finish reason, an error code) are cut to
+    :data:`VALUE_CHARS` and the line's control characters escaped (:func:`unimodel.printable.printable`), so a
+    value cannot forge a line or reach the terminal that tails the log.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -51,13 +58,14 @@ class AccessLog:
     def request_finished(self, ctx: RequestContext) -> None:
         if not self.log.isEnabledFor(logging.INFO):
             return
-        self.log.info(" ".join(f"{k}={_show(v)}" for k, v in access_fields(ctx).items()))
+        self.log.info(printable(" ".join(f"{k}={_show(v)}" for k, v in access_fields(ctx).items())))
 
 
 def access_fields(ctx: RequestContext) -> dict[str, Any]:
     usage = ctx.usage
     return {
         "request_id": ctx.request_id,
+        "client_request_id": ctx.client_request_id,
         "status": ctx.status,
         "error_type": ctx.error_type,
         "model": ctx.model,
@@ -84,4 +92,6 @@ def _show(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
     text = str(value)
+    if len(text) > VALUE_CHARS:
+        text = text[:VALUE_CHARS] + "…"
     return text if text and " " not in text and '"' not in text else '"' + text.replace('"', "'") + '"'

@@ -5,6 +5,13 @@ levels made the decoder raise ``RecursionError``, a 500), strings holding a lone
 ``"\\ud800"`` (valid JSON, but no UTF-8 encoder downstream accepts it), and a top level that is not an object.
 The surrogate scan only runs when the raw body contains a ``\\uD8xx``–``\\uDFxx`` escape, so ordinary bodies
 pay one C-speed regex search.
+
+Before the body is read, its declared type (with ``json_only``, the default of every server): a body not sent as
+``Content-Type: application/json`` (or ``application/*+json``) is a 415. A browser sends ``text/plain``, a form
+type or, for a ``Blob`` body, no type at all across sites without asking first (no CORS preflight); JSON it
+sends only after a preflight this server does not grant. Without API keys, a body with no type is refused too;
+with keys it is read as JSON, as FastAPI-based servers (vLLM) do, since a browser cannot attach the key without
+that preflight.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import Any, Optional
 
 from pydantic import ValidationError
 
-from unimodel.errors import InvalidRequestError
+from unimodel.errors import InvalidRequestError, UnsupportedMediaTypeError
 from unimodel.protocol.openai import ChatCompletionRequest
 from unimodel.service.errors import validation_to_error
 from unimodel.service.pipeline import Call, Stage
@@ -42,6 +49,20 @@ def parse_chat_body(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Cha
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
         raise validation_to_error(exc) from None
+
+
+def check_json_content_type(content_type: Optional[str], untyped_ok: bool) -> None:
+    """Refuse (415) a body whose ``Content-Type`` is not JSON; one with none only when ``untyped_ok`` is off."""
+    if content_type is None:
+        if untyped_ok:
+            return
+    else:
+        media = content_type.partition(";")[0].strip().lower()
+        if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+            return
+    got = "none" if content_type is None else repr(content_type[:100])
+    raise UnsupportedMediaTypeError(f"Send the request body as JSON, with the header Content-Type: application/json "
+                                    f"(the request's Content-Type: {got}).", param="Content-Type")
 
 
 def check_json_depth(data: Any, max_depth: int) -> None:
@@ -96,10 +117,15 @@ class ParseStage(Stage):
 
     name = "parse"
 
-    def __init__(self, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> None:
+    def __init__(self, max_depth: int = DEFAULT_MAX_JSON_DEPTH, *, json_only: bool = False,
+                 untyped_ok: bool = True) -> None:
         self.max_depth = max_depth
+        self.json_only = json_only  # compose.py turns it on (--json-only, the default)
+        self.untyped_ok = untyped_ok  # a body with no Content-Type: read as JSON (API keys configured) or refused
 
     async def enter(self, call: Call) -> None:
+        if self.json_only:  # before the body is read: a refused request never buffers one
+            check_json_content_type(call.headers.get("content-type"), self.untyped_ok)
         request = call.client_request = parse_chat_body(await call.read_body(), self.max_depth)
         call.ctx.stream = request.stream
         call.ctx.user = request.user

@@ -14,8 +14,8 @@ A :class:`Stage` is a small class with three optional hooks:
   cancelled meanwhile (the end of a request runs as one unit no cancellation interrupts, ``service/ending.py``;
   a cancellation waits for it), so an ``exit`` that awaits needs no shield of its own.
 
-Stages are built once at start-up (``unimodel/compose.py``) in the order of the architecture page: auth → parse →
-route → validate → images → limits → idempotency → resilience. Written by hand: it is
+Stages are built once at start-up (``unimodel/compose.py``) in the order of the architecture page: auth →
+limits.requests → parse → route → validate → limits → images → idempotency → resilience. Written by hand: it is
 a few dozen lines, and a middleware library would tie it to HTTP, which the service layer does not know.
 """
 

@@ -70,6 +70,21 @@ def to_generation_request(
     unknown_fields: UnknownFields = "drop",
     upstream_extra_fields: Collection[str] = (),
 ) -> GenerationRequest:
+    return _validated(wire, models, reasoning_for, completion_id, default_max_tokens, unknown_fields=unknown_fields,
+                      upstream_extra_fields=upstream_extra_fields)[0]
+
+
+def _validated(
+    wire: ChatCompletionRequest,
+    models: list[ModelCard],
+    reasoning_for: Callable[[str], ModelReasoning],
+    completion_id: str | None,
+    default_max_tokens: int | None,
+    *,
+    unknown_fields: UnknownFields,
+    upstream_extra_fields: Collection[str],
+) -> tuple[GenerationRequest, AppliedReasoning]:
+    """The engine's request and the reasoning applied to it (with the level it is charged at)."""
     extra = _extra_fields(wire, unknown_fields, upstream_extra_fields)
     card = resolve_model(wire.model, models)
     reasoning = reasoning_for(card.id)
@@ -109,7 +124,7 @@ def to_generation_request(
         else reasoning.include_reasoning,
         continue_final_message=continue_final,
         streamed=bool(wire.stream),
-    )
+    ), applied
 
 
 def _continue_final_message(wire: ChatCompletionRequest) -> bool:
@@ -205,9 +220,9 @@ class ValidateStage(Stage):
         cap = call.route.max_tokens_cap if call.route is not None else None  # a route's or a key's cap
         if cap is not None:
             default_max_tokens = cap if default_max_tokens is None else min(default_max_tokens, cap)
-        request = to_generation_request(
+        request, applied = _validated(
             wire, models, self.reasoning_for, call.ctx.completion_id, default_max_tokens,
             unknown_fields=self.unknown_fields, upstream_extra_fields=self.upstream_extra_fields)
         call.engine_request = request
         call.ctx.model = request.served_model
-        call.ctx.reasoning = AppliedReasoning(request.effort, request.model_effort, request.thinking_budget)
+        call.ctx.reasoning = applied  # with the level it is charged at (the limits stage reads it)

@@ -58,3 +58,31 @@ def test_a_level_the_model_does_not_know_is_a_start_up_error() -> None:
                         reasoning_per_model={"m": {"model_effort": {"high": "max"}}})
     with pytest.raises(ConfigError, match="reasoning_per_model.m"):
         compose(settings)
+
+
+def test_a_client_budget_is_charged_at_the_level_whose_policy_covers_it() -> None:
+    reasoning = ModelReasoning(ReasoningPolicy(), get_format("mistral"))  # low 1024, medium 4096, high unbounded
+    assert reasoning.apply("low", thinking_budget=1024).charged == "low"
+    assert reasoning.apply("low", thinking_budget=1025).charged == "medium"
+    assert reasoning.apply("low", thinking_budget=1_000_000) == AppliedReasoning("low", "high", 1_000_000, "high")
+    assert reasoning.apply("medium", thinking_budget=4097).charged == "high"
+    assert reasoning.apply("high", thinking_budget=10).charged == "high"  # never below the level asked
+    assert reasoning.apply("low").charged == "low" and reasoning.apply("none").charged == "none"
+    report = reasoning.apply("low", thinking_budget=5000).report()
+    assert report["effort"] == "low" and report["charged_effort"] == "high"
+    assert "charged_effort" not in reasoning.apply("low").report()
+    assert reasoning.largest_budget("high", "low") == 1024 and reasoning.largest_budget("high", "medium") == 4096
+    assert reasoning.largest_budget("high", "high") is None
+
+
+def test_the_charge_counts_the_model_level_and_an_operators_budgets() -> None:
+    class ThreeLevels(MistralFormat):
+        reasoning_levels: ClassVar[tuple[str, ...]] = ("none", "low", "high")
+
+    # low is the model's own low, with no budget of its own: unbounded at that level is still low's policy
+    reasoning = ModelReasoning(ReasoningPolicy(budgets={"medium": 4096}), ThreeLevels())
+    assert reasoning.apply("low", thinking_budget=10**6).charged == "low"
+    strict = ModelReasoning(ReasoningPolicy(budgets={"low": 100, "medium": 4096, "high": 8192}), ThreeLevels())
+    assert strict.apply("low", thinking_budget=5000).charged == "high"  # medium's 4096 is short, high's 8192 not
+    assert strict.apply("low", thinking_budget=4000).charged == "medium"  # the model's high at 4096 covers it
+    assert strict.apply("low", thinking_budget=9000).charged == "high"  # beyond every budget: the top level

@@ -69,7 +69,9 @@ class Refuse(Stage):
 
 
 def service(engine: Engine, limits: LimitsStage, *after: Stage, caller: Caller = Caller(name="k1")) -> ChatService:
-    return ChatService(engine, Pipeline([AsKey(caller), ParseStage(), ValidateStage(engine.models), limits, *after]))
+    """The pipeline as composed: the key's requests before the body is parsed, the rest after validation."""
+    return ChatService(engine, Pipeline([AsKey(caller), limits.requests, ParseStage(), ValidateStage(engine.models),
+                                         limits, *after]))
 
 
 def call_for(**fields: Any) -> Call:

@@ -171,3 +171,45 @@ async def test_one_failed_fetch_cancels_the_others() -> None:
         await asyncio.wait_for(inline_images([user("http://a.example/slow.png", "http://a.example/bad.png")], ON,
                                              Slow()), 5)
     assert cancelled == ["http://a.example/slow.png"]
+
+
+async def test_image_slots_are_bounded_and_a_cancelled_waiter_leaks_none() -> None:
+    import asyncio
+
+    from unimodel.engines.base import GenerationRequest
+    from unimodel.errors import ImagesBusyError
+    from unimodel.gateway.images import ImagePolicyStage
+    from unimodel.service.context import RequestContext
+    from unimodel.service.pipeline import Call
+
+    gate = asyncio.Event()
+
+    class Held(FakeFetcher):
+        async def fetch(self, url: str, where: str) -> tuple[str, bytes]:
+            await gate.wait()
+            return await super().fetch(url, where)
+
+    async def nothing() -> bytes:
+        return b""
+
+    def call(*urls: str) -> Call:
+        c = Call(RequestContext("r"), {}, nothing)
+        c.engine_request = GenerationRequest(completion_id="c", served_model="m", messages=[user(*urls)])
+        return c
+
+    stage = ImagePolicyStage(ImagePolicy(allow_urls=True, max_in_flight=1, wait_s=0.05), Held())
+    await stage.enter(call())  # no images: no slot taken, nothing waits
+    first = asyncio.ensure_future(stage.enter(call("https://example.com/a.png")))
+    await asyncio.sleep(0.01)
+    assert stage.status()["in_flight"] == 1
+    with pytest.raises(ImagesBusyError) as busy:
+        await stage.enter(call("https://example.com/b.png"))
+    assert busy.value.status_code == 503 and busy.value.retry_after == 1 and stage.status()["busy"] == 1
+    waiter = asyncio.ensure_future(stage.enter(call("https://example.com/c.png")))
+    await asyncio.sleep(0.01)
+    waiter.cancel()  # a client that leaves while it waits
+    gate.set()
+    await first
+    await asyncio.gather(waiter, return_exceptions=True)
+    assert stage.status()["in_flight"] == 0
+    await asyncio.wait_for(stage.enter(call("https://example.com/d.png")), 1)  # the one slot is free again

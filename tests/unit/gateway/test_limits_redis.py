@@ -71,9 +71,9 @@ async def test_two_replicas_hold_the_in_flight_cap_exactly(redis_server: RedisSe
             engine.gate.set()  # type: ignore[union-attr]
         for (_, prepared), svc in admitted:
             [_ async for _ in svc.stream(prepared)]
-        # each used 8 tokens of its 100: 1000 - 3 × 8 left, seen from either replica; the slots are free again
+        # each used 8 tokens of its 106: 1000 - 3 × 8 left, seen from either replica; the slots are free again
         answer = await ask(services[1], max_tokens=10)
-        assert answer.status == 200 and answer.remaining_tokens == 1000 - 24 - 10
+        assert answer.status == 200 and answer.remaining_tokens == 1000 - 24 - (6 + 10)  # 6: the prompt's estimate
     finally:
         for s in stages:
             await s.aclose()
@@ -83,7 +83,8 @@ async def test_two_replicas_hold_tpm_exactly_under_concurrent_load(redis_server:
     stages = await replicas(redis_server.url, tpm=1000)
     try:
         services = [service(UsageEngine(prompt=40, completion=60), s) for s in stages]  # uses all it reserves
-        answers = await asyncio.gather(*(ask(services[i % 2], max_tokens=100) for i in range(30)))
+        # 94 + the prompt's estimate (6): 100 reserved each
+        answers = await asyncio.gather(*(ask(services[i % 2], max_tokens=94) for i in range(30)))
         assert [a.status for a in answers].count(200) == 10
     finally:
         for s in stages:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(60)
 
 StoreFactory = Callable[[], LimitStore]
+PROMPT = 6  # the estimate of the prompt "hello there": 11 bytes / 4 → 3 tokens, and 3 for its message
 DURATION = re.compile(r"^(\d+h)?(\d+m)?(\d+(\.\d+)?s|\d+ms)$")
 
 
@@ -74,24 +75,24 @@ async def test_the_bucket_refills_continuously(new_store: StoreFactory) -> None:
     assert [(await ask(svc)).status for _ in range(2)] == [200, 429]
 
 
-async def test_tokens_reserve_max_tokens_and_settle_with_real_usage(new_store: StoreFactory) -> None:
+async def test_tokens_reserve_the_prompt_and_max_tokens_and_settle_with_real_usage(new_store: StoreFactory) -> None:
     svc = service(UsageEngine(prompt=5, completion=3), await limits(new_store, tpm=100))
     first = await ask(svc, max_tokens=50)
-    assert first.status == 200 and first.remaining_tokens == 50  # 50 reserved while it ran
-    second = await ask(svc, max_tokens=50)  # the first used 8: 92 left, 50 reserved now
-    assert second.status == 200 and second.remaining_tokens == 42
-    third = await ask(svc, max_tokens=90)  # 84 left: not enough for 90 → wait for 6 tokens' refill
+    assert first.status == 200 and first.remaining_tokens == 100 - PROMPT - 50  # reserved while it ran
+    second = await ask(svc, max_tokens=50)  # the first used 8: 92 left
+    assert second.status == 200 and second.remaining_tokens == 92 - PROMPT - 50
+    third = await ask(svc, max_tokens=90)  # 84 left: not enough for 6 + 90 → wait for 12 tokens' refill
     assert third.status == 429 and third.remaining_tokens == 84
     assert third.error is not None and "tokens per minute" in third.error.message
-    assert third.headers["Retry-After"] == "4"  # 6 tokens at 100 / 60 s: 3.6 s, rounded up
+    assert third.headers["Retry-After"] == "8"  # 12 tokens at 100 / 60 s: 7.2 s, rounded up
     assert (await ask(svc)).status == 429  # no max_tokens: the default reservation (4096) clamped to 100 > 84
 
 
 async def test_a_request_without_max_tokens_reserves_the_default_reservation(new_store: StoreFactory) -> None:
     svc = service(UsageEngine(prompt=5, completion=3), await limits(new_store, tpm=1000, token_reservation=300))
     first = await ask(svc)
-    assert first.remaining_tokens == 700
-    assert (await ask(svc)).remaining_tokens == 1000 - 8 - 300
+    assert first.remaining_tokens == 1000 - PROMPT - 300
+    assert (await ask(svc)).remaining_tokens == 1000 - 8 - PROMPT - 300
 
 
 async def test_max_tokens_larger_than_the_bucket_is_a_400(new_store: StoreFactory) -> None:
@@ -108,8 +109,20 @@ async def test_a_stream_that_fails_gives_back_what_it_did_not_use(new_store: Sto
     call, prepared = await start(svc, max_tokens=500, stream=True)
     frames = sse_frames([f async for f in svc.stream(prepared)])
     assert b"upstream" in frames[-2]  # the error frame
-    # estimate: ("hello there" 11 chars + 8 chars streamed) / 4 → 5 tokens used; the rest of the 500 came back
-    assert (await ask(svc, max_tokens=10)).remaining_tokens == 1000 - 5 - 10
+    # no usage came: the service's estimate, the prompt's 6 tokens + 8 bytes streamed / 4 → 8 tokens used; the
+    # rest of the reservation came back
+    assert call.ctx.usage is not None and call.ctx.usage.estimated and call.ctx.usage.total_tokens == PROMPT + 2
+    assert (await ask(svc, max_tokens=10)).remaining_tokens == 1000 - (PROMPT + 2) - (PROMPT + 10)
+
+
+async def test_an_engine_that_fails_before_any_output_is_charged_nothing(new_store: StoreFactory) -> None:
+    engine = UsageEngine(n=3)
+    engine.fail_after = 0  # refused by the upstream before a token: the model did no work we can see
+    svc = service(engine, await limits(new_store, tpm=1000))
+    failed = await ask(svc, max_tokens=500)
+    assert failed.status == 502 and failed.call is not None and failed.call.ctx.usage is None
+    engine.fail_after = None
+    assert (await ask(svc, max_tokens=10)).remaining_tokens == 1000 - (PROMPT + 10)
 
 
 async def test_a_client_that_leaves_gives_back_what_it_did_not_use(new_store: StoreFactory) -> None:
@@ -120,20 +133,24 @@ async def test_a_client_that_leaves_gives_back_what_it_did_not_use(new_store: St
     async with aclosing(svc.stream(prepared)) as frames:
         opening = await anext(frames)  # the role frame and the first delta, in one write
         assert b'"content"' in opening.split(b"\n\n")[1]
-    # the client left: (11 + 4) / 4 → 4 tokens kept, 496 back, and its slot is free again
+    # the client left: the prompt's 6 + 4 bytes / 4 → 7 tokens kept, the rest back, and its slot is free again
     engine.gate = None
     answer = await ask(svc, max_tokens=10)
-    assert answer.status == 200 and answer.remaining_tokens == 1000 - 4 - 10
+    assert answer.status == 200 and answer.remaining_tokens == 1000 - (PROMPT + 1) - (PROMPT + 10)
 
 
-async def test_a_call_refused_by_a_later_stage_gives_everything_back(new_store: StoreFactory) -> None:
-    svc = service(UsageEngine(), await limits(new_store, rpm=1, tpm=100, max_concurrent=1), Refuse())
-    for _ in range(3):
-        answer = await ask(svc, max_tokens=80)
+async def test_a_call_refused_by_a_later_stage_counts_as_a_request_and_gives_back_its_tokens_and_slot(
+        new_store: StoreFactory) -> None:
+    stage = await limits(new_store, rpm=3, tpm=100, max_concurrent=1)
+    svc = service(UsageEngine(), stage, Refuse())
+    for left in (2, 1):
+        answer = await ask(svc, max_tokens=74)
         assert answer.status == 409
-        assert answer.remaining_requests == 0 and answer.remaining_tokens == 20  # taken while it was checked
-    allowed = service(UsageEngine(), svc.pipeline.stages[3])  # type: ignore[arg-type]
-    assert (await ask(allowed, max_tokens=80)).status == 200  # nothing stayed taken
+        assert answer.remaining_requests == left  # a request admitted counts, whatever happens next
+        assert answer.remaining_tokens == 100 - PROMPT - 74  # taken while it was checked, given back since
+    allowed = await ask(service(UsageEngine(), stage), max_tokens=74)
+    assert allowed.status == 200  # the slot is free, and no token stayed taken
+    assert allowed.remaining_requests == 0 and allowed.remaining_tokens == 100 - PROMPT - 74
 
 
 async def test_per_user_limits_are_separate_from_each_other_and_from_callers_without_user(
@@ -168,8 +185,9 @@ async def test_high_reasoning_quota_lets_effort_none_through_when_spent(new_stor
         answer = await ask(svc, reasoning_effort=effort)
         assert answer.status == 200, effort
         assert answer.headers["x-ratelimit-limit-requests"] == "10"
-    # a high-reasoning request counts against the key's own rpm too (the refused one does not)
-    assert (await ask(svc)).remaining_requests == 10 - 1 - 3 - 1
+    # a high-reasoning request counts against the key's own rpm too, the refused one as well: the key's
+    # requests are counted before the body is read, so before its effort is known
+    assert (await ask(svc)).remaining_requests == 10 - 2 - 3 - 1
 
 
 async def test_high_reasoning_threshold_is_configurable(new_store: StoreFactory) -> None:
@@ -244,7 +262,7 @@ async def test_an_idempotent_replay_is_charged_no_tokens(new_store: StoreFactory
 
     svc = service(UsageEngine(prompt=40, completion=40), await limits(new_store, tpm=100), Replayed())
     assert (await ask(svc, max_tokens=50)).status == 200
-    assert (await ask(svc, max_tokens=50)).remaining_tokens == 50
+    assert (await ask(svc, max_tokens=50)).remaining_tokens == 100 - PROMPT - 50
 
 
 def test_status_names_the_store() -> None:

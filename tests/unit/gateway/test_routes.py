@@ -180,6 +180,20 @@ async def test_effort_above_the_maximum_is_400_and_defaults_are_clamped() -> Non
     assert (await run(svc, make_call({"route": "image"}))).effort == "high"
 
 
+async def test_a_thinking_budget_beyond_the_maximums_policy_is_400() -> None:
+    svc, _ = service({"hard": {"max_reasoning_effort": "medium", "default_reasoning_effort": "low"}})
+    for body in ({"reasoning_effort": "low", "thinking_budget": 4097}, {"thinking_budget": 10**6}):
+        err = await refused(svc, make_call({"route": "hard", **body}))
+        assert err.status_code == 400 and err.param == "thinking_budget", body
+        assert "'medium'" in err.message and "4096" in err.message
+    request = await run(svc, make_call({"route": "hard", "reasoning_effort": "low", "thinking_budget": 4096}))
+    assert request.thinking_budget == 4096 and request.model_effort == "high"
+    err = await refused(svc, make_call({"route": "hard", "reasoning_effort": "none", "thinking_budget": 10}))
+    assert err.param == "thinking_budget" and "turns it off" in err.message  # as validate says it
+    no_maximum = await run(svc, make_call({"reasoning_effort": "low", "thinking_budget": 10**6}))
+    assert no_maximum.thinking_budget == 10**6  # the default route has no maximum
+
+
 async def test_max_tokens_cap_refuses_explicit_and_clamps_the_default() -> None:
     svc, _ = service({"default": {"max_tokens": 100}})
     for field in ("max_tokens", "max_completion_tokens"):
@@ -310,3 +324,7 @@ def test_build_stages_puts_route_after_parse_before_validate() -> None:
 
     names = [s.name for s in build_stages(Settings(), build_engines(Settings(), ScriptedEngine()))]
     assert names[:5] == ["auth", "parse", "route", "validate", "images"]
+    limited = Settings(rpm=10, tpm=1000)
+    names = [s.name for s in build_stages(limited, build_engines(limited, ScriptedEngine()))]
+    # the key's requests before the body is read; tokens, users and high reasoning before any image work
+    assert names[:7] == ["auth", "limits.requests", "parse", "route", "validate", "limits", "images"]

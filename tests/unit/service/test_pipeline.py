@@ -16,6 +16,7 @@ from tests.support.flush_rules import sse_frames
 from unimodel.engines.base import Engine, GenerationRequest
 from unimodel.errors import AuthenticationError, RateLimitError, UpstreamError
 from unimodel.gateway.auth import ApiKeyAuth
+from unimodel.gateway.keys import plain_key_name
 from unimodel.protocol.events import FLUSH, ContentDelta, Event, Finish, Usage
 from unimodel.service.chat import ChatService
 from unimodel.service.context import RequestContext
@@ -140,7 +141,7 @@ async def test_auth_is_the_first_stage_and_names_the_key_never_the_secret() -> N
     assert log == [] and seen.contexts[0].status == 401
     prepared = await service.prepare(make_call(BODY, {"authorization": "Bearer sk-two"}, rid="r2"))
     await service.complete(prepared)
-    assert seen.contexts[1].key_name == "key-2"
+    assert seen.contexts[1].key_name == plain_key_name("sk-two")
 
 
 async def test_stream_failing_midway_ends_with_an_error_frame_and_is_observed_once() -> None:
