@@ -130,11 +130,14 @@ class Page:
 
 
 class Chromium:
-    """``with Chromium(path) as browser: page = browser.new_page()`` — stopped and its profile removed on exit."""
+    """``with Chromium(path) as browser: page = browser.new_page()`` — stopped and its profile removed on exit.
+    ``flags`` go on the command line after the usual ones (``--host-resolver-rules=MAP name 127.0.0.1``: a host
+    name that leads to loopback, as a DNS-rebound one does)."""
 
-    def __init__(self, executable: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, executable: str, timeout_s: float = 30.0, flags: tuple[str, ...] = ()) -> None:
         self.executable = executable
         self.timeout_s = timeout_s
+        self.flags = flags
         self.profile = Path(tempfile.mkdtemp(prefix="unimodel-chromium-"))
         self.process: Optional[subprocess.Popen[bytes]] = None
         self.port = 0
@@ -146,7 +149,7 @@ class Chromium:
         deadline = time.monotonic() + self.timeout_s
         try:
             self.process = subprocess.Popen(
-                [self.executable, *FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
+                [self.executable, *FLAGS, *self.flags, f"--user-data-dir={self.profile}", "--remote-debugging-port=0",
                  "about:blank"], stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=subprocess.STDOUT)
             while not (active.exists() and active.read_text().strip()):
                 if self.process.poll() is not None:
