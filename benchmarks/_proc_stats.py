@@ -92,11 +92,13 @@ def connections_to(pid: int, port: int) -> int:
     return count
 
 
-def asyncio_tasks(base_url: str) -> Optional[int]:
-    """The server's ``unimodel_asyncio_tasks`` gauge (None when /metrics is off or lacks it); the scrape's own
-    task is counted in it, the same way at every sample."""
+def asyncio_tasks(base_url: str, metrics_key: Optional[str] = None) -> Optional[int]:
+    """The server's ``unimodel_asyncio_tasks`` gauge (None when /metrics is off, closed to us, or lacks it); the
+    scrape's own task is counted in it, the same way at every sample. ``metrics_key``: the server's
+    ``--metrics-key`` (a server with API keys answers /metrics to it only)."""
     root = base_url.removesuffix("/v1")
-    resp = httpx.get(root + "/metrics", timeout=10)
+    headers = {"Authorization": f"Bearer {metrics_key}"} if metrics_key else {}
+    resp = httpx.get(root + "/metrics", headers=headers, timeout=10)
     if resp.status_code != 200:
         return None
     for line in resp.text.splitlines():
@@ -105,9 +107,10 @@ def asyncio_tasks(base_url: str) -> Optional[int]:
     return None
 
 
-def sample(pid: int, base_url: str, upstream_port: Optional[int], redis_port: Optional[int] = None) -> Sample:
+def sample(pid: int, base_url: str, upstream_port: Optional[int], redis_port: Optional[int] = None,
+           metrics_key: Optional[str] = None) -> Sample:
     kinds = fd_kinds(pid)  # before the scrape, whose own connection would be counted
     return Sample(rss_mib=rss_bytes(pid) / 2**20, fds=sum(kinds.values()),
                   upstream_connections=connections_to(pid, upstream_port) if upstream_port else 0,
                   redis_connections=connections_to(pid, redis_port) if redis_port else 0,
-                  fd_kinds=kinds, asyncio_tasks=asyncio_tasks(base_url))
+                  fd_kinds=kinds, asyncio_tasks=asyncio_tasks(base_url, metrics_key))

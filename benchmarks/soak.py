@@ -39,6 +39,7 @@ from _proc_stats import Sample, rss_bytes, sample
 from _processes import processes
 
 KEY = "sk-soak-every-stage"
+METRICS_KEY = "sk-soak-metrics-scrape"  # /metrics answers its key only, the server having API keys
 PROMPT = [{"role": "user", "content": "2+2?"}]
 
 
@@ -165,7 +166,7 @@ def quiet_sample(pid: int, url: str, ports: tuple[Optional[int], Optional[int]],
         client.post(url + "/chat/completions", json={**body_of(2, mix), "stream": False},
                     headers={"Authorization": f"Bearer {KEY}"}).raise_for_status()
     time.sleep(0.5)
-    return sample(pid, url, *ports)
+    return sample(pid, url, *ports, metrics_key=METRICS_KEY)
 
 
 def soak(title: str, pid: int, url: str, ports: tuple[Optional[int], Optional[int]], mix: Mix, requests: int,
@@ -262,7 +263,8 @@ def main() -> None:
             stores = ("--redis", redis_url) if redis_url else ()
             redis_port = urlsplit(redis_url).port if redis_url else None
             every = ("--api-key", KEY, "--rpm", "100000000", "--tpm", "100000000000", "--max-concurrent", "100000",
-                     "--retries", "2", "--breaker-failures", "5", "--request-log", "--metrics", *stores)
+                     "--retries", "2", "--breaker-failures", "5", "--request-log", "--metrics",
+                     "--metrics-key", METRICS_KEY, *stores)
             url = started.unimodel("--engine", "upstream", "--upstream", upstream, *every, *log_in(work / "upstream"))
             print("every stage on: a client key, routes, rpm/tpm/concurrency limits, idempotency "
                   f"({'Redis' if stores else 'memory'}), retries and the breaker, the request log (SQLite), "

@@ -14,6 +14,7 @@ from tests.support.scripted_upstream import ScriptedUpstream
 from tests.support.webhook_receiver import WebhookReceiver
 from unimodel.config import Settings
 from unimodel.compose import build_engine
+from unimodel.gateway.keys import plain_key_name
 
 pytestmark = pytest.mark.slow
 
@@ -57,8 +58,8 @@ def test_dashboard_data_reflects_real_requests(scripted_upstream: ScriptedUpstre
     assert data["tokens_by_effort"]["none"]["requests"] == 2
     assert data["errors_by_type"] == [["upstream_error", 1]]
     assert data["top_routes"] == [["default", 5]]
-    assert [(k["key"], k["requests"], k["server_errors"]) for k in data["top_keys"]] == [("key-1", 3, 0),
-                                                                                        ("key-2", 2, 1)]
+    assert [(k["key"], k["requests"], k["server_errors"]) for k in data["top_keys"]] == [
+        (plain_key_name(KEY_1), 3, 0), (plain_key_name(KEY_2), 2, 1)]
     assert data["alerts"] == {"rules": 0, "firing": [], "recent": []}
 
 

@@ -21,6 +21,7 @@ from tests.support.live_server import LiveServer
 from tests.support.scripted_upstream import ScriptedUpstream
 from unimodel.config import Settings
 from unimodel.compose import build_engine
+from unimodel.gateway.keys import plain_key_name
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +81,7 @@ def test_the_dashboard_draws_real_traffic_in_chromium(scripted_upstream: Scripte
             efforts = page.evaluate("[...document.querySelectorAll('#chart-effort text.label')]"
                                     ".map(t => t.textContent)")
             assert {"high", "none"} <= set(efforts)
-            assert "key-1" in page.evaluate("document.getElementById('chart-keys').textContent")
+            assert plain_key_name(KEY) in page.evaluate("document.getElementById('chart-keys').textContent")
             assert page.evaluate("document.getElementById('t-requests').textContent") == str(sent)
 
             # a second refresh draws the same counts (no double counting across polls)

@@ -23,10 +23,13 @@ from tests.support.live_server import LiveServer, free_port
 from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.config import Settings
 from unimodel.compose import build_engine
+from unimodel.gateway.keys import plain_key_name
 from unimodel.protocol.effort import EFFORTS
 from unimodel.telemetry.metrics import OTHER, OTHER_ERROR, known_error_codes
 
 K1, K2 = "sk-metrics-one", "sk-metrics-two"
+KEY_1, KEY_2 = plain_key_name(K1), plain_key_name(K2)  # their names in the labels
+SCRAPE_KEY = "scrape-secret"
 MSG = [{"role": "user", "content": "What is 2+2?"}]
 SCRIPTS = {
     "think": Script(mode="parsed", reasoning="Let me think it through. " * 2, content="The answer is 4.",
@@ -52,8 +55,10 @@ class Scrape:
         return sum(1 for s in self.samples if s.name == name and labels.items() <= s.labels.items())
 
 
-def scrape(server: LiveServer, **headers: str) -> Scrape:
-    resp = httpx.get(server.base_url.removesuffix("/v1") + "/metrics", headers=headers, timeout=10)
+def scrape(server: LiveServer) -> Scrape:
+    """A scrape as Prometheus makes it, with the metrics key (a server without keys ignores it: loopback)."""
+    resp = httpx.get(server.base_url.removesuffix("/v1") + "/metrics", timeout=10,
+                     headers={"Authorization": f"Bearer {SCRAPE_KEY}"})
     assert resp.status_code == 200, resp.text
     families = list(text_string_to_metric_families(resp.text))
     return Scrape(resp.text, [s for f in families for s in f.samples],
@@ -77,16 +82,17 @@ def gateway(upstream: ScriptedUpstream, tmp: Path, **settings: Any) -> LiveServe
 class Served:
     server: LiveServer
     scrape: Scrape  # after the traffic below
-    usages: list[dict[str, Any]]  # of key-1's three successful requests
+    usages: list[dict[str, Any]]  # of K1's three successful requests
     statuses: dict[str, int]
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """One gateway, one mix of traffic: key-1 succeeds three times (JSON and SSE, effort high) and is refused a
-    fourth by the high-reasoning quota; key-2 fails in every way a client or the upstream can make it fail."""
+    """One gateway, one mix of traffic: K1 succeeds three times (JSON and SSE, effort high) and is refused a
+    fourth by the high-reasoning quota; K2 fails in every way a client or the upstream can make it fail."""
     with ScriptedUpstream(SCRIPTS) as up, \
-            gateway(up, tmp_path_factory.mktemp("metrics"), api_keys=[K1, K2], high_reasoning_rpm=3) as server, \
+            gateway(up, tmp_path_factory.mktemp("metrics"), api_keys=[K1, K2], high_reasoning_rpm=3,
+                    metrics_key=SCRAPE_KEY) as server, \
             httpx.Client(base_url=server.base_url, timeout=30) as client:
         one, two = {"Authorization": f"Bearer {K1}"}, {"Authorization": f"Bearer {K2}"}
         usages = []
@@ -121,7 +127,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 def test_counters_and_histograms_follow_real_requests(served: Served) -> None:
     m, usages = served.scrape, served.usages
-    ok = {"key_name": "key-1", "route": "default", "model": "think", "reasoning_effort": "high"}
+    ok = {"key_name": KEY_1, "route": "default", "model": "think", "reasoning_effort": "high"}
     assert m.value("unimodel_requests_total", **ok, status="200", error_type="") == 3
     prompt = sum(u["prompt_tokens"] for u in usages)
     reasoning = sum(u["completion_tokens_details"]["reasoning_tokens"] for u in usages)
@@ -156,17 +162,17 @@ def test_failures_are_counted_with_their_error_type(served: Served) -> None:
                                "unknown route": 400, "wrong key": 401}
     m = served.scrape
     # the upstream's own error code ("400") is not one of ours: the conventions' _OTHER
-    assert m.value("unimodel_requests_total", key_name="key-2", model="fails-400", status="400",
+    assert m.value("unimodel_requests_total", key_name=KEY_2, model="fails-400", status="400",
                    error_type=OTHER_ERROR) == 1
     assert m.value("gen_ai_server_request_duration_seconds_count", gen_ai_request_model="fails-400",
                    error_type=OTHER_ERROR) == 1
-    assert m.value("unimodel_requests_total", key_name="key-2", model="", status="404",
+    assert m.value("unimodel_requests_total", key_name=KEY_2, model="", status="404",
                    error_type="model_not_found") == 1
-    assert m.value("unimodel_requests_total", key_name="key-2", route="", status="400",
+    assert m.value("unimodel_requests_total", key_name=KEY_2, route="", status="400",
                    error_type="route_not_found") == 1
     assert m.value("unimodel_requests_total", key_name="", status="401", error_type="invalid_api_key") == 1
     # failures made no token series and no TTFT
-    assert m.count("unimodel_tokens_total", key_name="key-2") == 0
+    assert m.count("unimodel_tokens_total", key_name=KEY_2) == 0
     assert m.count("gen_ai_server_time_to_first_token_seconds_count", gen_ai_request_model="fails-400") == 0
 
 
@@ -177,7 +183,7 @@ def test_labels_are_bounded(served: Served) -> None:
     allowed = {
         "route": {"default", "hard", "image", "agent"},
         "gen_ai_request_model": set(SCRIPTS), "model": set(SCRIPTS),
-        "key_name": {"anonymous", "key-1", "key-2"},
+        "key_name": {"anonymous", KEY_1, KEY_2},
         "reasoning_effort": set(EFFORTS),
         "error_type": known_error_codes() | {OTHER_ERROR},
         "status": {str(s) for s in range(100, 600)},
@@ -209,16 +215,16 @@ def test_in_flight_counts_a_running_request(served: Served) -> None:
 
 def test_rate_limit_rejections_are_counted_per_key(served: Served) -> None:
     m = served.scrape
-    assert m.value("unimodel_rate_limit_rejections_total", key_name="key-1", route="default") == 1
-    assert m.value("unimodel_rate_limit_rejections_total", key_name="key-2") == 0
-    assert m.value("unimodel_requests_total", key_name="key-1", reasoning_effort="high", status="429",
+    assert m.value("unimodel_rate_limit_rejections_total", key_name=KEY_1, route="default") == 1
+    assert m.value("unimodel_rate_limit_rejections_total", key_name=KEY_2) == 0
+    assert m.value("unimodel_requests_total", key_name=KEY_1, reasoning_effort="high", status="429",
                    error_type="rate_limit_exceeded") == 1
 
 
 def test_a_failing_upstream_opens_its_breaker(tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{free_port()}/v1"  # a named upstream nobody listens for: its probe fails
     down = {"down": Script(error_status=503, error_message="engine overloaded")}
-    with ScriptedUpstream(down) as up, gateway(up, tmp_path, retries=0, breaker_failures=2,
+    with ScriptedUpstream(down) as up, gateway(up, tmp_path, retries=0, breaker_failures=2, breaker_min_callers=1,
                                                upstreams={"spare": {"url": dead}}) as server:
         codes = [httpx.post(server.base_url + "/chat/completions", json={"model": "down", "messages": MSG},
                             timeout=30).status_code for _ in range(3)]

@@ -114,10 +114,17 @@ def test_the_container_runs_flags_and_settings_unimodel_has() -> None:
 def test_the_probes_and_the_scrape_ask_paths_the_app_serves() -> None:
     deployment, _ = gateway()
     c = container(deployment)
-    settings = Settings(engine="upstream", upstream="http://127.0.0.1:9/v1", request_log=False)
+    # as deployed: client keys (the config file's), the metrics key from the secret
+    settings = Settings(engine="upstream", upstream="http://127.0.0.1:9/v1", request_log=False,
+                        api_keys=["sk-deploy-client"], metrics_key="scrape-key")
     client = TestClient(create_app(settings, build_engine(settings)))  # no lifespan: the engine is not started
     ports = {p["name"] for p in c["ports"]}
     for probe, status in (("readinessProbe", 503), ("livenessProbe", 200)):
         get = c[probe]["httpGet"]
         assert get["port"] in ports and client.get(get["path"]).status_code == status, probe
-    assert client.get(scrape_job()["metrics_path"]).status_code == 200
+    # the scrape sends the gateway's metrics key (UNIMODEL_METRICS_KEY), without which /metrics is closed
+    assert scrape_job()["authorization"]["credentials_file"]
+    assert "UNIMODEL_METRICS_KEY" in {env["name"] for env in c["env"]}
+    path = scrape_job()["metrics_path"]
+    assert client.get(path, headers={"Authorization": "Bearer scrape-key"}).status_code == 200
+    assert client.get(path).status_code == 401

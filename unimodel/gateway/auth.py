@@ -1,7 +1,8 @@
 """The first pipeline stage: who is calling. ``Authorization: Bearer KEY`` against the configured keys.
 
-Two kinds of key: the plain ``--api-key`` keys (named ``key-1``, ``key-2`` … in their order, compared in
-constant time), and the named keys of the config file, stored as salted scrypt hashes, each with its own
+Two kinds of key: the plain ``--api-key`` keys (each named ``key-`` and 8 hex digits derived from the key
+itself, so removing one renames no other: :func:`~unimodel.gateway.keys.plain_key_name`; compared in constant
+time), and the named keys of the config file, stored as salted scrypt hashes, each with its own
 policy (:mod:`unimodel.gateway.keys` checks them, once per distinct key per process). The context gets the
 key's name and its policy as a :class:`~unimodel.service.context.Caller`, never the key itself. With no keys
 configured, every caller is ``anonymous``. Missing or wrong key: 401 ``invalid_api_key``; a revoked key: 401

@@ -20,11 +20,20 @@ KDF runs happen in a two-thread pool, so the event loop never stalls on one and 
 keys can take at most two cores; concurrent requests with the same unchecked key share one run.
 Written by hand: it is a dict, an ``OrderedDict`` and a thread pool, and no cache library knows which answers
 may be cached.
+
+A plain ``--api-key`` key is named after itself (:func:`plain_key_name`), not after its place in the list:
+limits buckets, idempotency scopes, the request log and the metrics know a caller by name, and a name by
+position would pass to another key when one is removed. The name must be the same in every replica and
+after every restart (buckets and scopes live in Redis), so it cannot be keyed with a per-process secret, and
+no secret is sure to be shared; it is a slow, salted hash instead (scrypt, the cost of a named key's check,
+once per key per process), cut to 32 bits: a name does not tell a key, and testing a guess against it costs a
+KDF run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import secrets
@@ -35,13 +44,40 @@ from dataclasses import dataclass
 from typing import Optional
 
 from unimodel.errors import AuthenticationError
-from unimodel.gateway.keyhash import MAX_KEY_CHARS, KeyHash, parse_hash
+from unimodel.gateway.keyhash import DEFAULT_N, DEFAULT_P, DEFAULT_R, MAX_KEY_CHARS, KeyHash, parse_hash
 from unimodel.gateway.policy import KeyPolicy
 from unimodel.service.context import Caller
 
 MISSING = "Missing API key: send 'Authorization: Bearer KEY'."
 WRONG = "Incorrect API key provided."
 REVOKED = "This API key has been revoked."
+
+PLAIN_NAME_PREFIX = "key-"
+PLAIN_NAME_HEX = 8  # 32 bits of the hash: a name, not a fingerprint (many keys share each name)
+_PLAIN_NAME_SALT = b"unimodel plain --api-key name v1"
+
+
+@functools.lru_cache(maxsize=1024)
+def plain_key_name(key: str) -> str:
+    """The stable name of a plain ``--api-key`` key: ``key-`` and 8 hex digits of a salted scrypt of the key.
+
+    The same key has the same name in every process, whatever its place among the others; the name does not
+    reveal the key (32 bits of a slow hash). Cached: every app built in one process (tests, the metrics' label
+    bounds and the key ring) derives it once."""
+    digest = hashlib.scrypt(key.encode("utf-8", "surrogatepass"), salt=_PLAIN_NAME_SALT, n=DEFAULT_N, r=DEFAULT_R,
+                            p=DEFAULT_P, dklen=16)
+    return PLAIN_NAME_PREFIX + digest.hex()[:PLAIN_NAME_HEX]
+
+
+def plain_key_names(keys: Sequence[str]) -> list[str]:
+    """The names of the plain keys, in their order, each once (a key given twice is one key); ``ValueError`` in
+    the (2**-32) case of two keys whose names collide."""
+    names: dict[str, str] = {}
+    for key in keys:
+        name = plain_key_name(key)
+        if names.setdefault(name, key) != key:
+            raise ValueError(f"two --api-key keys have the same name '{name}'; replace one of them")
+    return list(names)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +93,9 @@ class KeyRing:
 
     def __init__(self, plain: Sequence[str] = (), named: Sequence[KeyPolicy] = (), *, max_wrong: int = 1024,
                  kdf_threads: int = 2) -> None:
-        self._plain = [(Caller(name=f"key-{i}"), k.encode("utf-8", "surrogatepass"))
-                       for i, k in enumerate(plain, start=1)]
+        unique = list(dict.fromkeys(plain))
+        self._plain = [(Caller(name=name), k.encode("utf-8", "surrogatepass"))
+                       for name, k in zip(plain_key_names(unique), unique)]
         self._records = [_Record(k.caller(), k.revoked, k.prefix, parse_hash(k.key_hash)) for k in named]
         self._unprefixed = [r for r in self._records if r.prefix is None]
         self._by_prefix: dict[str, list[_Record]] = {}
@@ -79,6 +116,11 @@ class KeyRing:
     def enabled(self) -> bool:
         """Whether any key is configured (without keys every caller is anonymous)."""
         return bool(self._plain or self._records)
+
+    @property
+    def plain_names(self) -> list[str]:
+        """The names of the plain keys, in their order (for the server's start-up line)."""
+        return [caller.name for caller, _ in self._plain]
 
     @property
     def cached(self) -> tuple[int, int]:

@@ -32,13 +32,14 @@ from sqlalchemy import (
     Table,
     Text,
     or_,
+    text,
 )
 
 METADATA = MetaData()
 
 #: longest stored value of each bounded text column (rows are cut to these before they are written)
-TEXT_LIMITS = {"log_id": 32, "request_id": 128, "key_name": 64, "user_hash": 64, "route": 64, "model": 256,
-               "upstream": 64, "reasoning_effort": 16, "model_effort": 16, "error_type": 64,
+TEXT_LIMITS = {"log_id": 32, "request_id": 128, "client_request_id": 128, "key_name": 64, "user_hash": 64,
+               "route": 64, "model": 256, "upstream": 64, "reasoning_effort": 16, "model_effort": 16, "error_type": 64,
                "finish_reason": 32}
 
 
@@ -91,7 +92,15 @@ def requests_table_v1(metadata: MetaData) -> Table:
     return table
 
 
-REQUESTS = requests_table_v1(METADATA)
+def requests_table_v2(metadata: MetaData) -> Table:
+    """Migration 0002: ``client_request_id``, the client's ``X-Request-Id`` beside our own ``request_id`` (which
+    until then held the client's id when it sent one: a value any key could reuse)."""
+    table = requests_table_v1(metadata)
+    table.append_column(Column("client_request_id", String(128)))
+    return table
+
+
+REQUESTS = requests_table_v2(METADATA)
 HAS_TEXT = _has_text(REQUESTS.c.prompt, REQUESTS.c.answer)
 COLUMNS = tuple(c.name for c in REQUESTS.columns if c.name != "id")
 
@@ -106,6 +115,11 @@ def _create_requests_v1(conn: Connection) -> None:
     requests_table_v1(MetaData()).create(conn)
 
 
+def _add_client_request_id(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE requests ADD COLUMN client_request_id VARCHAR(128)"))
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration("0001_requests", _create_requests_v1),
+    Migration("0002_client_request_id", _add_client_request_id),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from unimodel.errors import AuthenticationError
 from unimodel.gateway.auth import ApiKeyAuth
 from unimodel.gateway.keyhash import hash_key, key_prefix, new_key, parse_hash
-from unimodel.gateway.keys import MISSING, REVOKED, WRONG, KeyRing
+from unimodel.gateway.keys import MISSING, REVOKED, WRONG, KeyRing, plain_key_name
 from unimodel.gateway.policy import KeyPolicy
 from unimodel.service.context import RequestContext
 from unimodel.service.pipeline import Call
@@ -68,9 +69,11 @@ def test_bad_hashes_are_refused_without_echoing_them(encoded: str) -> None:
 # ---- the ring and its caches -------------------------------------------------------------------------------
 
 
-async def test_plain_keys_are_named_in_order() -> None:
+async def test_plain_keys_are_named_after_themselves() -> None:
     ring = KeyRing(["alpha", "beta"])
-    assert (await ring.caller("beta")).name == "key-2"
+    assert (await ring.caller("beta")).name == plain_key_name("beta") == KeyRing(["beta"]).plain_names[0]
+    assert re.fullmatch(r"key-[0-9a-f]{8}", plain_key_name("beta")) and "beta" not in plain_key_name("beta")
+    assert ring.plain_names == [plain_key_name("alpha"), plain_key_name("beta")]
     with pytest.raises(AuthenticationError, match=WRONG):
         await ring.caller("gamma")
 
@@ -164,7 +167,7 @@ async def test_auth_stage_sets_name_and_caller_never_the_key(caplog: pytest.LogC
     assert c.ctx.key_name == "team-a" and c.ctx.caller.tpm == 1000
     plain = call({"authorization": "Bearer plain-key"})
     await stage.enter(plain)
-    assert plain.ctx.key_name == "key-1" and plain.ctx.caller.rpm is None
+    assert plain.ctx.key_name == plain_key_name("plain-key") and plain.ctx.caller.rpm is None
     for headers, message in (({}, MISSING), ({"authorization": "Basic abc"}, MISSING),
                              ({"authorization": "Bearer " + secret + "x"}, WRONG)):
         with pytest.raises(AuthenticationError) as info:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from unimodel.config import Settings
 from unimodel.compose import build_engines, build_resilience, key_names
+from unimodel.gateway.keys import plain_key_name
 from unimodel.protocol.events import Usage
 from unimodel.formats.reasoning import AppliedReasoning
 from unimodel.service.context import RequestContext
@@ -143,7 +144,7 @@ class _Engine:
 
 
 def test_the_collector_reads_the_stages_and_survives_a_broken_section(caplog: pytest.LogCaptureFixture) -> None:
-    settings = Settings(engine="upstream", upstream="http://127.0.0.1:9/v1", breaker_failures=1)
+    settings = Settings(engine="upstream", upstream="http://127.0.0.1:9/v1", breaker_failures=1, breaker_min_callers=1)
     resilience = build_resilience(settings, build_engines(settings))
     permit = resilience.pool.primary.breaker.allow()
     assert permit is not None
@@ -179,7 +180,7 @@ def test_settings_switch_and_protect_metrics(monkeypatch: pytest.MonkeyPatch) ->
     loaded = Settings.load(metrics=False)
     assert loaded.metrics is False and loaded.metrics_key is not None
     assert loaded.metrics_key.get_secret_value() == "from-env" and "from-env" not in repr(loaded)
-    assert key_names(Settings(api_keys=["a", "b"])) == ["anonymous", "key-1", "key-2"]
+    assert key_names(Settings(api_keys=["a", "b", "a"])) == ["anonymous", plain_key_name("a"), plain_key_name("b")]
 
 
 def test_asyncio_tasks_are_counted_on_the_loop_and_left_out_off_it() -> None:

@@ -35,11 +35,22 @@ def test_migrations_apply_once_in_order(store: LogStore) -> None:
             conn.execute(text(f"ALTER TABLE requests ADD COLUMN {name.split('_', 1)[1]} INTEGER"))
         return Migration(name, apply)
 
-    later = [*MIGRATIONS, step("0002_extra_a"), step("0003_extra_b")]
-    assert store.migrate(later) == ["0002_extra_a", "0003_extra_b"]
-    assert calls == ["0002_extra_a", "0003_extra_b"]
+    later = [*MIGRATIONS, step("0098_extra_a"), step("0099_extra_b")]
+    assert store.migrate(later) == ["0098_extra_a", "0099_extra_b"]
+    assert calls == ["0098_extra_a", "0099_extra_b"]
     assert store.migrate(later) == []
-    assert store.applied_migrations() == ["0001_requests", "0002_extra_a", "0003_extra_b"]
+    assert store.applied_migrations() == [*(m.name for m in MIGRATIONS), "0098_extra_a", "0099_extra_b"]
+
+
+def test_a_database_of_the_first_schema_gains_client_request_id(store: LogStore) -> None:
+    assert store.migrate(MIGRATIONS[:1]) == ["0001_requests"]  # as an older server left it, with a row
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO requests (log_id, request_id, created_at, status, idempotent_replay, stream) "
+                          "VALUES ('old-row', 'theirs', :c, 200, false, false)"), {"c": "2026-05-01 12:00:00.000000"})
+    assert store.migrate() == ["0002_client_request_id"]
+    store.insert([make_row(2, request_id="ours", client_request_id="theirs")])
+    rows = {r["request_id"]: r for r in store.rows()}
+    assert rows["theirs"]["client_request_id"] is None and rows["ours"]["client_request_id"] == "theirs"
 
 
 def test_a_failing_migration_applies_nothing(store: LogStore) -> None:
@@ -50,9 +61,9 @@ def test_a_failing_migration_applies_nothing(store: LogStore) -> None:
         raise RuntimeError("step failed midway")
 
     with pytest.raises(RuntimeError):
-        store.migrate([*MIGRATIONS, Migration("0002_broken", broken)])
-    assert store.applied_migrations() == ["0001_requests"]
-    assert store.migrate([*MIGRATIONS, Migration("0002_fixed", lambda c: None)]) == ["0002_fixed"]
+        store.migrate([*MIGRATIONS, Migration("0099_broken", broken)])
+    assert store.applied_migrations() == [m.name for m in MIGRATIONS]
+    assert store.migrate([*MIGRATIONS, Migration("0099_fixed", lambda c: None)]) == ["0099_fixed"]
 
 
 def test_a_row_is_stored_once_even_when_its_batch_is_written_twice(store: LogStore) -> None:
