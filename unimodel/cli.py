@@ -11,6 +11,7 @@ import typer
 from typer.exceptions import TyperException
 
 from unimodel.config import ConfigError, Settings
+from unimodel.printable import mask_urls_in, printable
 from unimodel.server.run import StartFailed, run_server
 from unimodel.server.workers import run_workers
 from unimodel.settings_flags import settings_options
@@ -94,7 +95,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def _fail(message: str, code: int) -> None:
-    typer.echo(f"unimodel: error: {' '.join(message.split())}", err=True)
+    """One line on stderr, with any URL's credentials masked (a settings error may quote --log-db)."""
+    typer.echo(f"unimodel: error: {printable(mask_urls_in(' '.join(message.split())))}", err=True)
     sys.exit(code)
 
 

@@ -20,7 +20,8 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from unimodel.config import ConfigError, read_config_file
+from unimodel.config_values import read_config_file
+from unimodel.errors import ConfigError
 from unimodel.gateway.keyhash import hash_key, key_prefix, new_key, parse_hash
 from unimodel.gateway.policy import KeyPolicy, RoutePolicy, check_key_names, resolve_routes
 
@@ -238,12 +239,17 @@ def _value(node: Any, key: str) -> Any:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    path = Path(path)
+    """Replace the file ``path`` names with ``text`` at once, keeping its mode. A symlink (a config kept in a
+    repository or a mounted volume, linked into place) is followed to its file: the temporary file is written
+    beside the target and renamed over it, so the link stays a link and the file the server reads changes."""
+    path = Path(path).resolve(strict=True)
     mode = path.stat().st_mode & 0o777
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

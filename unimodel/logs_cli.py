@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
+from unimodel.printable import json_text, mask_urls_in, printable
 from unimodel.telemetry.listing import rows_table
 from unimodel.telemetry.stats import STATS_COLUMNS, compute_stats
 from unimodel.telemetry.store import LogStore, LogStoreError, database_url, default_data_dir
@@ -37,7 +38,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
-    typer.echo(ERROR_PREFIX + " ".join(message.split()), err=True)
+    """One line on stderr: URL credentials masked, control characters escaped (a database error may quote
+    what the server stored)."""
+    typer.echo(ERROR_PREFIX + printable(mask_urls_in(" ".join(message.split()))), err=True)
     raise typer.Exit(code)
 
 
@@ -113,7 +116,7 @@ def logs(
     rows = _query(_open_store(db, config, data_dir), since=when, route=route, key=key, limit=limit)
     if as_json:
         for row in rows:
-            typer.echo(json.dumps(row, ensure_ascii=False, default=str))
+            typer.echo(json_text(json.dumps(row, ensure_ascii=False, default=str)))
         return
     Console().print(rows_table(rows, title=f"{len(rows)} requests, newest first"))
 
@@ -143,6 +146,6 @@ def stats(
     rows = _query(_open_store(db, config, data_dir), since=when, route=route, key=key, columns=STATS_COLUMNS)
     result = compute_stats(rows, card, gpus, price_per_gpu_hour)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), ensure_ascii=False))
+        typer.echo(json_text(json.dumps(result.to_dict(), ensure_ascii=False)))
         return
     Console().print(result)

@@ -19,6 +19,7 @@ from tests.support.live_server import LiveServer
 from tests.support.scripted_upstream import Script, ScriptedUpstream
 from unimodel.config import Settings
 from unimodel.compose import build_engine
+from unimodel.gateway.keys import plain_key_name
 from unimodel.telemetry.request_log import RequestLog
 
 if TYPE_CHECKING:
@@ -97,14 +98,15 @@ def test_a_request_full_of_pii_leaves_a_complete_row_and_no_raw_pii(
         on_disk = sorted(p for p in tmp_path.iterdir() if p.is_file())
         assert {p.name for p in on_disk} >= {"requests.db", "requests.db-wal", "request-log.secret"}
         assert raw_pii_in(on_disk) == []  # the database, its WAL (the rows are still in it), the secret
-        rows = {r["request_id"]: r for r in log.store.rows()}
+        rows = {r["client_request_id"]: r for r in log.store.rows()}  # the X-Request-Id each was sent with
     assert raw_pii_in(sorted(p for p in tmp_path.iterdir() if p.is_file())) == []  # after the checkpoint too
     assert [raw for raw in RAW if raw in caplog.text] == []
-    assert "request_id=pii-json" in caplog.text  # the access log did write its lines
+    assert "client_request_id=pii-json" in caplog.text  # the access log did write its lines
 
     assert set(rows) == {"pii-json", "pii-sse", "pii-bad-model", "pii-not-json"}
     row = rows["pii-json"]
-    assert row["key_name"] == "key-1" and row["route"] == "agent" and row["model"] == "pii"  # tools: agent
+    assert row["key_name"] == plain_key_name(CLIENT_KEY)
+    assert row["route"] == "agent" and row["model"] == "pii"  # tools: agent
     assert row["status"] == 200 and row["finish_reason"] == "tool_calls" and row["tool_names"] == ["send_mail"]
     assert row["reasoning_effort"] == "high" and row["model_effort"] == "high" and row["upstream"] == "primary"
     assert row["prompt_tokens"] and row["reasoning_tokens"] and row["completion_tokens"]
@@ -166,7 +168,8 @@ def test_no_row_is_lost_while_postgres_is_stopped_mid_load(
         if not postgres_server.running:
             postgres_server.start()
     with log.store.engine.connect() as conn:
-        counts = dict(conn.execute(text("SELECT request_id, count(*) FROM requests GROUP BY request_id")).all())
+        counts = dict(conn.execute(text("SELECT client_request_id, count(*) FROM requests "
+                                        "GROUP BY client_request_id")).all())
     log.store.dispose()
     assert counts == {f"load-{i:03d}": 1 for i in range(total)}  # every row, exactly once
     assert "the database" in caplog.text and "answers again" in caplog.text

@@ -61,6 +61,7 @@ from unimodel.errors import (
 )
 from unimodel.formats.base import ModelFormat
 from unimodel.formats.registry import get_format
+from unimodel.printable import mask_url, mask_urls_in, printable
 from unimodel.protocol.events import FLUSH, Event, Finish, ReasoningDelta, ThinkingBudgetReached, Usage
 from unimodel.protocol.jsonbytes import dumps
 from unimodel.protocol.openai import ModelCard
@@ -103,6 +104,7 @@ class UpstreamEngine(Engine):
         count_tokens: Optional[Callable[[str], int]] = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.display_url = mask_url(self.base_url)  # for log lines: credentials in the URL masked
         self.upstream_model = upstream_model or served_model_name
         self.served_model_name = served_model_name or upstream_model
         self.format = get_format(family)
@@ -156,6 +158,9 @@ class UpstreamEngine(Engine):
     def is_ready(self) -> bool:
         return self._ready
 
+    async def check_health(self) -> bool:
+        return await self.probe()  # now, rather than what the last probe of the loop found
+
     def models(self) -> list[ModelCard]:
         if self.served_model_name:
             limit = self._discovered.get(self.upstream_model or self.served_model_name)
@@ -170,9 +175,9 @@ class UpstreamEngine(Engine):
             ok, why = await self._probe_once()
         except Exception as exc:  # a probe must never die of an upstream's odd answer
             ok, why = False, f"probe failed: {type(exc).__name__}"
-            log.warning("probing upstream %s failed unexpectedly", self.base_url, exc_info=True)
+            log.warning("probing upstream %s failed unexpectedly", self.display_url, exc_info=True)
         if ok != self._ready or (not ok and why != self._probe_failure):
-            log.info("upstream %s is %s", self.base_url, "ready" if ok else f"not ready ({why})")
+            log.info("upstream %s is %s", self.display_url, "ready" if ok else f"not ready ({why})")
         self._probe_failure = None if ok else why
         self._ready = ok
         return ok
@@ -321,13 +326,14 @@ class UpstreamEngine(Engine):
         # the client gets our words; where the upstream is and what went wrong on the wire go to our log
         except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
             name = _timeout_name(exc)
-            log.warning("upstream %s timed out: %s (%s)", self.base_url, name, exc)
+            log.warning("upstream %s timed out: %s (%s)", self.display_url, name, _shown(exc))
             raise UpstreamTimeoutError(f"the upstream did not answer in time ({name})") from exc
         except aiohttp.ClientConnectorError as exc:
-            log.warning("cannot connect to the upstream at %s: %s", self.base_url, exc)
+            log.warning("cannot connect to the upstream at %s: %s", self.display_url, _shown(exc))
             raise UpstreamConnectionError("cannot connect to the upstream") from exc
         except aiohttp.ClientError as exc:
-            log.warning("the connection to upstream %s failed: %s: %s", self.base_url, type(exc).__name__, exc)
+            log.warning("the connection to upstream %s failed: %s: %s", self.display_url, type(exc).__name__,
+                        _shown(exc))
             raise UpstreamError("the upstream connection failed") from exc
         for event in decoder.close():
             yield event
@@ -352,3 +358,8 @@ def _timeout_name(exc: BaseException) -> str:
     """Which timeout fired, in the names clients have seen in our messages (httpx's)."""
     return "ConnectTimeout" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "ReadTimeout"
 
+
+def _shown(exc: BaseException) -> str:
+    """An aiohttp error's text for our log: it may quote the request URL (credentials masked) and what the
+    upstream sent on the wire (control characters escaped, bounded)."""
+    return printable(mask_urls_in(str(exc)), 1000)

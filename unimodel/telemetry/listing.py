@@ -1,4 +1,9 @@
-"""The request log's rows as a rich table (``unimodel logs``)."""
+"""The request log's rows as a rich table (``unimodel logs``).
+
+Every cell is a :class:`rich.text.Text` of :func:`~unimodel.printable.printable` text: a value an upstream or a
+client chose (a model id, a finish reason) prints as it is, never as rich markup (``[bold]`` stays literal) nor
+as a terminal's control sequence.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
 from rich.table import Table
+from rich.text import Text
+
+from unimodel.printable import printable
 
 
 def _text(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
+
+
+def cell(value: Any) -> Text:
+    """A table cell: the value's text, literal (no markup) and with its control characters escaped."""
+    return Text(printable(_text(value)))
 
 
 def _ms(value: Optional[float]) -> str:
@@ -44,8 +57,8 @@ def rows_table(rows: Sequence[Mapping[str, Any]], title: Optional[str] = None) -
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         created = _text(row.get("created_at")).replace("T", " ")[:23]
-        table.add_row(created, _text(row.get("request_id")), _text(row.get("key_name")), _text(row.get("route")),
-                      _text(row.get("model")), _text(row.get("status")), _text(row.get("error_type")),
-                      _effort(row), _tokens(row), _ms(row.get("ttft_ms")), _ms(row.get("latency_ms")),
-                      _text(row.get("finish_reason")), _text(row.get("upstream")))
+        table.add_row(*map(cell, (created, row.get("request_id"), row.get("key_name"), row.get("route"),
+                                  row.get("model"), row.get("status"), row.get("error_type"), _effort(row),
+                                  _tokens(row), _ms(row.get("ttft_ms")), _ms(row.get("latency_ms")),
+                                  row.get("finish_reason"), row.get("upstream"))))
     return table

@@ -23,8 +23,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+from unimodel.printable import printable
+from unimodel.redaction import redact
 from unimodel.service.context import RequestContext
-from unimodel.telemetry.redaction import redact
 from unimodel.telemetry.schema import TEXT_LIMITS
 from unimodel.telemetry.spill import SpillFile
 from unimodel.telemetry.store import LogStore, database_url, default_data_dir
@@ -36,9 +37,11 @@ log = logging.getLogger("unimodel.request_log")
 SECRET_FILE = "request-log.secret"
 SPILL_FILE = "requests-spill.jsonl"
 #: the most prompt or answer text kept per request (after redaction; the capture keeps a little more, so a
-#: value cut at the capture's end is redacted whole or cut off with it)
+#: value cut at the capture's end is redacted whole or dropped with the last ``CUT_MARGIN`` characters)
 TEXT_CHARS = 16_384
-CAPTURE_CHARS = TEXT_CHARS + 512
+CAPTURE_CHARS = TEXT_CHARS + 1024
+#: what is dropped from the end of a redacted text that filled the capture: longer than any value cut in two
+CUT_MARGIN = 512
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ def row_from(ctx: RequestContext, user_hashes: UserHashes, keep_text: bool = Fal
     return {
         "log_id": new_log_id(),
         "request_id": ctx.request_id,
+        "client_request_id": ctx.client_request_id,
         "created_at": datetime.fromtimestamp(ctx.received_wall, timezone.utc).isoformat(),
         "key_name": ctx.key_name,
         "user_hash": user_hashes(ctx.user),
@@ -132,27 +136,40 @@ def row_from(ctx: RequestContext, user_hashes: UserHashes, keep_text: bool = Fal
 
 
 def prepare_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Redact ``prompt``/``answer`` and cut every bounded text to its column (in the writer thread)."""
+    """Redact ``prompt``/``answer``, escape the control characters of every short text (a model id or finish
+    reason an upstream chose, printed later by ``unimodel logs``) and cut it to its column (in the writer
+    thread)."""
     out = dict(row)
     for name in ("prompt", "answer"):
         text = out.get(name)
         if text is not None:
-            out[name] = redact(str(text)[:CAPTURE_CHARS])[:TEXT_CHARS]
+            out[name] = stored_text(str(text))
     for name, limit in TEXT_LIMITS.items():
         value = out.get(name)
-        if isinstance(value, str) and len(value) > limit:
-            out[name] = value[:limit]
+        if isinstance(value, str):
+            out[name] = printable(value[:limit])[:limit]
     tools = out.get("tool_names")
     if tools:
-        out["tool_names"] = [str(t)[:64] for t in tools[:64]]
+        out["tool_names"] = [printable(str(t)[:64])[:64] for t in tools[:64]]
     return out
+
+
+def stored_text(text: str) -> str:
+    """A prompt or answer as the log keeps it: redacted, at most ``TEXT_CHARS``. A text that fills the capture
+    was cut there, maybe inside a value (half a card no longer passes Luhn), and redaction may have shortened
+    what came before, pulling that half into the kept part: the last ``CUT_MARGIN`` characters of the redacted
+    text are dropped then."""
+    out = redact(text[:CAPTURE_CHARS])
+    if len(text) >= CAPTURE_CHARS:
+        out = out[:len(out) - CUT_MARGIN]
+    return out[:TEXT_CHARS]
 
 
 def load_or_create_secret(path: Path) -> bytes:
     """The HMAC secret kept in ``path``: read it, or make 32 random bytes and create the file (owner-only,
     atomically, so replicas starting together on one disk agree on one secret)."""
     try:
-        return bytes.fromhex(path.read_text().strip())
+        return _read_secret(path)
     except FileNotFoundError:
         pass
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -169,7 +186,19 @@ def load_or_create_secret(path: Path) -> bytes:
         pass
     finally:
         tmp.unlink()
-    return bytes.fromhex(path.read_text().strip())
+    return _read_secret(path)
+
+
+def _read_secret(path: Path) -> bytes:
+    """The secret of ``path``; a file of ours others may read (copied with ``cp`` under umask 022, say) is made
+    owner-only first: with the secret, the user hashes of the log can be tried against a list of users."""
+    with open(path, "rb") as f:
+        info = os.fstat(f.fileno())
+        if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+            os.fchmod(f.fileno(), info.st_mode & 0o700)
+            log.warning("request log: %s was readable by others (mode %04o); made owner-only", path,
+                        info.st_mode & 0o777)
+        return bytes.fromhex(f.read().decode("ascii").strip())
 
 
 class RequestLog:

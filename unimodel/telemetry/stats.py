@@ -22,6 +22,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
 from unimodel.plan.catalog import GPU
+from unimodel.telemetry.listing import cell
 
 STATS_COLUMNS = ("created_at", "status", "error_type", "reasoning_effort", "prompt_tokens", "reasoning_tokens",
                  "completion_tokens", "tokens_estimated", "ttft_ms", "ttfa_ms", "latency_ms")
@@ -116,14 +117,14 @@ class LogStats:
             errors.add_column("error_type")
             errors.add_column("requests", justify="right")
             for name, n in sorted(self.errors_by_type.items(), key=lambda kv: (-kv[1], kv[0])):
-                errors.add_row(name, str(n))
+                errors.add_row(cell(name), str(n))
             yield errors
         tokens = Table(title="Tokens by reasoning effort", title_justify="left")
         for name in ("reasoning_effort", "requests", "prompt_tokens", "reasoning_tokens", "completion_tokens",
                      "estimated"):
             tokens.add_column(name, justify="left" if name == "reasoning_effort" else "right")
         for effort, t in sorted(self.tokens_by_effort.items()):
-            tokens.add_row(effort, str(t.requests), f"{t.prompt_tokens:,}", f"{t.reasoning_tokens:,}",
+            tokens.add_row(cell(effort), str(t.requests), f"{t.prompt_tokens:,}", f"{t.reasoning_tokens:,}",
                            f"{t.completion_tokens:,}", str(t.estimated))
         yield tokens
         if self.cost is not None:

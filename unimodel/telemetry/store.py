@@ -13,6 +13,7 @@ Rows cross this boundary as plain dicts keyed by :data:`~unimodel.telemetry.sche
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +38,7 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from unimodel.printable import mask_url, mask_urls_in
 from unimodel.telemetry.schema import COLUMNS, HAS_TEXT, MIGRATIONS, REQUESTS, Migration
 
 DB_FILE = "requests.db"
@@ -74,7 +76,8 @@ def database_url(value: Optional[str], data_dir: Path) -> str:
             return "postgresql+psycopg://" + value[len(scheme):]
     if value.startswith(("postgresql+psycopg://", "sqlite:///")):
         return value
-    raise LogStoreError(f"--log-db must be a postgresql:// URL, a sqlite:/// URL or a file path, not {value!r}")
+    raise LogStoreError("--log-db must be a postgresql:// URL, a sqlite:/// URL or a file path, not "
+                        f"{mask_url(value)!r}")
 
 
 def sqlite_path(url: str) -> Optional[Path]:
@@ -107,8 +110,8 @@ class LogStore:
     def __init__(self, url: str, *, connect_timeout_s: float = 3.0, statement_timeout_s: float = 10.0) -> None:
         try:
             parsed = make_url(url)
-        except ArgumentError as exc:
-            raise LogStoreError(f"--log-db is not a database URL: {exc}") from exc
+        except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
+            raise LogStoreError(f"--log-db is not a database URL: {mask_urls_in(str(exc))}") from exc
         self.url = url
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
@@ -118,6 +121,8 @@ class LogStore:
             self.engine = create_engine(url, hide_parameters=True,
                                         connect_args={"timeout": statement_timeout_s, "check_same_thread": False})
             _sqlite_transactions(self.engine)
+            if self.path is not None:
+                _sqlite_private_files(self.engine, self.path)
         else:
             options = f"-c statement_timeout={int(statement_timeout_s * 1000)}"
             self.engine = create_engine(url, hide_parameters=True, pool_pre_ping=True, pool_size=2,
@@ -129,7 +134,7 @@ class LogStore:
     @property
     def display_url(self) -> str:
         """The URL without its password (for log lines and the CLI)."""
-        return make_url(self.url).render_as_string(hide_password=True)
+        return mask_url(self.url)
 
     # ---- schema ---------------------------------------------------------------------------------------
 
@@ -154,8 +159,6 @@ class LogStore:
                 conn.execute(table.insert().values(name=migration.name,
                                                    applied_at=datetime.now(timezone.utc).isoformat()))
                 applied.append(migration.name)
-        if self.path is not None:
-            file_mode_private(self.path)  # its -wal and -shm files are made with the same mode
         return applied
 
     def applied_migrations(self) -> list[str]:
@@ -288,9 +291,35 @@ def _sqlite_transactions(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def file_mode_private(path: Path) -> None:
-    """Owner-only permissions on the database file we made (SQLite gives its -wal and -shm files the same)."""
+def _sqlite_private_files(engine: Engine, path: Path) -> None:
+    """Before each connection SQLite opens: :func:`make_private` on the database and its side files."""
+
+    @event.listens_for(engine, "do_connect")
+    def _private(_dialect: Any, _record: Any, _cargs: Any, _cparams: Any) -> None:
+        make_private(path)  # (returns None: SQLAlchemy then connects as usual)
+
+
+#: the files SQLite keeps beside a database (WAL mode, and the rollback journal of a write before it)
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def make_private(path: Path) -> None:
+    """Owner-only permissions on a SQLite database and its side files, before SQLite opens them.
+
+    The WAL holds the newest rows (prompts with ``--log-prompts``) until a checkpoint, and SQLite makes
+    ``-wal`` and ``-shm`` with the permission bits of the database file (on Unix; it cannot take a umask
+    per file): so the database file is made here, empty and ``0600``, when it is missing (SQLite takes an
+    empty file as a new database), and group and other bits are taken off it and off side files an older
+    version or a crash left. Files of another user are left alone (``chmod`` is theirs to do); a directory
+    that does not exist yet is the migration's to make (``0700``)."""
     try:
-        os.chmod(path, 0o600)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600))
     except OSError:
-        pass
+        return  # no directory yet, or not ours: SQLite's own error says which when it opens it
+    for name in (str(path), *(f"{path}{suffix}" for suffix in SIDE_FILES)):
+        try:
+            info = os.stat(name)
+            if info.st_mode & 0o077 and info.st_uid == os.geteuid():
+                os.chmod(name, stat.S_IMODE(info.st_mode) & 0o700)
+        except OSError:  # (not there)
+            continue
