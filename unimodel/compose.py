@@ -7,9 +7,10 @@ problem an operator can fix is a :class:`~unimodel.errors.ConfigError`. The engi
 nowhere else.
 
 :func:`compose` gives a :class:`Composition`: the engine set (the primary and every extra upstream, which the
-app starts and closes), the pipeline's stages in the order of the architecture page (auth → parse → route →
-validate → images → limits → idempotency → resilience), the end-of-request observers, and what the server's
-routes need (metrics, the dashboard's window and alerts, the body limit).
+app starts and closes), the pipeline's stages in the order of the architecture page (auth → limits.requests →
+parse → route → validate → limits → images → idempotency → resilience), the end-of-request observers, and what the server's
+routes need (metrics, the dashboard's window and alerts, the body limit, the Host names and origins browsers
+may use).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from unimodel.config import Settings
+from unimodel.config_values import host_pattern
 from unimodel.engines.base import Engine
 from unimodel.engines.engine_set import EngineSet
 from unimodel.engines.factory import (
@@ -38,6 +40,7 @@ from unimodel.gateway.idempotency import IdempotencyStage, IdempotencyStore
 from unimodel.gateway.idempotency import MemoryStore as IdempotencyMemory
 from unimodel.gateway.idempotency import RedisStore as IdempotencyRedis
 from unimodel.gateway.images import ImagePolicy, ImagePolicyStage
+from unimodel.gateway.keys import plain_key_names
 from unimodel.gateway.limits import LimitsStage
 from unimodel.gateway.limits.memory import MemoryStore as LimitsMemory
 from unimodel.gateway.limits.policy import LimitDefaults
@@ -45,9 +48,11 @@ from unimodel.gateway.limits.store import LimitStore
 from unimodel.gateway.resilience import CircuitBreaker, ResiliencePolicy, ResilienceStage, Upstream, UpstreamPool
 from unimodel.gateway.resilience.upstreams import CANARY, PRIMARY, fallback_name
 from unimodel.gateway.routes import RouteStage
+from unimodel.gateway.upstream_share import UpstreamShareStage, per_key_share
 from unimodel.service.observer import AccessLog, Observer
 from unimodel.service.parse import ParseStage
 from unimodel.service.pipeline import Stage
+from unimodel.service.usage_estimate import UsageEstimator
 from unimodel.service.validate import ValidateStage
 from unimodel.telemetry.alerts import Alerts
 from unimodel.telemetry.metrics import LabelBounds, Metrics
@@ -70,10 +75,13 @@ class Composition:
     window: RequestWindow
     alerts: Optional[Alerts]
     capture_text_chars: int = 0
+    usage_estimator: UsageEstimator = UsageEstimator()  # for requests that end without the engine's usage
     max_request_bytes: int = 20 * 1024 * 1024
     dashboard: bool = True
     admin_key: Optional[str] = None
     metrics_key: Optional[str] = None
+    allowed_hosts: Optional[tuple[str, ...]] = None  # the Host names answered (None: any): allowed_hosts()
+    cors_origins: tuple[str, ...] = ()  # the origins whose pages may call the API ("*": any)
 
     @property
     def auth(self) -> ApiKeyAuth:
@@ -94,8 +102,37 @@ def compose(settings: Settings, engine: Optional[Engine] = None) -> Composition:
         engines=engines, stages=stages, observers=observers, request_log=request_log, metrics=metrics,
         window=window, alerts=alerts,
         capture_text_chars=CAPTURE_CHARS if settings.log_prompts and request_log is not None else 0,
+        usage_estimator=usage_estimator(settings),
         max_request_bytes=settings.max_request_bytes, dashboard=settings.dashboard,
-        admin_key=_secret(settings.admin_key), metrics_key=_secret(settings.metrics_key))
+        admin_key=_secret(settings.admin_key), metrics_key=_secret(settings.metrics_key),
+        allowed_hosts=allowed_hosts(settings), cors_origins=tuple(settings.cors_origins))
+
+
+# ---- browsers -----------------------------------------------------------------------------------------------
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")
+
+
+def has_keys(settings: Settings) -> bool:
+    """Whether the API asks for a key (plain or named); without, anyone who can reach it may use it."""
+    return bool(settings.api_keys or settings.keys)
+
+
+def allowed_hosts(settings: Settings) -> Optional[tuple[str, ...]]:
+    """The ``Host`` names the server answers to, ``None`` for any: the loopback names, ``--host`` (unless it is
+    every address) and ``--allowed-hosts``. Without API keys that list always applies (a page whose name was
+    rebound to this address must not drive a server anyone may use); with keys only when ``--allowed-hosts`` is
+    given (a key already stops such a page, and behind a proxy the Host is the proxy's business)."""
+    if "*" in settings.allowed_hosts or (has_keys(settings) and not settings.allowed_hosts):
+        return None
+    bind: list[str] = []
+    if settings.host.strip() not in ("", "0.0.0.0", "::", "[::]"):  # one address, not every one
+        try:
+            bind.append(host_pattern(settings.host))
+        except ValueError as exc:
+            raise ConfigError(f"invalid setting 'host': {exc}") from exc
+    names = [*LOOPBACK_HOSTS, *bind, *settings.allowed_hosts]
+    return tuple(dict.fromkeys(names))
 
 
 # ---- engines ------------------------------------------------------------------------------------------------
@@ -161,15 +198,19 @@ def build_stages(settings: Settings, engines: EngineSet) -> list[Stage]:
     idempotency with ``--no-idempotency``)."""
     images = image_policy(settings)
     reasoning = reasoning_for(settings)
+    key_names(settings)  # the plain keys' names are distinct (else a ConfigError), and cached for the key ring
+    limits = limits_stages(settings)
     return [
         ApiKeyAuth(settings.api_keys, settings.keys),
-        ParseStage(settings.max_json_depth),
+        *(stage.requests for stage in limits),  # the key's rpm and in-flight cap: before the body is read
+        ParseStage(settings.max_json_depth, json_only=settings.json_only, untyped_ok=has_keys(settings)),
         RouteStage(settings.route_policies, image_policy=images, reasoning_for=reasoning),
         ValidateStage(engines.primary.models, reasoning, settings.default_max_tokens,
                       unknown_fields=settings.unknown_fields, upstream_extra_fields=settings.upstream_extra_fields),
+        *limits,  # users, high reasoning, tokens: before any image is fetched or decoded
         ImagePolicyStage(images),
-        *limits_stages(settings),
         *idempotency_stages(settings),
+        *upstream_share_stages(settings),  # a key's share of the upstream pool, taken just before it is used
         build_resilience(settings, engines),  # last: wraps the engine call itself
     ]
 
@@ -193,15 +234,22 @@ def reasoning_for(settings: Settings) -> Callable[[str], ModelReasoning]:
 
 def image_policy(settings: Settings) -> ImagePolicy:
     return ImagePolicy(allow_urls=settings.allow_image_urls, limits=settings.image_limits,
-                       fetch_timeout_s=settings.image_fetch_timeout_s)
+                       fetch_timeout_s=settings.image_fetch_timeout_s, max_in_flight=settings.image_max_in_flight,
+                       wait_s=settings.image_wait_s)
+
+
+def usage_estimator(settings: Settings) -> UsageEstimator:
+    """How prompts are estimated for token reservations, and the usage of a request left without a count."""
+    return UsageEstimator(image_tokens=settings.limits_image_tokens)
 
 
 _LIMIT_FIELDS = ("rpm", "tpm", "high_reasoning_rpm", "high_reasoning_tpm", "max_concurrent")
 
 
-def limits_stages(settings: Settings) -> list[Stage]:
-    """The limits stage, or none when no limit is set for the server, for end users, or in any key's policy
-    (then it would only cost time); its counters in Redis with ``--redis``."""
+def limits_stages(settings: Settings) -> list[LimitsStage]:
+    """The limits stage (its first part, ``.requests``, goes before the parse stage), or none when no limit is
+    set for the server, for end users, or in any key's policy (then it would only cost time); its counters in
+    Redis with ``--redis``."""
     configured = any(getattr(settings, f) is not None for f in (*_LIMIT_FIELDS, "user_rpm", "user_tpm")) or any(
         getattr(key, f) is not None for key in settings.keys for f in _LIMIT_FIELDS)
     if not configured:
@@ -219,7 +267,8 @@ def limits_stages(settings: Settings) -> list[Stage]:
         high_reasoning_rpm=settings.high_reasoning_rpm, high_reasoning_tpm=settings.high_reasoning_tpm,
         max_concurrent=settings.max_concurrent, high_reasoning_effort=settings.high_reasoning_effort,
         window_s=settings.rate_limit_window_s, token_reservation=settings.limits_token_reservation)
-    return [LimitsStage(defaults, store, on_store_failure=settings.limits_on_redis_failure)]
+    return [LimitsStage(defaults, store, on_store_failure=settings.limits_on_redis_failure,
+                        estimator=usage_estimator(settings))]
 
 
 def idempotency_stages(settings: Settings) -> list[Stage]:
@@ -231,27 +280,39 @@ def idempotency_stages(settings: Settings) -> list[Stage]:
         store = IdempotencyRedis(settings.redis, settings.redis_prefix, settings.idempotency_ttl_s,
                                  settings.idempotency_claim_ttl_s)
     else:
-        store = IdempotencyMemory(settings.idempotency_ttl_s, settings.idempotency_claim_ttl_s,
-                                  settings.idempotency_memory_entries, settings.idempotency_memory_bytes)
+        # in memory a claim lasts as long as its request: it lives and dies with this process
+        store = IdempotencyMemory(settings.idempotency_ttl_s, None, settings.idempotency_memory_entries,
+                                  settings.idempotency_memory_bytes)
     return [IdempotencyStage(store, in_flight=settings.idempotency_in_flight, wait_s=settings.idempotency_wait_s,
                              max_bytes=settings.idempotency_max_bytes)]
 
 
+def upstream_share_stages(settings: Settings) -> list[Stage]:
+    """The per-key cap on upstream connections (``gateway/upstream_share.py``): only in front of an upstream pool
+    (``--engine upstream`` or ``vllm``), with two or more keys, and a share below 1."""
+    keys = len(set(settings.api_keys)) + len(settings.keys)
+    if settings.engine not in ("upstream", "vllm") or keys < 2 or settings.upstream_key_share >= 1:
+        return []
+    return [UpstreamShareStage(per_key_share(settings.upstream_max_connections, settings.upstream_key_share))]
+
+
 def build_resilience(settings: Settings, engines: EngineSet) -> ResilienceStage:
     """The stage over the engine set: the primary is whatever engine call the pipeline hands to its ``wrap``;
-    every extra gets its own breaker; a failing canary goes straight on to the primary (no retries on it)."""
-    def breaker(name: str) -> CircuitBreaker:
+    every extra gets its own breaker, which asks its engine's health before one caller's failures open it; a
+    failing canary goes straight on to the primary (no retries on it)."""
+    def breaker(name: str, engine: Engine) -> CircuitBreaker:
         return CircuitBreaker(name, failures=settings.breaker_failures, window_s=settings.breaker_window_s,
-                              cooldown_s=settings.breaker_cooldown_s)
+                              cooldown_s=settings.breaker_cooldown_s, min_callers=settings.breaker_min_callers,
+                              health=engine.check_health)
 
     def upstream(name: str, retries: int = settings.retries) -> Upstream:
-        return Upstream(name, breaker(name), retries, engines.extras[name])
+        return Upstream(name, breaker(name, engines.extras[name]), retries, engines.extras[name])
 
     fallbacks = [upstream(fallback_name(i)) for i in range(1, len(settings.fallback_upstreams) + 1)]
     canary = upstream(CANARY, retries=0) if CANARY in engines.extras else None
     named = [upstream(name) for name in settings.upstreams]
-    pool = UpstreamPool(Upstream(PRIMARY, breaker(PRIMARY), settings.retries), fallbacks, canary,
-                        settings.canary_weight, named)
+    primary = Upstream(PRIMARY, breaker(PRIMARY, engines.primary), settings.retries)
+    pool = UpstreamPool(primary, fallbacks, canary, settings.canary_weight, named)
     for route in settings.route_policies.values():  # a typo is a start-up error, not a request-time surprise
         missing = [u for u in route.upstreams or [] if u not in pool.by_name]
         if missing:
@@ -282,9 +343,13 @@ def build_request_log(settings: Settings) -> Optional[RequestLog]:
 
 
 def key_names(settings: Settings) -> list[str]:
-    """Every name a caller can have: ``anonymous``, the plain keys' ``key-N``, the named keys'."""
-    return ["anonymous", *(f"key-{i}" for i in range(1, len(settings.api_keys) + 1)),
-            *(key.name for key in settings.keys)]
+    """Every name a caller can have: ``anonymous``, the plain keys' (``key-`` and 8 hex digits of each key's
+    hash: :func:`~unimodel.gateway.keys.plain_key_name`), the named keys'."""
+    try:
+        plain = plain_key_names(settings.api_keys)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return ["anonymous", *plain, *(key.name for key in settings.keys)]
 
 
 def build_metrics(settings: Settings, engine: Engine) -> Optional[Metrics]:

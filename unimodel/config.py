@@ -7,65 +7,25 @@ Precedence (highest first): CLI flags > ``UNIMODEL_*`` environment variables > t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Optional
+from typing import Any, Literal, Optional
+from urllib.parse import urlsplit
 
-import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from unimodel.config_values import _http_url, host_pattern, origin_pattern, read_config_file
 from unimodel.errors import ConfigError
 from unimodel.formats.reasoning import ReasoningPolicy
 from unimodel.gateway.policy import KeyPolicy, RoutePolicy, check_key_names, resolve_routes
 from unimodel.images.decode import ImageLimits
 from unimodel.protocol.effort import Effort
+from unimodel.secret_files import read_secret, read_secrets
 from unimodel.telemetry.alert_rules import AlertRule, check_rules, webhook_url
 
 EngineKind = Literal["local", "upstream", "vllm"]
+#: the settings that hold one secret and may read it from a file, ``--NAME-file``
+_SECRET_FILE_FIELDS = ("upstream_api_key", "log_secret", "admin_key", "metrics_key")
 UpstreamParse = Literal["auto", "upstream", "gateway"]
-
-
-class ConfigFile(NamedTuple):
-    """A YAML config file as read: its text (``unimodel keys revoke`` edits it) and the mapping it holds."""
-
-    text: str
-    values: dict[str, Any]
-
-
-def read_config_file(path: Path) -> ConfigFile:
-    """Read and parse a YAML config file; every way it can be unusable is a :class:`ConfigError` that names it.
-
-    The one reader of the file for :meth:`Settings.load` (``serve``, ``logs``) and ``unimodel keys``: a file
-    that cannot be read, is not UTF-8, is not YAML (PyYAML's constructors raise plain ``ValueError`` and
-    friends for values such as ``2001-13-45`` or ``!!int x``), or is not a mapping of named settings.
-    """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from exc
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
-    except RecursionError as exc:
-        raise ConfigError(f"config file {path} is nested too deeply") from exc
-    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
-        raise ConfigError(f"config file {path} holds a value YAML cannot read: {exc}") from exc
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings")
-    odd = next((k for k in values if not isinstance(k, str)), None)
-    if odd is not None:
-        raise ConfigError(f"config file {path}: setting names are text, not {repr(odd)[:60]}")
-    return ConfigFile(text, values)
-
-
-def _http_url(v: str) -> str:
-    if not v.startswith(("http://", "https://")):
-        raise ValueError("must be an http:// or https:// URL, e.g. http://gpu-box:8000/v1")
-    return v.rstrip("/")
 
 
 class UpstreamSpec(BaseModel):
@@ -125,15 +85,58 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", json_schema_extra=_cli("server"), description="Bind address.")
     port: int = Field(default=8000, ge=0, le=65535, json_schema_extra=_cli("server"), description="Port.")
     api_keys: list[str] = Field(default_factory=list, json_schema_extra=_cli("gateway", "--api-key"),
-                                description="An accepted client key, named key-1, key-2 … in logs and limits.")
+                                description="An accepted client key, named key- and 8 hex digits of its hash in logs "
+                                            "and limits (stable when other keys are added or removed).")
+    # secrets from files (secret_files.py): a flag's value shows in the process list, a file can be owner-only
+    api_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("gateway"), description=(
+        "A file of accepted client keys, one a line (# comments and blank lines skipped), added to --api-key; "
+        "refused when every user may read it."))
     max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, json_schema_extra=_cli("server"),
                                    description="Largest accepted request body, in bytes.")
+    # browsers (server/middleware.py): a page on another site must not drive a server, least of all one without keys
+    allowed_hosts: list[str] = Field(default_factory=list, json_schema_extra=_cli("server"), description=(
+        "A Host name the server answers to besides localhost, 127.0.0.1, [::1] and --host (*.example.com: its "
+        "subdomains; *: any); another Host is refused with 421 (DNS rebinding). Default: only those without API "
+        "keys, any host with keys."))
+    cors_origins: list[str] = Field(default_factory=list, json_schema_extra=_cli("server"), description=(
+        "An origin (https://app.example.com; *: any) whose web pages may call the API; a browser request from a "
+        "page of any other origin is refused with 403."))
+    json_only: bool = Field(default=True, json_schema_extra=_cli("server"), description=(
+        "Refuse a chat request not sent as Content-Type: application/json with 415 (without API keys also one "
+        "with no Content-Type, as a browser sends it across sites)."))
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, v: list[str]) -> list[str]:
+        return [host_pattern(h) for h in v]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, v: list[str]) -> list[str]:
+        return [origin_pattern(o) for o in v]
+
     shutdown_grace_s: float = Field(default=30.0, ge=0, json_schema_extra=_cli("server"),
                                     description="Seconds in-flight requests get on SIGTERM.")
+    shutdown_drain_s: float = Field(default=5.0, ge=0, le=600, json_schema_extra=_cli("server"), description=(
+        "Seconds /ready says 503 on SIGTERM, still serving, before the server stops accepting (load balancers)."))
     workers: int = Field(default=1, ge=1, le=64, json_schema_extra=_cli("server"), description=(  # server/workers.py
         "Gateway processes sharing the port (--engine upstream; with limits or idempotency, --redis)."))
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", json_schema_extra=_cli("server"),
                                                                     description="The least severe log line shown.")
+    # client connections (server/connections.py), per worker process
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000, json_schema_extra=_cli("server"), description=(
+        "Open client connections per process; past it a new one closes the longest-idle connection (no request "
+        "in flight), or is refused with 503 when every connection has a request."))
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024, json_schema_extra=_cli("server"),
+                                  description="Largest request head (request line and headers), in bytes; past "
+                                              "it 431 and the connection is closed.")
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600, json_schema_extra=_cli("server"), description=(
+        "Seconds a connection has to send a whole request head, from when it opens or its last response ends."))
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=3600, json_schema_extra=_cli("server"),
+                                        description="Seconds an idle connection is kept open between requests.")
+    stream_write_timeout_s: float = Field(default=30.0, gt=0, le=3600, json_schema_extra=_cli("server"), description=(
+        "Seconds a write to a client may make no progress (it stopped reading); then its request ends (499 "
+        "client_write_timeout) and the connection is dropped."))
 
     # keys and routes (gateway/keys.py, gateway/routes.py): named routes merged over the shipped default, hard,
     # image and agent; named API keys with their own policy, stored as salted scrypt hashes (`unimodel keys`)
@@ -192,6 +195,10 @@ class Settings(BaseSettings):
                                          description="Deadline of one image URL fetch, in seconds.")
     allow_image_urls: bool = Field(default=False, json_schema_extra=_cli("gateway"),
                                    description="Fetch http(s) image_url parts (data: URIs always work).")
+    image_max_in_flight: int = Field(default=4, ge=1, le=1024, json_schema_extra=_cli("gateway"), description=(
+        "Requests whose images are fetched or decoded at once, server-wide (the rest wait --image-wait-s)."))
+    image_wait_s: float = Field(default=5.0, ge=0, le=300, json_schema_extra=_cli("gateway"), description=(
+        "The longest a request waits for an image slot, in seconds; then 503 images_busy with Retry-After."))
 
     # shared state across replicas (rate limits, idempotency keys): redis://host:6379/0; None: in memory
     redis: Optional[str] = Field(default=None, json_schema_extra=_cli("gateway"), description=(
@@ -202,7 +209,8 @@ class Settings(BaseSettings):
 
     # limits and quotas (gateway/limits): defaults for every key without its own values in `keys`; per end user
     # (the request's `user`, within its key); a smaller quota for high reasoning; None: no limit. Exact across
-    # replicas with --redis (one Lua script per request), else in this process's memory
+    # replicas with --redis (one Lua script per admission: the key's requests before the body, the rest after),
+    # else in this process's memory
     rpm: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("limits"),
                                description="Requests per minute per key (a key's own value wins).")
     tpm: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("limits"),
@@ -225,13 +233,17 @@ class Settings(BaseSettings):
     limits_token_reservation: int = Field(default=4096, ge=1, json_schema_extra=_cli("limits"), description=(
         "Tokens a request reserves from the token quotas when it gives no max_tokens and there is no "
         "--default-max-tokens."))
+    limits_image_tokens: int = Field(default=1400, ge=0, le=100_000, json_schema_extra=_cli("limits"), description=(
+        "Tokens an image counts for in a prompt's estimate (the token reservation, and the usage of a request "
+        "that ended without the engine's count)."))
     limits_on_redis_failure: Literal["open", "closed"] = Field(
         default="open", json_schema_extra=_cli("limits"),
         description="With Redis down: admit unchecked (open) or answer 503 (closed).")
     limits_redis_timeout_s: float = Field(default=0.25, gt=0, le=10, json_schema_extra=_cli("limits"),
                                           description="The bound of every Redis call of the limits, in seconds.")
-    limits_lease_s: float = Field(default=900.0, ge=1, json_schema_extra=_cli("limits"), description=(
-        "Seconds after which a dead replica's in-flight slots free themselves."))
+    limits_lease_s: float = Field(default=60.0, ge=1, le=3600, json_schema_extra=_cli("limits"), description=(
+        "Seconds an in-flight slot lives in Redis unless renewed: a running request renews its own every third "
+        "of it, so a dead replica's slots free themselves after it."))
 
     # idempotency (the Idempotency-Key header): a repeated request is answered from the first one's stored
     # response; keys live in --redis when set, else in this process's memory (an LRU by count and bytes)
@@ -246,8 +258,10 @@ class Settings(BaseSettings):
                                       description="Longest such wait, then 409 with Retry-After.")
     idempotency_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, json_schema_extra=_cli("gateway"),
                                        description="Largest response stored for replay, in bytes.")
-    idempotency_claim_ttl_s: float = Field(default=900.0, gt=0, json_schema_extra=_cli("gateway"), description=(
-        "Seconds after which a dead replica's claim on a key frees it."))
+    idempotency_claim_ttl_s: float = Field(default=60.0, ge=1, le=3600, json_schema_extra=_cli("gateway"),
+                                           description=(
+        "Seconds a claim on a key lives in Redis unless renewed: a running request renews its own every third "
+        "of it, so a dead replica's claims free themselves after it."))
     idempotency_memory_entries: int = Field(default=10_000, ge=0, json_schema_extra=_cli("gateway"), description=(
         "Stored responses kept in this process's memory (without --redis), the least recently used dropped first."))
     idempotency_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=0, json_schema_extra=_cli("gateway"),
@@ -268,6 +282,8 @@ class Settings(BaseSettings):
                                          description="Days stored prompts and answers are kept.")
     log_secret: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
         "HMAC key of the stored user hash (default: generated once, kept beside the database)."))
+    log_secret_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+        "A file holding --log-secret (refused when every user may read it)."))
     log_buffer_rows: int = Field(default=10_000, ge=1, json_schema_extra=_cli("telemetry"), description=(
         "Rows held in memory while the log database is down, before they spill to a file."))
     log_spill_path: Optional[Path] = Field(default=None, json_schema_extra=_cli("telemetry"),
@@ -286,6 +302,8 @@ class Settings(BaseSettings):
     dashboard: bool = Field(default=True, json_schema_extra=_cli("telemetry"), description="Serve GET /dashboard.")
     admin_key: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
         "The one key the dashboard accepts (default: the API keys)."))
+    admin_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+        "A file holding --admin-key (refused when every user may read it)."))
 
     @field_validator("alerts")
     @classmethod
@@ -298,12 +316,15 @@ class Settings(BaseSettings):
     def _alert_webhook(cls, v: Optional[str]) -> Optional[str]:
         return None if v is None else webhook_url(v)
 
-    # metrics (telemetry/metrics.py): GET /metrics for Prometheus, open unless a bearer key is set for it
+    # metrics (telemetry/metrics.py): GET /metrics for Prometheus, behind this key or the admin key; without
+    # either, closed once the API has keys, and loopback-only while it has none (server/routes/metrics.py)
     metrics: bool = Field(default=True, json_schema_extra=_cli("telemetry"),
                           description="Serve GET /metrics for Prometheus.")
     metrics_key: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
-        'A bearer key /metrics requires, sent as "Authorization: Bearer KEY" (default: open, as Prometheus '
-        "scrapes)."))
+        'A bearer key /metrics requires, sent as "Authorization: Bearer KEY" (the admin key works too; without '
+        "either: closed when API keys are set, else loopback clients only)."))
+    metrics_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+        "A file holding --metrics-key (refused when every user may read it)."))
 
     # local engine
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", json_schema_extra=_cli("local"),
@@ -345,7 +366,9 @@ class Settings(BaseSettings):
     upstream: Optional[str] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
         "Base URL of an OpenAI-compatible server, e.g. http://gpu:8000/v1."))
     upstream_api_key: Optional[str] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
-        "Bearer key sent to the upstream (prefer UNIMODEL_UPSTREAM_API_KEY: a flag shows in the process list)."))
+        "Bearer key sent to the upstream (prefer --upstream-api-key-file: a flag shows in the process list)."))
+    upstream_api_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
+        "A file holding --upstream-api-key (refused when every user may read it)."))
     upstream_parse: UpstreamParse = Field(default="auto", json_schema_extra=_cli("upstream"),
                                           description="Who splits reasoning and tool calls out of the text.")
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0, json_schema_extra=_cli("upstream"),
@@ -355,6 +378,9 @@ class Settings(BaseSettings):
         "answer."))
     upstream_max_connections: int = Field(default=256, ge=1, json_schema_extra=_cli("upstream"),
                                           description="Connections kept open to the upstream.")
+    upstream_key_share: float = Field(default=0.5, gt=0, le=1, json_schema_extra=_cli("upstream"), description=(
+        "With two or more API keys, the share of --upstream-max-connections one key may hold at once (at least "
+        "one connection); past it 429 upstream_share_exceeded. 1: no cap."))
 
     # resilience (the last pipeline stage): timeouts, retries before the first event, a circuit breaker per
     # upstream, fallback and canary upstreams (each an upstream engine with the primary's settings)
@@ -372,6 +398,9 @@ class Settings(BaseSettings):
         "Upstream failures in a row that open its circuit breaker (0: no breaker)."))
     breaker_window_s: float = Field(default=30.0, gt=0, json_schema_extra=_cli("gateway"),
                                     description="... within this many seconds.")
+    breaker_min_callers: int = Field(default=2, ge=1, le=100, json_schema_extra=_cli("gateway"), description=(
+        "API keys those failures must come from; from fewer, the circuit opens only if the upstream's health "
+        "check fails too (1: any key's)."))
     breaker_cooldown_s: float = Field(default=30.0, gt=0, json_schema_extra=_cli("gateway"),
                                       description="Seconds a circuit stays open before one probe request.")
     fallback_upstreams: list[str] = Field(
@@ -413,6 +442,42 @@ class Settings(BaseSettings):
     def _upstream_url(cls, v: Optional[str]) -> Optional[str]:
         return None if v is None else _http_url(v)
 
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> "Settings":
+        """Each ``*_file`` setting's secret into its setting (file I/O when settings are built, never at
+        import): the keys of ``--api-key-file`` join ``--api-key``'s; a single secret given both ways is
+        refused unless they agree."""
+        if self.api_key_file is not None:
+            known = set(self.api_keys)
+            self.api_keys = [*self.api_keys, *(k for k in read_secrets(self.api_key_file, "--api-key-file")
+                                               if k not in known)]
+        for name in _SECRET_FILE_FIELDS:
+            path = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            flag = "--" + name.replace("_", "-")
+            secret = read_secret(path, f"{flag}-file")
+            given = getattr(self, name)
+            if isinstance(given, SecretStr):
+                given = given.get_secret_value()
+            if given is not None and given != secret:
+                raise ConfigError(f"{flag} and {flag}-file both give the secret: give one of them")
+            setattr(self, name, secret if name == "upstream_api_key" else SecretStr(secret))
+        return self
+
+    @model_validator(mode="after")
+    def _one_upstream_credential(self) -> "Settings":
+        """An upstream URL with credentials (``http://user:pass@gpu/v1``: HTTP Basic) and a bearer key for it
+        would be two ``Authorization`` headers: aiohttp refuses every request, so it is refused here."""
+        sent = [(u, self.upstream_api_key) for u in (self.upstream, *self.fallback_upstreams, self.canary_upstream)]
+        sent += [(spec.url, spec.api_key or self.upstream_api_key) for spec in self.upstreams.values()]
+        for url, key in sent:
+            parts = urlsplit(url or "")
+            if key and (parts.username is not None or parts.password is not None):
+                raise ConfigError(f"the upstream {parts.scheme}://{parts.hostname} has credentials in its URL and "
+                                  "an API key: give one of them")
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -441,6 +506,9 @@ class Settings(BaseSettings):
             return cls(**merged)
         except ValidationError as exc:
             err = exc.errors()[0]
+            cause = err.get("ctx", {}).get("error")
+            if not err["loc"] and isinstance(cause, ConfigError):  # a check across settings: its own line
+                raise cause from exc
             where = ".".join(str(p) for p in err["loc"]) or "settings"
             raise ConfigError(f"invalid setting '{where}': {err['msg']}") from exc
 

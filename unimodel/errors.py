@@ -10,14 +10,21 @@ so the label never drifts from what clients see::
     │   └── UnsupportedFeatureError    400 invalid_request_error / unsupported_feature
     ├── AuthenticationError            401 authentication_error / invalid_api_key
     ├── PermissionDeniedError          403 permission_error / permission_denied
+    │   └── CrossOriginError           403 permission_error / cross_origin_forbidden
     ├── NotFoundError                  404 not_found_error / not_found
     │   └── ModelNotFoundError         404 invalid_request_error / model_not_found
     ├── ConflictError                  409 conflict_error / conflict
     │   ├── IdempotencyKeyReusedError  409 conflict_error / idempotency_key_reused
     │   └── IdempotencyKeyInUseError   409 conflict_error / idempotency_key_in_use (carries ``retry_after``)
+    ├── RequestTimeoutError            408 invalid_request_error / request_timeout (the HTTP layer's: a slow head)
     ├── RequestTooLargeError           413 invalid_request_error / request_too_large
+    ├── UnsupportedMediaTypeError      415 invalid_request_error / unsupported_media_type
+    ├── MisdirectedRequestError        421 invalid_request_error / host_not_allowed
     ├── RateLimitError                 429 rate_limit_error / rate_limit_exceeded  (carries ``retry_after``)
+    │   └── UpstreamShareError         429 rate_limit_error / upstream_share_exceeded (carries ``retry_after``)
+    ├── RequestHeadersTooLargeError    431 invalid_request_error / request_headers_too_large (the HTTP layer's)
     ├── ClientClosedError              499 client_closed / client_closed (the client left; logged, never sent)
+    │   └── ClientWriteTimeoutError    499 client_closed / client_write_timeout (it stopped reading)
     ├── UpstreamError                  502 upstream_error / bad_gateway
     │   ├── UpstreamConnectionError    502 upstream_error / upstream_unreachable
     │   ├── UpstreamStatusError        any upstream 4xx status kept, 5xx → 502
@@ -25,7 +32,9 @@ so the label never drifts from what clients see::
     └── ServiceUnavailableError        503 service_unavailable / engine_not_ready (carries ``retry_after``)
         ├── OverloadedError            503 service_unavailable / queue_full
         ├── CircuitOpenError           503 service_unavailable / circuit_open (carries ``retry_after``)
-        └── LimitsUnavailableError     503 service_unavailable / limits_unavailable (carries ``retry_after``)
+        ├── LimitsUnavailableError     503 service_unavailable / limits_unavailable (carries ``retry_after``)
+        ├── TooManyConnectionsError    503 service_unavailable / too_many_connections (the HTTP layer's)
+        └── ImagesBusyError            503 service_unavailable / images_busy (carries ``retry_after``)
 
 Engines, the gateway and the server raise these; only the server turns them into HTTP responses. Apart from
 the tree, :class:`ConfigError` (a ``ValueError``) is an operator's settings problem found at start-up.
@@ -104,6 +113,12 @@ class PermissionDeniedError(UnimodelError):
     code = "permission_denied"
 
 
+class CrossOriginError(PermissionDeniedError):
+    """A browser request from a page of another origin that ``--cors-origins`` does not allow."""
+
+    code = "cross_origin_forbidden"
+
+
 class NotFoundError(UnimodelError):
     status_code = 404
     error_type = "not_found_error"
@@ -139,10 +154,50 @@ class RequestTooLargeError(UnimodelError):
     code = "request_too_large"
 
 
+class UnsupportedMediaTypeError(UnimodelError):
+    """A request body not sent as JSON (``Content-Type: application/json``)."""
+
+    status_code = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class MisdirectedRequestError(UnimodelError):
+    """The request's ``Host`` is not one this server answers to (``--allowed-hosts``): a DNS-rebound name."""
+
+    status_code = 421
+    error_type = "invalid_request_error"
+    code = "host_not_allowed"
+
+
+class RequestTimeoutError(UnimodelError):
+    """A connection did not send a whole request head in ``--header-timeout-s`` (answered by the HTTP layer,
+    ``server/connections.py``, before any route: no request is logged)."""
+
+    status_code = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class RateLimitError(UnimodelError):
     status_code = 429
     error_type = "rate_limit_error"
     code = "rate_limit_exceeded"
+
+
+class UpstreamShareError(RateLimitError):
+    """The key already holds its share of the upstream connection pool (``--upstream-key-share``)."""
+
+    code = "upstream_share_exceeded"
+
+
+class RequestHeadersTooLargeError(UnimodelError):
+    """A request head (request line and headers) over ``--max-header-bytes`` (answered by the HTTP layer,
+    ``server/connections.py``, before any route: no request is logged)."""
+
+    status_code = 431
+    error_type = "invalid_request_error"
+    code = "request_headers_too_large"
 
 
 class ClientClosedError(UnimodelError):
@@ -152,6 +207,13 @@ class ClientClosedError(UnimodelError):
     status_code = 499
     error_type = "client_closed"
     code = "client_closed"
+
+
+class ClientWriteTimeoutError(ClientClosedError):
+    """The client stopped reading: a write to it made no progress for ``--stream-write-timeout-s``, so the
+    server ended the request and dropped the connection (``server/connections.py``). A 499, with its own code."""
+
+    code = "client_write_timeout"
 
 
 class UpstreamError(UnimodelError):
@@ -206,6 +268,19 @@ class LimitsUnavailableError(ServiceUnavailableError):
     """Rate limits cannot be checked (their Redis is down) and ``--limits-on-redis-failure closed`` is set."""
 
     code = "limits_unavailable"
+
+
+class TooManyConnectionsError(ServiceUnavailableError):
+    """Every one of ``--max-connections`` has a request in flight (answered by the HTTP layer before any
+    route: no request is logged)."""
+
+    code = "too_many_connections"
+
+
+class ImagesBusyError(ServiceUnavailableError):
+    """Every slot for image work (fetching and decoding, server-wide) stayed busy for the whole wait."""
+
+    code = "images_busy"
 
 
 class ConfigError(ValueError):

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2] / "unimodel"
 BELOW_THE_SERVER = ("engines", "service", "gateway", "telemetry", "images", "formats", "protocol", "plan")
 #: what config.py may import of the project: the error tree and the small settings types it is typed with
 CONFIG_MAY_IMPORT = {"unimodel.errors", "unimodel.formats.reasoning", "unimodel.gateway.policy",
-                     "unimodel.images.decode", "unimodel.protocol.effort", "unimodel.telemetry.alert_rules"}
+                     "unimodel.images.decode", "unimodel.protocol.effort", "unimodel.telemetry.alert_rules",
+                     "unimodel.secret_files",  # the reader of the --*-file secrets, used when settings load
+                     "unimodel.config_values"}  # the config file reader and the URL, host and origin checks
 
 
 def module_name(path: Path) -> str:
