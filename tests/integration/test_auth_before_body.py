@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.support.fake_engine import InMemoryEngine
 from tests.support.live_server import LiveServer
+from tests.support.asgi_counting import CountsBodyBytes
 from unimodel.config import Settings
 from unimodel.engines.base import GenerationRequest
 from unimodel.protocol.events import ContentDelta, Event, Finish, Usage
@@ -30,30 +30,6 @@ class Answers(InMemoryEngine):
         yield ContentDelta("ok")
         yield Usage(1, 1)
         yield Finish("stop")
-
-
-class CountsBodyBytes:
-    """Outermost: the body bytes the app read (through ``receive``), per request, once it is answered."""
-
-    def __init__(self, app: ASGIApp, counts: list[int]) -> None:
-        self.app, self.counts = app, counts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        read = 0
-
-        async def counting() -> Message:
-            nonlocal read
-            message = await receive()
-            read += len(message.get("body", b""))
-            return message
-
-        try:
-            await self.app(scope, counting, send)
-        finally:
-            self.counts.append(read)
 
 
 @pytest.fixture(scope="module")

@@ -6,25 +6,15 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 
 from tests.support.live_server import free_port
 from tests.support.scripted_upstream import ScriptedUpstream
+from tests.support.serve_process import wait_ready
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "unimodel serve exited early"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("unimodel serve did not become ready")
+_wait_ready = wait_ready
 
 
 def test_sigterm_lets_inflight_stream_finish(scripted_upstream: ScriptedUpstream) -> None:

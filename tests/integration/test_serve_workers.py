@@ -16,6 +16,7 @@ from tests.conftest import ANSWER
 from tests.support.live_server import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.scripted_upstream import ScriptedUpstream
+from tests.support.serve_process import wait_ready
 
 
 def _workers(pid: int) -> list[int]:
@@ -32,17 +33,7 @@ def _workers(pid: int) -> list[int]:
     return out
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "unimodel serve exited early"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("unimodel serve did not become ready")
+_wait_ready = wait_ready
 
 
 def test_two_workers_serve_and_share_the_rate_limit_through_redis(

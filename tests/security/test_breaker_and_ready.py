@@ -31,6 +31,7 @@ import pytest
 from tests.conftest import ANSWER
 from tests.support.live_server import LiveServer, free_port
 from tests.support.scripted_upstream import Script, ScriptedUpstream
+from tests.support.serve_process import wait_ready
 from unimodel.compose import build_engine
 from unimodel.config import Settings
 from unimodel.gateway.resilience.breaker import NO_PROBE, CircuitBreaker
@@ -303,17 +304,7 @@ async def test_the_drain_hands_sigterm_to_the_server_later_and_a_second_one_at_o
         signal.signal(signal.SIGTERM, previous)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "unimodel serve exited early"
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("unimodel serve did not become ready")
+_wait_ready = wait_ready
 
 
 class ReadyPoller(threading.Thread):

@@ -33,10 +33,10 @@ from typing import Any, Optional
 
 import httpx
 import pytest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tests.support.fake_engine import InMemoryEngine
 from tests.support.live_server import LiveServer
+from tests.support.asgi_counting import CountsBodyBytes
 from unimodel.config import Settings
 from unimodel.engines.base import GenerationRequest
 from unimodel.gateway.images import ImagePolicyStage
@@ -329,30 +329,6 @@ def test_a_request_abandoned_before_its_first_token_is_charged_its_prompt(tmp_pa
 
 
 # ---- 11. a key over its rpm is refused before its body is read ----------------------------------------------
-
-class CountsBodyBytes:
-    """Outermost: the body bytes the app read (through ``receive``), per request, once it is answered."""
-
-    def __init__(self, app: ASGIApp, counts: list[int]) -> None:
-        self.app, self.counts = app, counts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        read = 0
-
-        async def counting() -> Message:
-            nonlocal read
-            message = await receive()
-            read += len(message.get("body", b""))
-            return message
-
-        try:
-            await self.app(scope, counting, send)
-        finally:
-            self.counts.append(read)
-
 
 def many_empty_parts(target: int = 19 * MIB + 400 * 1024) -> bytes:
     """A valid chat body of ~19.4 MiB: messages of 512 empty text parts each (~780k parts)."""

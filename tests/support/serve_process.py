@@ -1,0 +1,22 @@
+"""Helpers for tests that run ``unimodel serve`` as a subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+
+
+def wait_ready(url: str, proc: "subprocess.Popen[bytes]", timeout_s: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200; fail if the process exits first or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "unimodel serve exited early"
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("unimodel serve did not become ready")
