@@ -1,8 +1,8 @@
 """A scripted vLLM-like OpenAI-compatible server for tests (stdlib only, loopback only).
 
 Each served model name maps to a :class:`Script` that says what the "model" answers and how: raw text with
-Mistral v15 markers (as vLLM started without parsers gives with ``skip_special_tokens: false``; with special
-tokens skipped the markers vanish, as in real vLLM), or pre-parsed fields (``reasoning``/``tool_calls``, as
+Mistral v15 markers (as vLLM started without parsers gives: its Mistral tokenizer keeps [THINK], [/THINK],
+[TOOL_CALLS] and [ARGS] even with special tokens skipped, its default), ``<think>`` text, or pre-parsed fields (``reasoning``/``tool_calls``, as
 vLLM with ``--reasoning-parser mistral --tool-call-parser mistral``); streamed or one JSON body; errors
 (always, or only the first N calls: ``fail_first``), slowness, and a connection dropped mid-stream. Every
 request body received is kept in ``requests``.
@@ -61,9 +61,6 @@ class Script:
         text = (f"[THINK]{self.reasoning}[/THINK]" if self.reasoning else "") + self.content
         for name, args in self.tool_calls:
             text += f"[TOOL_CALLS]{name}[ARGS]{args}"
-        if skip_special:
-            for m in MARKERS:
-                text = text.replace(m, "")
         return text
 
 

@@ -29,7 +29,8 @@ Parse modes (``--upstream-parse``):
 * ``upstream`` — the upstream already splits reasoning and tool calls (vLLM ``--reasoning-parser mistral``):
   its ``reasoning``/``reasoning_content``/``tool_calls`` fields are normalised, its content passed through.
   Nothing non-standard is sent, so hosted APIs that reject unknown fields work.
-* ``gateway`` — we ask for raw output (``skip_special_tokens: false``) and parse the text with ``formats/``.
+* ``gateway`` — we ask for raw output (the family's ``raw_output_fields``: ``skip_special_tokens: false``, or
+  nothing for Mistral, whose markers vLLM keeps) and parse the text with ``formats/``.
 * ``auto`` — both at once: raw output is asked for, upstream-parsed fields are normalised, and the content
   goes through the model family's parser, which passes plain text through and splits it when the model's
   markers show. So a stock engine and a pre-parsed one both just work.
@@ -227,7 +228,8 @@ class UpstreamEngine(Engine):
                       continue_from: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """The upstream's request (see :func:`unimodel.engines.upstream_payload.build_payload`)."""
         return build_payload(request, self.upstream_model or request.served_model,
-                             raw_output=self.parse_mode != "upstream", continue_from=continue_from)
+                             raw_output=self.parse_mode != "upstream",
+                             raw_fields=self._format_for(request).raw_output_fields, continue_from=continue_from)
 
     def _format_for(self, request: GenerationRequest) -> ModelFormat:
         return self._formats.get(request.served_model, self.format)

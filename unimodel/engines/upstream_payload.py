@@ -8,17 +8,23 @@ reports no usage.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any, Optional
 
 from unimodel.engines.base import GenerationRequest
 
+#: what raw output is by default (vLLM's and SGLang's field); a model family may say otherwise
+RAW_FIELDS: Mapping[str, Any] = {"skip_special_tokens": False}
+
 
 def build_payload(request: GenerationRequest, model: str, *, raw_output: bool = True,
+                  raw_fields: Mapping[str, Any] = RAW_FIELDS,
                   continue_from: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """The upstream's request, built field by field from the validated request (an allowlist: nothing the
     client sent beyond the typed fields and the operator's ``upstream_extra_fields`` goes out).
 
-    ``raw_output``: ask for the model's raw text (``skip_special_tokens: false``) and normalise earlier
+    ``raw_output``: ask for the model's raw text (the fields ``raw_fields``, the model family's
+    ``raw_output_fields``, where the operator's ``upstream_extra_fields`` do not set them) and normalise earlier
     thinking in the history; off for upstreams that parse themselves (hosted APIs get the messages untouched).
     ``continue_from``: an assistant prefix to continue (the thinking cut at its budget)."""
     messages = [m.model_dump(mode="json", exclude_none=True, by_alias=True) for m in request.messages]
@@ -53,7 +59,9 @@ def build_payload(request: GenerationRequest, model: str, *, raw_output: bool = 
     if request.model_effort is not None:
         payload["reasoning_effort"] = request.model_effort
     if raw_output:
-        payload["skip_special_tokens"] = False
+        for key, value in raw_fields.items():
+            if key not in request.sampling.upstream_extra:
+                payload[key] = value
         if request.thinking_budget is not None and streamed:
             # vLLM: usage in every frame, so a call we cut at the budget still reports its prompt tokens
             payload["stream_options"]["continuous_usage_stats"] = True

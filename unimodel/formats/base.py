@@ -33,6 +33,7 @@ import string
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Protocol
 
 from unimodel.formats.grammar import ThinkingGrammar
@@ -123,6 +124,9 @@ class ModelFormat(abc.ABC):
     #: the reasoning levels the model itself knows, lowest first; the first is always ``none`` (no thinking).
     #: How the model is told is the renderer's (and, upstream, the ``reasoning_effort`` field's) job
     reasoning_levels: ClassVar[tuple[str, ...]] = (NO_THINKING, "high")
+    #: what an OpenAI-compatible upstream is asked for so that its text keeps this family's markers
+    #: (``--upstream-parse gateway``/``auto``): by default vLLM's and SGLang's ``skip_special_tokens: false``
+    raw_output_fields: ClassVar[Mapping[str, Any]] = MappingProxyType({"skip_special_tokens": False})
 
     def model_effort_for(self, effort: Effort) -> str:
         """The level the model is told for a client's level, by default: the level itself when the model knows

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from unimodel.formats.base import FormatMarkers, ModelFormat
 from unimodel.formats.grammar import json_body
@@ -230,6 +231,12 @@ class MistralFormat(ModelFormat):
 
     name = "mistral"
     special_token_names = MistralParser.markers
+    #: nothing: vLLM's Mistral tokenizer keeps [THINK], [/THINK], [TOOL_CALLS] and [ARGS] by default and then
+    #: decodes a character split across byte tokens whole, while ``skip_special_tokens: false`` makes it
+    #: decode token by token, so such a character came out as U+FFFD (measured on vLLM 0.32). A vLLM with a
+    #: Hugging Face tokenizer for a Mistral model drops the markers unless told: give it
+    #: ``--upstream-extra-fields '{"skip_special_tokens": false}'``.
+    raw_output_fields: ClassVar[Mapping[str, Any]] = MappingProxyType({})
     think_open_text, think_close_text, tool_call_text = THINK, END_THINK, TOOL_CALLS
 
     def new_parser(
