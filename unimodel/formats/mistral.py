@@ -11,7 +11,9 @@ streamed or not. Grammar accepted (liberally)::
           | [TOOL_CALLS] name [CALL_ID] id [ARGS] {json}         one [TOOL_CALLS] when "[ARGS]" follows a name
           | [TOOL_CALLS] name {json}                         the same as decoded by a server that dropped
                                                              [ARGS] (older vLLM, vLLM's own tests)
+          | [TOOL_CALLS] name [ [ARGS] ]                     nothing after the name: arguments {} (as vLLM)
           | [TOOL_CALLS] [{"name": ..., "arguments": {...}}, ...]      v3-v7 JSON list (or one object)
+          | [TOOL_CALLS] text [{"name": ..., "arguments": {...}}, ...]     v3-v7 with text before the list
 
 Reasoning: the first ``[THINK]`` opens it wherever it comes before a tool call; the text before it and after
 ``[/THINK]`` is content, joined. A ``[THINK]`` that never closes leaves the rest as reasoning.
@@ -21,16 +23,25 @@ dropped); an id after ``[CALL_ID]`` is kept when it is one word, else one is mad
 *is* a call, as in vLLM: its arguments are the JSON value that follows, verbatim when it is a strict JSON
 object (re-serialised when it has raw control characters in strings), else the text as written -- malformed
 JSON, a non-object, or, when the output ends first (``max_tokens``, a stop string), the arguments received
-so far. The finish reason is then ``tool_calls`` (or ``length``: a cut-off
-call comes back as a call, like OpenAI's). Text after a call's value is dropped, as vLLM does, unless
-``[ARGS]`` makes it the next call's name.
+so far; a name with nothing after it (the output ends, ``</s>`` or the next ``[TOOL_CALLS]`` comes, with or
+without ``[ARGS]``) is a call with arguments ``{}``, whatever the name, as vLLM's non-streamed result (its
+streamed one sends no arguments; ours is the same both ways). The finish reason is then ``tool_calls`` (or
+``length``: a cut-off call comes back as a call, like OpenAI's). Text after a call's value is dropped, as vLLM
+does, unless ``[ARGS]`` makes it the next call's name.
+
+v3-v7 output: a JSON list (or object) right after ``[TOOL_CALLS]``; or, as vLLM's fallback regex ``\\[{.*}\\]``
+finds it, a list opened by ``[{`` after some text, which is then dropped (``[TOOL_CALLS] Here you go:
+[{"name": ...}]`` is the list's calls, never a call named ``Here you go: [``). The list ends where its
+brackets balance (vLLM's regex runs to the last ``}]`` of the output, so a second list further on would make
+the whole section content there; here the first list's calls stand and the rest is text after a call).
 
 Never shown as markers: every Mistral control token (``CONTROL_TOKEN_NAMES``: ``[CALL_ID]``, ``[IMG]``,
 ``[/INST]``, ``[MODEL_SETTINGS]``...) is dropped wherever it carries no meaning here (outside a JSON value),
 so a stray ``[/THINK]`` or a second ``[THINK]`` never reaches the client; ``[brackets]`` of other words are
-text. A ``[TOOL_CALLS]`` section that is not a call (no name before the end, an empty name, v3-v7 JSON that
-does not parse) loses its marker and its text is content -- before any call; after one, such text is dropped
-like other text after a call. ``</s>`` text at the very end is dropped. Content is passed on exactly as the
+text. A ``[TOOL_CALLS]`` section that is not a call (an empty name -- vLLM makes a call named "" of it, which
+no OpenAI client can use --, v3-v7 JSON that does not parse or holds no calls, the text before it included)
+loses its marker and its text is content -- before any call; after one, such text is dropped like other text
+after a call. ``</s>`` text at the very end is dropped. Content is passed on exactly as the
 model wrote it (whitespace-only content before tool calls or thinking is dropped).
 
 Trade-off: each call is emitted when its JSON value is complete (or the output ends): a client sees its
@@ -91,11 +102,13 @@ class MistralParser(MarkerStreamParser):
 
     _name = ""
     _call_id: str | None = None
+    _lead = ""  # text between [TOOL_CALLS] and a v3-v7 list's "[{": content if the list holds no calls
 
     # --- the driver's hooks -----------------------------------------------------------------------------
 
     def _start_section(self, marker: str) -> None:
         self._state, self._cand, self._raw, self._scanner = _NAME, "", "", JsonValueScanner()
+        self._lead = ""
 
     def _section_markers(self) -> tuple[str, ...]:
         state = self._state
@@ -143,9 +156,14 @@ class MistralParser(MarkerStreamParser):
         """At the end of output or at the next ``[TOOL_CALLS]``: what the section holds so far."""
         state = self._state
         if state == _NAME:
-            self._not_a_call(self._cand)
+            name = self._cand.strip()
+            if name:  # a name and nothing more: a call without arguments, as vLLM
+                self._name, self._call_id = name, None
+                self._call("")
+            else:
+                self._not_a_call("")
         elif state == _LEGACY:
-            self._not_a_call(_without_eos(self._scanner.value))
+            self._not_a_call(self._lead + _without_eos(self._scanner.value))
         elif state == _CALL_ID:
             self._call_id = _call_id(self._cand)
             self._call("")
@@ -159,12 +177,24 @@ class MistralParser(MarkerStreamParser):
     # --- the states ---------------------------------------------------------------------------------------
 
     def _name_text(self, text: str) -> str:
-        if not self._cand or self._cand.isspace():
-            body = text.lstrip()
-            if body[:1] in ("[", "{"):  # nothing named: a v3-v7 JSON list or object
-                self._state, self._cand = _LEGACY, ""
-                return body
-        return self._until_brace(text, self._begin_args_after_name)
+        if not self._cand:  # leading whitespace is never kept: the name is stripped, so no rescans of it
+            text = text.lstrip()
+            if not text:
+                return ""
+            if text[0] in "[{":  # nothing named: a v3-v7 JSON list or object
+                self._state = _LEGACY
+                return text
+        i = text.find("{")
+        if i < 0:
+            self._cand += text
+            return ""
+        self._cand += text[:i]
+        if self._cand.endswith("["):  # text, then "[{": a v3-v7 list (vLLM's fallback); the text is dropped
+            self._lead, self._cand, self._state = self._cand[:-1], "", _LEGACY
+            self._scanner.feed("[")
+        else:
+            self._begin_args_after_name()
+        return text[i:]
 
     def _until_brace(self, text: str, at_brace: Callable[[], None]) -> str:
         """Gather name or id text (in ``_cand``) up to a ``{``, which starts the arguments."""
@@ -204,21 +234,22 @@ class MistralParser(MarkerStreamParser):
             return ""
         calls = calls_from_json(self._scanner.value)
         if calls is None:
-            self._not_a_call(self._scanner.value)
+            self._not_a_call(self._lead + self._scanner.value)
         else:
             for name, arguments, call_id in calls:
                 self._emit_call(name, arguments, call_id)
-            self._state, self._cand = _AFTER, ""
+            self._state, self._cand, self._lead = _AFTER, "", ""
         return text[end:]
 
     def _call(self, value: str) -> None:
-        """The current call, its arguments ``value`` as written: a strict JSON object verbatim, else raw."""
-        self._emit_call(self._name, arguments_text(value) or value, self._call_id)
+        """The current call, its arguments ``value`` as written: a strict JSON object verbatim, else raw
+        (``{}`` when there are none, as vLLM)."""
+        self._emit_call(self._name, arguments_text(value) or value or "{}", self._call_id)
         self._state, self._cand, self._raw = _AFTER, "", ""
 
     def _not_a_call(self, text: str) -> None:
         """The section is no call: its marker is dropped and its text is content (dropped after a call)."""
-        self._cand, self._raw = "", ""
+        self._cand, self._raw, self._lead = "", "", ""
         if self._n_calls:
             self._state = _AFTER
         else:

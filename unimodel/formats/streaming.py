@@ -292,7 +292,7 @@ class MarkerStreamParser(OutputParser):
     def _emit_call(self, name: str, arguments: str, call_id: str | None) -> None:
         index = self._n_calls
         self._out.append(ToolCallStart(index, call_id or self._new_id(), name))
-        if arguments:  # "" only for a call cut off before its arguments began
+        if arguments:  # never "" from the families here (a call without arguments gets "{}"); kept as a guard
             self._out.append(ToolCallArgsDelta(index, arguments))
         self._out.append(ToolCallEnd(index))
         self._n_calls += 1
