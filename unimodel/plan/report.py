@@ -235,6 +235,7 @@ def _gb(n: Optional[int]) -> str:
     return f"{(n or 0) / 1e9:,.1f} GB"
 
 
-def render(plan: Plan, console: Optional[Console] = None) -> None:
-    """Print the plan; soft wrap keeps each launch command one line (the tables still fit the terminal)."""
+def render(plan: object, console: Optional[Console] = None) -> None:
+    """Print a plan (a :class:`Plan`, or ``plan/cpu.py``'s ``CpuPlan``: anything rich renders); soft wrap keeps
+    each launch command one line (the tables still fit the terminal)."""
     (console or Console()).print(plan, soft_wrap=True)
