@@ -5,6 +5,9 @@ Rules:
 * ``tiny-random`` and ``tiny-random-vision`` are built once into the cache (:mod:`unimodel.models`).
 * A name that is an existing directory is loaded from there; anything else is a hub id, downloaded with
   ``huggingface_hub`` (the hub is touched only then).
+* A directory in Mistral's native format (``params.json`` + ``consolidated*.safetensors``, no ``config.json``:
+  what vLLM loads with ``--load-format mistral``) is converted while it loads
+  (:mod:`unimodel.models.mistral_native`); text models only.
 * ``AutoModelForCausalLM`` does not map ``Mistral4Config``: ``model_type`` ``mistral4`` loads
   ``Mistral4ForCausalLM`` and ``mistral3`` loads ``Mistral3ForConditionalGeneration`` (text + Pixtral), by
   class; other checkpoints go through ``AutoModelForImageTextToText`` (when the config has a vision part)
@@ -29,11 +32,13 @@ from typing import Any
 from unimodel.formats.base import ModelFormat
 from unimodel.formats.registry import detect_format, get_format
 from unimodel.formats.render import PromptRenderer
+from unimodel.models.mistral_native import NativeFormatError, is_native_checkpoint, load_native
 from unimodel.models.tiny_random import MARKER_FILE, ensure_tiny_random, is_tiny_random
 
 log = logging.getLogger("unimodel.local")
 
-_ADVICE = ("pass --model PATH with a local checkpoint directory (config.json + safetensors), "
+_ADVICE = ("pass --model PATH with a local checkpoint directory (config.json + safetensors, or Mistral's "
+           "params.json + consolidated.safetensors), "
            "use --model tiny-random for a smoke test, or serve through another engine with "
            "--engine upstream --upstream URL")
 
@@ -139,30 +144,12 @@ def load_model(
     """Resolve, load and place ``model`` (blocking: call it in a worker thread); ``family`` names its format
     (None: recognised from the checkpoint)."""
     path, tiny = resolve_path(model, cache_dir)
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
-        raise ModelLoadError(
-            f"{path} has no config.json (found: {found}); the local engine loads Hugging Face-format "
-            f"checkpoints; {_ADVICE}"
-        )
-    try:
-        raw_config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {config_file}: {exc}") from exc
-    cls, is_vision = model_class(raw_config)
-    torch_device, torch_dtype = pick_device(device), pick_dtype(dtype, pick_device(device))
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        loaded = cls.from_pretrained(str(path), dtype=torch_dtype)
-        loaded = loaded.to(torch_device).eval()
-    except Exception as exc:
-        raise ModelLoadError(
-            f"loading {path} with transformers.{getattr(cls, '__name__', cls)} (dtype {torch_dtype}, device "
-            f"{torch_device}) failed: {type(exc).__name__}: {exc}; {_ADVICE}"
-        ) from exc
+    torch_device = pick_device(device)
+    torch_dtype = pick_dtype(dtype, torch_device)
+    if is_native_checkpoint(path):
+        loaded, is_vision = _load_native(path, torch_dtype, torch_device), False
+    else:
+        loaded, is_vision = _load_hf(path, torch_dtype, torch_device)
     fmt = get_format(family) if family else detect_format(path)
     renderer = _renderer(fmt, path)
     vocab = getattr(getattr(loaded.config, "text_config", None) or loaded.config, "vocab_size", None)
@@ -173,6 +160,45 @@ def load_model(
         max_model_len=context_length(loaded.config, max_model_len), is_vision=is_vision, is_tiny_random=tiny,
         config=loaded.config,
     )
+
+
+def _load_hf(path: Path, torch_dtype: Any, torch_device: Any) -> tuple[Any, bool]:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+        raise ModelLoadError(
+            f"{path} has no config.json (found: {found}); the local engine loads Hugging Face-format "
+            f"checkpoints and Mistral's native format (params.json); {_ADVICE}"
+        )
+    try:
+        raw_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {config_file}: {exc}") from exc
+    cls, is_vision = model_class(raw_config)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        loaded = cls.from_pretrained(str(path), dtype=torch_dtype)
+        return loaded.to(torch_device).eval(), is_vision
+    except Exception as exc:
+        raise ModelLoadError(
+            f"loading {path} with transformers.{getattr(cls, '__name__', cls)} (dtype {torch_dtype}, device "
+            f"{torch_device}) failed: {type(exc).__name__}: {exc}; {_ADVICE}"
+        ) from exc
+
+
+def _load_native(path: Path, torch_dtype: Any, torch_device: Any) -> Any:
+    try:
+        return load_native(path, torch_dtype).to(torch_device).eval()
+    except NativeFormatError as exc:
+        raise ModelLoadError(f"{path} is a Mistral native checkpoint (params.json) that the local engine cannot "
+                             f"load: {exc}; {_ADVICE}") from exc
+    except Exception as exc:
+        raise ModelLoadError(
+            f"loading the Mistral native checkpoint {path} (dtype {torch_dtype}, device {torch_device}) failed: "
+            f"{type(exc).__name__}: {exc}; {_ADVICE}"
+        ) from exc
 
 
 def _renderer(fmt: ModelFormat, path: Path) -> PromptRenderer:
