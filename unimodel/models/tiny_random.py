@@ -6,6 +6,10 @@ CI without a model hub. Their output is gibberish; only their *shape* is real:
 * text: ``Mistral4ForCausalLM`` with MLA attention (q/kv LoRA ranks, split rope/nope head dims) and a MoE
   (a few routed experts plus a shared expert), 2 layers, hidden size 64;
 * vision: ``Mistral3ForConditionalGeneration`` with a tiny Pixtral vision tower and the same mistral4 text part;
+* ``tiny-random-native`` and ``tiny-scripted``: the text model in Mistral's native format (``params.json`` +
+  ``consolidated.safetensors``, as Small 4 ships and vLLM's recipe loads it), sized for vLLM's CPU MLA kernel;
+  ``tiny-scripted`` has written weights whose greedy output is a script the prompt picks
+  (:mod:`unimodel.models.scripted`), so real engines emit real reasoning and tool calls;
 * a tokenizer ``tekken.json`` of version v15 (``[THINK]``, ``[MODEL_SETTINGS]``, ``[ARGS]``, ``[CALL_ID]`` …,
   a reasoning-effort model-settings builder ``none|high``), derived from the tekken file that ships inside
   ``mistral_common``.
@@ -30,7 +34,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-TINY_RANDOM_NAMES: tuple[str, ...] = ("tiny-random", "tiny-random-vision")
+TINY_RANDOM_NAMES: tuple[str, ...] = ("tiny-random", "tiny-random-vision", "tiny-random-native", "tiny-scripted")
+#: the ones written in Mistral's native format (params.json + consolidated.safetensors), sized for vLLM's CPU
+#: MLA kernel (latent head 512 + 64), which vLLM loads the Small 4 recipe's way
+NATIVE_NAMES: tuple[str, ...] = ("tiny-random-native", "tiny-scripted")
 
 #: bump when the recipe changes: it is part of the cache directory's name, so old builds are never reused
 RECIPE_VERSION = 2  # 2: generation_config caps the gibberish at 256 new tokens
@@ -49,6 +56,14 @@ _SPECIALS: tuple[str, ...] = (
     "[BEGIN_AUDIO]", "[TRANSCRIBE]", "[THINK]", "[/THINK]", "[STREAMING_PAD]", "[STREAMING_WORD]",
     "[NEXT_AUDIO_TEXT]", "[REPEAT_AUDIO_TEXT]", "[MODEL_SETTINGS]", "[/MODEL_SETTINGS]",
 )
+
+
+def tiny_note(directory: Path) -> str:
+    """What a built checkpoint is (its marker's note: random gibberish, or scripted weights)."""
+    try:
+        return str(json.loads((directory / MARKER_FILE).read_text(encoding="utf-8"))["note"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "random weights: the output is gibberish; for smoke tests and demos only"
 
 
 def is_tiny_random(name: str) -> bool:
@@ -77,7 +92,10 @@ def ensure_tiny_random(name: str = "tiny-random", cache_dir: Path | None = None)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-build-", dir=root))
     try:
-        build_checkpoint(tmp, vision=name.endswith("-vision"))
+        if name in NATIVE_NAMES:
+            build_native_checkpoint(tmp, scripted=name == "tiny-scripted")
+        else:
+            build_checkpoint(tmp, vision=name.endswith("-vision"))
         try:
             os.rename(tmp, target)
         except OSError:
@@ -155,6 +173,52 @@ def _text_config_kwargs() -> dict[str, Any]:
     }
 
 
+def native_config_kwargs() -> dict[str, Any]:
+    """The text config of the native-format checkpoints: Small 4's shape (MLA, a dense first layer, then MoE
+    with a shared expert, yarn, llama-4 scaling) with the latent head vLLM's CPU MLA kernel takes (512 + 64)."""
+    kwargs = _text_config_kwargs()
+    kwargs.update(hidden_size=384, intermediate_size=256, q_lora_rank=64, kv_lora_rank=512, qk_rope_head_dim=64,
+                  qk_nope_head_dim=64, v_head_dim=64, first_k_dense_replace=1)
+    return kwargs
+
+
+def build_native_checkpoint(directory: Path, *, scripted: bool) -> None:
+    """Write tekken.json, params.json, consolidated.safetensors (and the marker): random weights, or the
+    scripted ones of :mod:`unimodel.models.scripted`."""
+    import torch
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+    from transformers import GenerationConfig, Mistral4Config, Mistral4ForCausalLM
+
+    from unimodel.models.mistral_native import write_native
+    from unimodel.models.scripted import compile_scripts, scripted_state_dict
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tekken_path = directory / "tekken.json"
+    tekken_path.write_text(json.dumps(tekken_v15(image=False), ensure_ascii=False), encoding="utf-8")
+    config = Mistral4Config(**native_config_kwargs())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = Mistral4ForCausalLM(config)
+    if scripted:
+        model.load_state_dict(scripted_state_dict(config, compile_scripts(Tekkenizer.from_file(tekken_path)),
+                                                  seed=SEED), strict=True)
+    write_native(model.to(torch.bfloat16), directory)
+    if not scripted:  # random weights rarely emit EOS; scripts end with it
+        GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=11, max_new_tokens=256).save_pretrained(
+            directory)
+    _finish(directory, "tiny-scripted" if scripted else "tiny-random-native",
+            "scripted weights: greedy output follows the script its prompt picks (unimodel.models.scripted)"
+            if scripted else "random weights: the output is gibberish; for smoke tests and demos only")
+
+
+def _finish(directory: Path, name: str, note: str) -> None:
+    marker = {"name": name, "recipe": RECIPE_VERSION, "seed": SEED, "note": note}
+    (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
+    directory.chmod(0o755)  # mkdtemp made it private; the cache is an ordinary user directory
+    for path in directory.iterdir():
+        path.chmod(0o644)
+
+
 def build_checkpoint(directory: Path, *, vision: bool) -> None:
     """Write config.json, model.safetensors, generation_config.json, tekken.json and the marker to ``directory``."""
     import torch
@@ -191,13 +255,5 @@ def build_checkpoint(directory: Path, *, vision: bool) -> None:
     model.save_pretrained(directory)  # type: ignore[operator]
     # random weights rarely emit EOS: without a cap a request would run to the end of the 32K context
     GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=11, max_new_tokens=256).save_pretrained(directory)
-    marker = {
-        "name": "tiny-random-vision" if vision else "tiny-random",
-        "recipe": RECIPE_VERSION,
-        "seed": SEED,
-        "note": "random weights: the output is gibberish; for smoke tests and demos only",
-    }
-    (directory / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-    directory.chmod(0o755)  # mkdtemp made it private; the cache is an ordinary user directory
-    for path in directory.iterdir():
-        path.chmod(0o644)
+    _finish(directory, "tiny-random-vision" if vision else "tiny-random",
+            "random weights: the output is gibberish; for smoke tests and demos only")

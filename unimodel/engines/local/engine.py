@@ -57,6 +57,7 @@ from unimodel.formats.base import FormatMarkers, ModelFormat
 from unimodel.formats.grammar import ThinkingMode, build_grammar, json_answer
 from unimodel.formats.render import RenderedPrompt, has_images
 from unimodel.images.decode import DEFAULT_LIMITS, ImageLimits
+from unimodel.models.tiny_random import tiny_note
 from unimodel.protocol.events import FLUSH, Event, ThinkingBudgetReached
 from unimodel.protocol.openai import ModelCard, NamedToolChoice, ResponseFormat
 
@@ -145,8 +146,7 @@ class LocalEngine(Engine):
                  f", {threads} CPU threads" if threads else "", self._format.name, loaded.max_model_len,
                  self.max_num_seqs, kv_budget.describe())
         if loaded.is_tiny_random:
-            log.warning("%s has random weights: its output is gibberish (for smoke tests and demos only)",
-                        self.model_name)
+            log.warning("%s is a built test checkpoint: %s", self.model_name, tiny_note(loaded.path))
 
     async def aclose(self) -> None:
         scheduler, self._scheduler = self._scheduler, None
