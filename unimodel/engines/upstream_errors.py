@@ -34,6 +34,13 @@ CREDENTIALS_REFUSED = "the upstream refused the gateway's credentials; check --u
 #: the most of an upstream's 4xx message a client is passed (an upstream may answer a body of any size)
 CLIENT_MESSAGE_CHARS = 2048
 _TOKEN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+#: OpenAI's error vocabulary: a ``type`` ends in ``_error``, a ``code`` is a snake_case word; vLLM sends its
+#: exception's class name as the type and the HTTP status as the code, which a client cannot switch on
+_OPENAI_TYPE = re.compile(r"[a-z][a-z_]{0,62}_error")
+_OPENAI_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+#: how OpenAI and vLLM word a prompt over the model's context (vLLM: "This model's maximum context length is 1024
+#: tokens. However, your prompt contains …"; OpenAI adds the code itself)
+_CONTEXT_LENGTH = re.compile(r"maximum context length|context length exceeded|exceeds the context", re.I)
 
 
 def response_error(status: int, headers: Mapping[str, str], raw: bytes,
@@ -75,6 +82,10 @@ def status_error(status: int, message: str, *, param: Optional[str] = None, code
     if client_fault:
         if len(message) > CLIENT_MESSAGE_CHARS:
             message = message[:CLIENT_MESSAGE_CHARS] + "…"
+        code = code if code and _OPENAI_CODE.fullmatch(code) else None
+        error_type = error_type if error_type and _OPENAI_TYPE.fullmatch(error_type) else None
+        if status == 400 and code is None and _CONTEXT_LENGTH.search(message):
+            code, param = "context_length_exceeded", "messages"
         return UpstreamStatusError(message, upstream_status=status, param=param, code=code, error_type=error_type)
     return UpstreamStatusError(f"the upstream failed (HTTP {status})", upstream_status=status)
 

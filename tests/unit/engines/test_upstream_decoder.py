@@ -166,3 +166,33 @@ def test_the_upstream_streams_when_the_client_does_or_the_model_thinks(stream: b
     request = gen_request("r", "m", wire, thinking_budget=budget, model_effort=effort)
     payload = build_payload(request, "m")
     assert payload["stream"] is expect and ("stream_options" in payload) is expect
+
+
+def test_raw_thinking_is_counted_one_token_a_frame() -> None:
+    """A stock vLLM (no reasoning parser) reports no reasoning tokens: each frame of raw thinking text is one
+    token (vLLM sends one a frame), brackets that might start a marker included; the markers are not thinking."""
+    pieces = ["[THINK]", "Let", " me", " [", "x", "]", " think", "[/THINK]", "Done"]
+    events = _decode([_frame({"content": p}) for p in pieces]
+                     + [_frame({}, "stop", usage={"prompt_tokens": 3, "completion_tokens": 9})])
+    (usage,) = [e for e in events if isinstance(e, Usage)]
+    assert usage.reasoning_tokens == 6  # "Let", " me", " [", "x", "]", " think"
+
+
+def test_vllm_error_vocabulary_becomes_openai_s() -> None:
+    """vLLM sends its exception's class as the type and the status as the code; a client gets OpenAI's words,
+    and a prompt over the context is context_length_exceeded (the message as vLLM wrote it)."""
+    from unimodel.engines.upstream_errors import response_error
+
+    body = json.dumps({"error": {"message": "This model's maximum context length is 1024 tokens. However, your "
+                                            "prompt contains 1518 input tokens", "type": "BadRequestError",
+                                 "param": "input_tokens", "code": 400}}).encode()
+    err = response_error(400, {}, body)
+    assert (err.status_code, err.error_type, err.code, err.param) == (
+        400, "invalid_request_error", "context_length_exceeded", "messages")
+    other = json.dumps({"error": {"message": "max_tokens=5000 cannot be greater than max_model_len=1024",
+                                  "type": "BadRequestError", "param": "max_tokens", "code": 400}}).encode()
+    err = response_error(400, {}, other)
+    assert (err.error_type, err.code, err.param) == ("invalid_request_error", "upstream_error", "max_tokens")
+    kept = json.dumps({"error": {"message": "no", "type": "invalid_request_error", "code": "model_not_found"}})
+    err = response_error(404, {}, kept.encode())
+    assert (err.status_code, err.error_type, err.code) == (404, "invalid_request_error", "model_not_found")
