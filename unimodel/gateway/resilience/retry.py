@@ -5,11 +5,13 @@ Every failure an engine raises before its first event falls in one :class:`Verdi
 * ``CLIENT`` — the request's own fault (a 400, a context too long, an upstream's 4xx about the request):
   raised at once, never retried, never sent elsewhere; the upstream did answer, so its breaker counts a
   success;
-* ``RETRY`` — transient: a connection refused or reset, a connect timeout, 502/503/504, an engine not ready.
+* ``RETRY`` — transient: a connection refused or reset, a connect timeout, 502/503/504.
   Retried on the same upstream after a backoff, then the next upstream; counted by the breaker;
-* ``THROTTLED`` — an upstream 429 (or a local queue that is full): retried after its ``Retry-After`` when that
-  is short enough, else the next upstream, else the 429 itself; not counted by the breaker (the upstream is
-  alive and asking for patience);
+* ``THROTTLED`` — an upstream 429, a local queue that is full, or our own engine saying it is not ready (vLLM
+  starting or restarting under its supervisor, a model loading): retried after its ``Retry-After`` when that
+  is short enough, else the next upstream, else the error itself; not counted by the breaker (the engine knows
+  its state and answers at once; counting it kept the circuit open for a cooldown after a restarted vLLM was
+  ready again, measured against real vLLM);
 * ``FAILOVER`` — this upstream failed in a way retrying it will not fix (an HTTP 500, a read timeout, no first
   token in time, a malformed stream, refused credentials, an engine bug): the next upstream; counted.
 
@@ -81,8 +83,8 @@ def classify(exc: BaseException) -> Verdict:
         return Verdict.RETRY if isinstance(exc.__cause__, aiohttp.ConnectionTimeoutError) else Verdict.FAILOVER
     if isinstance(exc, UpstreamError):
         return Verdict.RETRY if isinstance(exc.__cause__, _TRANSIENT_CAUSES) else Verdict.FAILOVER
-    if isinstance(exc, ServiceUnavailableError):
-        return Verdict.RETRY
+    if isinstance(exc, ServiceUnavailableError):  # our engine not ready (its own state) vs. e.g. a circuit open
+        return Verdict.THROTTLED if exc.code == ServiceUnavailableError.code else Verdict.RETRY
     if isinstance(exc, UnimodelError) and 400 <= exc.status_code < 500:
         return Verdict.CLIENT
     return Verdict.FAILOVER

@@ -41,7 +41,7 @@ def caused(exc: BaseException, cause: BaseException) -> BaseException:
     (UpstreamStatusError("too large", upstream_status=413), Verdict.CLIENT),
     (RateLimitError("slow down", retry_after=1), Verdict.THROTTLED),
     (OverloadedError("queue full", retry_after=1), Verdict.THROTTLED),
-    (ServiceUnavailableError("not ready", retry_after=1), Verdict.RETRY),
+    (ServiceUnavailableError("not ready", retry_after=1), Verdict.THROTTLED),  # our engine knows it is starting: not the breaker's
     (CircuitOpenError("open", retry_after=3), Verdict.RETRY),
     # connect or pool wait timed out: retry; a read timed out: the next upstream
     (caused(UpstreamTimeoutError("timed out"), aiohttp.ConnectionTimeoutError("c")), Verdict.RETRY),
