@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +15,7 @@ from tests.support.scripted_upstream import Script, ScriptedUpstream
 if TYPE_CHECKING:
     from tests.support.postgres_server import PostgresServer
     from tests.support.redis_server import RedisServer
+    from tests.support.vllm_server import VllmServers
 
 REASONING = "Let me think. 2 + 2 is 4, and [brackets] are fine."
 ANSWER = "The answer is 4. Ünïcödé and emoji 🎉 survive."
@@ -84,3 +87,38 @@ def postgres_server() -> Iterator["PostgresServer"]:
 
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def scripted_checkpoint(tiny_cache_dir: Path) -> Path:
+    """tiny-scripted (Mistral's native format, greedy output follows a script the prompt picks)."""
+    from unimodel.models import ensure_tiny_random
+
+    return ensure_tiny_random("tiny-scripted", tiny_cache_dir)
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(request: pytest.FixtureRequest, scripted_checkpoint: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator["VllmServers"]:
+    """Real vLLM (CPU build) serving tiny-scripted twice, started together once per session: ``parsed`` with
+    Mistral's reasoning and tool parsers (the recipe's flags), ``raw`` without (a stock engine)."""
+    from tests.support.vllm_server import (
+        SERVED_NAME, RunningVllm, VllmServer, VllmServers, mistral_flags, require_vllm)
+
+    if os.environ.get("UNIMODEL_VLLM_PARSED_URL") and os.environ.get("UNIMODEL_VLLM_RAW_URL"):
+        # to iterate on the tests: two vLLMs you started yourself as the fixture would (see the README)
+        yield VllmServers(parsed=RunningVllm(os.environ["UNIMODEL_VLLM_PARSED_URL"]),  # type: ignore[arg-type]
+                          raw=RunningVllm(os.environ["UNIMODEL_VLLM_RAW_URL"]))  # type: ignore[arg-type]
+        return
+    python = require_vllm()
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    parsed = VllmServer(python, mistral_flags(scripted_checkpoint, SERVED_NAME, parsers=True), logs / "parsed.log")
+    raw = VllmServer(python, mistral_flags(scripted_checkpoint, SERVED_NAME, parsers=False), logs / "raw.log")
+    parsed.start()
+    raw.start()
+    with parsed, raw:
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            print(f"\nvLLM servers ready: parsed in {parsed.startup_s:.0f}s, raw in {raw.startup_s:.0f}s (started "
+                  f"together)", flush=True)
+        yield VllmServers(parsed=parsed, raw=raw)

@@ -13,7 +13,8 @@ from tests.support.scripted_upstream import ScriptedUpstream
 from unimodel.config import Settings
 from unimodel.compose import build_engine
 
-ENGINES = ["upstream", "local"]
+#: "vllm" is real vLLM (tiny-scripted, Mistral parsers on) behind the upstream engine; it needs the vLLM venv
+ENGINES = ["upstream", "local", pytest.param("vllm", marks=[pytest.mark.vllm, pytest.mark.slow])]
 
 
 @dataclass
@@ -27,7 +28,14 @@ class Served:
 @pytest.fixture(scope="session", params=ENGINES)
 def served(request: pytest.FixtureRequest, scripted_upstream: ScriptedUpstream,
            tiny_cache_dir: Path) -> Iterator[Served]:
-    if request.param == "upstream":
+    if request.param == "vllm":
+        from tests.support.vllm_server import SERVED_NAME
+
+        vllm = request.getfixturevalue("vllm_servers").parsed
+        settings = Settings(engine="upstream", upstream=vllm.base_url)
+        with LiveServer(settings, build_engine(settings)) as server:
+            yield Served("vllm", server.base_url, SERVED_NAME, server)
+    elif request.param == "upstream":
         settings = Settings(engine="upstream", upstream=scripted_upstream.base_url)
         with LiveServer(settings, build_engine(settings)) as server:
             yield Served("upstream", server.base_url, "raw-think", server)

@@ -301,14 +301,14 @@ def test_params_use_only_the_keys_vllm_reads() -> None:
 
 def _vllm_package() -> Path | None:
     """vLLM's package directory: this venv's, else that of the vLLM venv (``$UNIMODEL_VLLM_PYTHON``, else
-    ``.venv-vllm`` at the repository root, else ``.vllm-venv`` beside it)."""
+    ``.venv-vllm`` at the repository root: ``bash .ci/vllm-venv`` makes it)."""
     spec = importlib.util.find_spec("vllm")
     if spec is not None and spec.origin:
         return Path(spec.origin).parent
     repo = Path(__file__).resolve().parents[3]
     explicit = os.environ.get("UNIMODEL_VLLM_PYTHON")
     venvs = [Path(explicit).parent.parent] if explicit else []
-    for venv in [*venvs, repo / ".venv-vllm", repo.parent / ".vllm-venv"]:
+    for venv in [*venvs, repo / ".venv-vllm"]:
         found = sorted(venv.glob("lib/python3*/site-packages/vllm"))
         if found:
             return found[-1]
@@ -321,7 +321,10 @@ def vllm_adapt(monkeypatch: pytest.MonkeyPatch) -> Any:
     package = _vllm_package()
     source = package / "transformers_utils" / "configs" / "mistral.py" if package else None
     if source is None or not source.is_file():
-        pytest.skip("no vLLM install to read transformers_utils/configs/mistral.py from")
+        reason = "no vLLM install to read transformers_utils/configs/mistral.py from"
+        if os.environ.get("UNIMODEL_REQUIRE_VLLM") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
     if importlib.util.find_spec("vllm") is None:
         stub = types.ModuleType("vllm")
         stub.__path__ = []  # type: ignore[attr-defined]
@@ -336,6 +339,7 @@ def vllm_adapt(monkeypatch: pytest.MonkeyPatch) -> Any:
     return module.adapt_config_dict
 
 
+@pytest.mark.vllm
 @pytest.mark.parametrize("rope", ROPE_VARIANTS.values(), ids=ROPE_VARIANTS.keys())
 def test_vllm_reads_params_as_the_same_model(vllm_adapt: Any, rope: dict[str, Any]) -> None:
     config = _config(rope_parameters=dict(rope), routed_scaling_factor=2.5, n_group=2, topk_group=2)
