@@ -130,7 +130,7 @@ def expected_difference(front: str, name: str, variant: str, stream: bool) -> Op
         # a call cut by max_tokens: vLLM's whole answer says "tool_calls" (its stream says "length"); our parser
         # says "length" both ways: the arguments are cut JSON, and a client must not run the call
         return "finish", "vLLM's whole answer calls a cut call finished; ours says length, as vLLM's stream does"
-    if raw and not stream and name in ("think", "think_tool", "long_think"):
+    if raw and not stream and name in ("think", "think_tool", "long_think") and variant != "high":
         # a stock vLLM reports no reasoning tokens, and a whole answer has no frames to count (one token a frame
         # when streamed, counted exactly): we estimate 4 characters a token. A request that asks to think
         # (reasoning_effort) is streamed from the upstream, so it is counted exactly
@@ -142,12 +142,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "cut": {"max_tokens": 7},  # plain: cut right after a character split across two byte tokens; tool: mid-call
     "stop": {"stop": [" table"]},  # plain: a stop string at the end of the answer
+    "high": {"reasoning_effort": "high"},  # the model is told to think ([MODEL_SETTINGS]); streamed upstream
 }
 
 
 def _cases() -> list[tuple[str, str]]:
     cases = [(s.name, "default") for s in SCRIPTS]
-    cases += [("plain", "cut"), ("plain", "stop"), ("tool", "cut"), ("think", "cut")]
+    cases += [("plain", "cut"), ("plain", "stop"), ("tool", "cut"), ("think", "cut"), ("think", "high"),
+              ("think_tool", "high"), ("long_think", "high")]
     return cases
 
 
@@ -196,3 +198,35 @@ def test_greedy_plain_chat_equals_vllm_through_every_mode(fronts: dict[str, str]
             got = answer(fronts[front], body, stream)
             assert got.content == reference.content == "Hello! Grüße 띧 café — the table is set", front
             assert "\ufffd" not in got.content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_thinking_budget_cuts_real_vllm_thinking_in_every_mode(fronts: dict[str, str], stream: bool) -> None:
+    """Our thinking budget (vLLM 0.32 ignores its own ``thinking_token_budget`` without a reasoning config): the
+    thinking is cut after 4 tokens ("ap", "ple", " ban", "ana"), the model is told the thinking ended, and the
+    script goes on to its answer."""
+    body = body_for("long_think", thinking_budget=4, reasoning_effort="high")
+    body.pop("tools")
+    for front, _, _ in FRONTS:
+        got = answer(fronts[front], body, stream)
+        assert (got.reasoning, got.content, got.finish) == ("apple banana", "Finally an answer", "stop"), front
+        assert got.reasoning_tokens == 4, front
+
+
+def test_chunk_shapes_follow_vllm_s(fronts: dict[str, str]) -> None:
+    """What a client relies on in vLLM's frames holds in ours: one id and model, a first frame with the
+    assistant role, one finish, and a last frame with ``choices: []`` and the usage. (The differences are ours
+    to have: vLLM's own fields — token_ids, stop_reason, prompt_token_ids, kv_transfer_params … — are not relayed;
+    a finish comes in a frame of its own; a call's name and its first arguments come in two frames.)"""
+    body = body_for("parallel")
+    for base in (fronts["vllm"], fronts["auto>parsed"], fronts["gateway>raw"]):
+        _, frames = streamed(base, body)
+        assert len({f["id"] for f in frames}) == 1 and {f["model"] for f in frames} == {SERVED_NAME}
+        assert {f["object"] for f in frames} == {"chat.completion.chunk"}
+        assert frames[0]["choices"][0]["delta"]["role"] == "assistant"
+        finishes = [c["finish_reason"] for f in frames for c in f["choices"] if c.get("finish_reason")]
+        assert finishes == ["tool_calls"], base
+        assert frames[-1]["choices"] == [] and frames[-1]["usage"]["completion_tokens"] > 0
+        starts = [tc for f in frames for c in f["choices"] for tc in c["delta"].get("tool_calls") or [] if "id" in tc]
+        assert [tc["function"]["name"] for tc in starts] == ["get_weather", "get_time"]
+        assert all(tc["type"] == "function" and tc["id"] for tc in starts)

@@ -131,10 +131,11 @@ def test_serve_launches_supervises_and_restarts_real_vllm(scripted_checkpoint: P
         except subprocess.TimeoutExpired:
             proc.kill()
             raise AssertionError("unimodel serve did not stop on SIGTERM") from None
-        tail = log.read_text(errors="replace")[-3000:]
+        full = log.read_text(errors="replace")
+        tail = full[-3000:]
     assert code in (0, -signal.SIGTERM), tail  # uvicorn re-raises the signal after draining
     deadline = time.monotonic() + 30
     while any(_group_alive(g) for g in pgids) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not any(_group_alive(g) for g in pgids), f"vLLM processes left behind:\n{tail}"
-    assert "restarting vLLM" in tail
+    assert "restarting vLLM" in full
