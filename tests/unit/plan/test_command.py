@@ -8,28 +8,14 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
-from unimodel.plan.command import register
+from tests.support.plan_cli import run_plan
 
 DONE_WHEN = ["--gpu", "h200", "--gpus", "2", "--weights", "fp8", "--max-model-len", "262144"]
 
 
-@pytest.fixture()
-def app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:  # a second command, so `plan` is a subcommand as in the real CLI
-        """Unused."""
-
-    return app
-
-
 def run(app: typer.Typer, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, ["plan", *args], env={"COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
-    return result.exit_code, result.stdout, result.stderr
+    return run_plan(app, *args, columns=200)
 
 
 def test_json_carries_the_figures(app: typer.Typer) -> None:

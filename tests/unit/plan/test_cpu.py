@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
-from unimodel.plan.command import register
+from tests.support.plan_cli import run_plan
 from unimodel.plan.cpu import avx512_missing, cpu_flags, make_cpu_plan
 from unimodel.plan.launch import VLLM_MODULE_COMMAND, model_args
 from unimodel.plan.planner import make_plan
@@ -92,21 +91,8 @@ def test_cpu_flags_come_from_the_first_processor(tmp_path: Path) -> None:
     assert cpu_flags(cpuinfo) is None
 
 
-@pytest.fixture()
-def app() -> typer.Typer:
-    app = typer.Typer()
-    register(app)
-
-    @app.command()
-    def other() -> None:  # a second command, so `plan` is a subcommand as in the real CLI
-        """Unused."""
-
-    return app
-
-
 def run(app: typer.Typer, *args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, ["plan", *args], env={"COLUMNS": "400", "HF_HUB_OFFLINE": "1"})
-    return result.exit_code, result.stdout, result.stderr
+    return run_plan(app, *args, columns=400)
 
 
 def test_plan_gpu_cpu_prints_what_to_run(app: typer.Typer) -> None:
