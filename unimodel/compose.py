@@ -169,7 +169,7 @@ def build_engine(settings: Settings) -> Engine:
         gpu=settings.vllm_gpu, gpus=settings.vllm_gpus, weights=settings.vllm_weights,
         kv_cache=settings.vllm_kv_cache, max_model_len=settings.max_model_len, args=tuple(settings.vllm_args),
         port=settings.vllm_port, command=tuple(shell_words(settings.vllm_command)),
-        cpu_kv_gib=settings.vllm_cpu_kv_gib), upstream_options(settings))
+        cpu_kv_gib=settings.vllm_cpu_kv_gib, cache_dir=settings.cache_dir), upstream_options(settings))
 
 
 def build_engines(settings: Settings, primary: Optional[Engine] = None) -> EngineSet:

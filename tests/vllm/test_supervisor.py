@@ -87,7 +87,7 @@ def _wait_answer(base: str, proc: "subprocess.Popen[bytes]", timeout_s: float) -
     raise AssertionError(f"no answer in {timeout_s:.0f}s")
 
 
-def test_serve_launches_supervises_and_restarts_real_vllm(scripted_checkpoint: Path, tmp_path: Path) -> None:
+def test_serve_launches_supervises_and_restarts_real_vllm(tiny_cache_dir: Path, tmp_path: Path) -> None:
     python = require_vllm()
     port = free_port()
     base = f"http://127.0.0.1:{port}/v1"
@@ -95,8 +95,8 @@ def test_serve_launches_supervises_and_restarts_real_vllm(scripted_checkpoint: P
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "unimodel.cli", "serve", "--engine", "vllm", "--model", str(scripted_checkpoint),
-             "--served-model-name", SERVED, "--vllm-gpu", "cpu", "--max-model-len", "1024",
+            [sys.executable, "-m", "unimodel.cli", "serve", "--engine", "vllm", "--model", SERVED,
+             "--cache-dir", str(tiny_cache_dir), "--vllm-gpu", "cpu", "--max-model-len", "1024",
              "--vllm-command", f"{python} -m vllm.entrypoints.openai.api_server", "--port", str(port)],
             stdout=out, stderr=subprocess.STDOUT, env=env)
     pgids: set[int] = set()

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import socket
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Optional
 
 from unimodel.engines.base import Engine
@@ -80,6 +81,7 @@ def vllm_engine(options: VllmOptions, upstream: UpstreamOptions) -> Engine:
     command = list(options.command)
     check_vllm_command(command)
     served = options.served_model_name or options.model
+    options = replace(options, model=_checkpoint_for_vllm(options))
     port = options.port if options.port is not None else _free_port()
     if is_cpu(options.gpu):
         planned, env = _cpu_command(options, command, served, port)
@@ -88,6 +90,20 @@ def vllm_engine(options: VllmOptions, upstream: UpstreamOptions) -> Engine:
     argv = planned[:len(command)] + merge_args(planned[len(command):], options.args)
     return VllmEngine(argv, port=port, served_model_name=served, env=env,
                       upstream=upstream_engine(upstream, f"http://127.0.0.1:{port}/v1", served_model_name=served))
+
+
+def _checkpoint_for_vllm(options: VllmOptions) -> str:
+    """The model vLLM is given: a built test checkpoint's directory for its name (built on first use), else the
+    model as configured."""
+    from unimodel.models.tiny_random import NATIVE_NAMES, ensure_tiny_random, is_tiny_random
+
+    if not is_tiny_random(options.model):
+        return options.model
+    if options.model not in NATIVE_NAMES:
+        raise ConfigError(f"--engine vllm cannot serve {options.model} (a transformers-format checkpoint whose "
+                          f"attention vLLM's CPU kernel does not take); use {' or '.join(NATIVE_NAMES)}, built in "
+                          "Mistral's native format for vLLM")
+    return str(ensure_tiny_random(options.model, options.cache_dir))
 
 
 def check_vllm_command(command: Sequence[str]) -> None:

@@ -65,3 +65,4 @@ class VllmOptions:
     port: Optional[int] = None  # the child's loopback port; None: a free one
     command: tuple[str, ...] = ("vllm", "serve")  # the model and the flags follow it
     cpu_kv_gib: int = 1  # gpu "cpu": the KV cache in GiB (VLLM_CPU_KVCACHE_SPACE)
+    cache_dir: Optional[Path] = None  # where a built test checkpoint (tiny-scripted, tiny-random-native) lives

@@ -39,6 +39,7 @@ CHECKPOINTS = {"fp8": "mistralai/Mistral-Small-4-119B-2603",
                "nvfp4": "mistralai/Mistral-Small-4-119B-2603-NVFP4"}
 _MISTRAL_NAMES = ("mistral", "magistral", "devstral", "ministral", "pixtral", "codestral")
 _THINKERS = ("mistral-small-4", "magistral")
+_TEKKEN_MAX_BYTES = 64 << 20
 #: pre-quantized checkpoints need no --quantization flag: vLLM reads the method from the checkpoint
 _PREQUANTIZED = {("mistral-small-4", "fp8"), ("mistral-small-4", "nvfp4")}
 
@@ -133,9 +134,25 @@ def mistral_flags(model: str) -> list[str]:
     if not is_mistral(model):
         return []
     argv = ["--tokenizer-mode", "mistral", "--config-format", "mistral", "--load-format", "mistral"]
-    if any(t in model.lower() for t in _THINKERS):
+    if thinks(model):
         argv += ["--reasoning-parser", "mistral"]
     return argv + ["--tool-call-parser", "mistral", "--enable-auto-tool-choice"]
+
+
+def thinks(model: str) -> bool:
+    """A Mistral model that thinks: one of the known thinkers by name, or a checkpoint directory whose tekken
+    tokenizer has the ``[THINK]`` token (v13+: Magistral, Small 4, and our tiny v15 checkpoints)."""
+    if any(t in model.lower() for t in _THINKERS):
+        return True
+    tekken = Path(model).expanduser() / "tekken.json"
+    if model in BUILTIN or not tekken.is_file():
+        return False
+    try:
+        with tekken.open("rb") as f:  # ~15-20 MB for a 131k vocabulary; read once, at start-up
+            data = f.read(_TEKKEN_MAX_BYTES)
+    except OSError:
+        return False
+    return b'"[THINK]"' in data
 
 
 def vllm_argv(spec: ModelSpec, sizing: Sizing, model: str, *, served_model_name: Optional[str] = None,
@@ -165,7 +182,7 @@ def sglang_argv(spec: ModelSpec, sizing: Sizing, model: str, *, served_model_nam
             "--tp", str(sizing.gpus), "--context-length", str(sizing.max_model_len),
             "--mem-fraction-static", str(sizing.utilization)]
     if is_mistral(model):
-        if any(t in model.lower() for t in _THINKERS):
+        if thinks(model):
             argv += ["--reasoning-parser", "mistral"]
         argv += ["--tool-call-parser", "mistral"]
     if sizing.kv_dtype == "fp8":

@@ -202,3 +202,18 @@ def test_the_default_command_is_vllm_serve(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
     engine = launched(monkeypatch, "--vllm-gpu", "h200", "--vllm-gpus", "2", "--max-model-len", "65536")
     assert engine.argv[:3] == ["vllm", "serve", "mistralai/Mistral-Small-4-119B-2603"] and engine.env is None
+
+
+def test_a_built_test_checkpoint_is_served_by_name(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   cpuinfo: Callable[[str], Path], vllm_python: Path) -> None:
+    """`--model tiny-scripted` builds the checkpoint (Mistral's native format) into the cache and hands vLLM its
+    directory under the name; its v15 tokenizer thinks, so vLLM gets the reasoning parser too."""
+    engine = launched(monkeypatch, "--model", "tiny-scripted", "--cache-dir", str(tmp_path), "--vllm-gpu", "cpu",
+                      "--vllm-command", module_command(vllm_python))
+    model = Path(flag(engine.argv, "--model"))
+    assert model.parent == tmp_path and (model / "params.json").is_file()
+    assert flag(engine.argv, "--served-model-name") == "tiny-scripted"
+    assert flag(engine.argv, "--reasoning-parser") == "mistral"
+    with pytest.raises(ConfigError, match="use tiny-random-native or tiny-scripted"):
+        launched(monkeypatch, "--model", "tiny-random", "--cache-dir", str(tmp_path), "--vllm-gpu", "cpu",
+                 "--vllm-command", module_command(vllm_python))
