@@ -161,11 +161,11 @@ def test_failures_are_counted_with_their_error_type(served: Served) -> None:
     assert served.statuses == {"over the quota": 429, "upstream 400": 400, "unknown model": 404,
                                "unknown route": 400, "wrong key": 401}
     m = served.scrape
-    # the upstream's own error code ("400") is not one of ours: the conventions' _OTHER
+    # the upstream's prompt-too-long answer (vLLM's words) is ours: context_length_exceeded
     assert m.value("unimodel_requests_total", key_name=KEY_2, model="fails-400", status="400",
-                   error_type=OTHER_ERROR) == 1
+                   error_type="context_length_exceeded") == 1
     assert m.value("gen_ai_server_request_duration_seconds_count", gen_ai_request_model="fails-400",
-                   error_type=OTHER_ERROR) == 1
+                   error_type="context_length_exceeded") == 1
     assert m.value("unimodel_requests_total", key_name=KEY_2, model="", status="404",
                    error_type="model_not_found") == 1
     assert m.value("unimodel_requests_total", key_name=KEY_2, route="", status="400",
