@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import httpx
@@ -29,9 +30,10 @@ TOOLS = [{"type": "function", "function": {"name": name, "description": f"{name}
                                            "parameters": {"type": "object",
                                                           "properties": {"city": {"type": "string"}}}}}
          for name in ("get_weather", "get_time", "lookup")]
-#: (front name, parse mode, which vLLM it is in front of)
+#: (front name, parse mode, which vLLM it is in front of); "local" is our embedded engine on the same checkpoint
 FRONTS = [("upstream>parsed", "upstream", "parsed"), ("auto>parsed", "auto", "parsed"),
-          ("gateway>parsed", "gateway", "parsed"), ("gateway>raw", "gateway", "raw"), ("auto>raw", "auto", "raw")]
+          ("gateway>parsed", "gateway", "parsed"), ("gateway>raw", "gateway", "raw"), ("auto>raw", "auto", "raw"),
+          ("local", "", "")]
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,19 @@ class Answer:
 
 
 @pytest.fixture(scope="module")
-def fronts(vllm_servers: VllmServers) -> Iterator[dict[str, str]]:
-    """unimodel (the upstream engine) in front of each vLLM, one server per parse mode."""
+def fronts(vllm_servers: VllmServers, scripted_checkpoint: Path) -> Iterator[dict[str, str]]:
+    """unimodel (the upstream engine) in front of each vLLM, one server per parse mode; and our embedded engine
+    on the same files, served under vLLM's name."""
     servers: list[LiveServer] = []
     urls: dict[str, str] = {}
     try:
         for name, mode, which in FRONTS:
-            upstream = getattr(vllm_servers, which).base_url
-            settings = Settings(engine="upstream", upstream=upstream, upstream_parse=mode)
+            if name == "local":
+                settings = Settings(engine="local", model=str(scripted_checkpoint), served_model_name=SERVED_NAME,
+                                    device="cpu", dtype="float32", max_num_seqs=4)
+            else:
+                upstream = getattr(vllm_servers, which).base_url
+                settings = Settings(engine="upstream", upstream=upstream, upstream_parse=mode)
             server = LiveServer(settings, build_engine(settings))
             server.__enter__()
             servers.append(server)
@@ -121,12 +128,13 @@ def answer(base_url: str, body: dict[str, Any], stream: bool) -> Answer:
 def expected_difference(front: str, name: str, variant: str, stream: bool) -> Optional[tuple[str, str]]:
     """A difference from vLLM's own answer that stays: (the field, why), or None."""
     raw = front.endswith(">raw")
-    if raw and name == "after_call" and variant == "default":
+    unconstrained = raw or front == "local"  # no tool grammar for tool_choice auto (ours asks for none either)
+    if unconstrained and name == "after_call" and variant == "default":
         # vLLM's Mistral tool parser constrains decoding with mistral_common's grammar (after a call only another
         # call or the end), so with its parsers on the model never writes the " Done, see above" it writes
         # unconstrained. A stock vLLM lets it; vLLM and our parser both drop text after a call, but it is counted.
         return "completion_tokens", "vLLM's tool grammar stops the model after the call; a stock vLLM does not"
-    if raw and name == "tool" and variant == "cut" and not stream:
+    if unconstrained and name == "tool" and variant == "cut" and not stream:
         # a call cut by max_tokens: vLLM's whole answer says "tool_calls" (its stream says "length"); our parser
         # says "length" both ways: the arguments are cut JSON, and a client must not run the call
         return "finish", "vLLM's whole answer calls a cut call finished; ours says length, as vLLM's stream does"
