@@ -54,6 +54,10 @@ def _plans() -> list[tuple[str, list[str]]]:
         except ValueError:
             continue  # a combination the planner refuses (e.g. FP4 on a GPU without it) prints no command
         out.append((f"{model} {gpu}x{gpus} {weights} kv={kv}", list(plan.vllm)))
+    # the options a user adds: the attention backends vLLM's recipe for Small 4 pinned, a batch size
+    for backend in ("FLASH_ATTN_MLA", "TRITON_MLA"):
+        plan = make_plan("mistral-small-4", "h200", 2, "fp8", "fp8", attention_backend=backend, max_num_seqs=64)
+        out.append((f"mistral-small-4 --attention-backend {backend}", list(plan.vllm)))
     return out
 
 
