@@ -102,6 +102,7 @@ def test_serve_launches_supervises_and_restarts_real_vllm(tiny_cache_dir: Path, 
     pgids: set[int] = set()
     try:
         first = _wait_answer(base, proc, START_TIMEOUT_S)
+        assert httpx.get(base.removesuffix("/v1") + "/ready", timeout=10).status_code == 200
         message = first.json()["choices"][0]["message"]
         assert (message["reasoning"], message["content"]) == ("Let me think about it.", "Sunny and mild today")
         child = _vllm_child(proc.pid)
@@ -115,6 +116,7 @@ def test_serve_launches_supervises_and_restarts_real_vllm(tiny_cache_dir: Path, 
             if resp.status_code == 503:
                 assert resp.headers.get("retry-after"), resp.headers
                 assert resp.json()["error"]["type"] == "service_unavailable"
+                assert httpx.get(base.removesuffix("/v1") + "/ready", timeout=10).status_code == 503
                 break
             assert time.monotonic() < deadline, f"no 503 after vLLM died: {resp.status_code} {resp.text}"
             time.sleep(0.2)
