@@ -58,3 +58,15 @@ def test_the_vllm_metrics_we_document_exist(vllm_servers: VllmServers) -> None:
     for name in ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
                  "vllm:generation_tokens_total", "vllm:num_preemptions_total"):
         assert name in names, name
+
+
+def test_a_developer_message_works_through_us_where_vllm_alone_refuses_it(front: str,
+                                                                          vllm_servers: VllmServers) -> None:
+    """Codex CLI sends its instructions as a ``developer`` message; vLLM with Mistral's tokenizer refuses the role,
+    we send it as the system prompt it stands for."""
+    body = {"model": SERVED_NAME, "temperature": 0, "max_tokens": 8,
+            "messages": [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]}
+    direct = httpx.post(vllm_servers.parsed.base_url + "/chat/completions", json=body, timeout=60)
+    assert direct.status_code == 400 and "developer" in direct.text
+    resp = httpx.post(front + "/chat/completions", json=body, timeout=60)
+    assert resp.status_code == 200, resp.text

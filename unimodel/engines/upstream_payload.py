@@ -27,7 +27,7 @@ def build_payload(request: GenerationRequest, model: str, *, raw_output: bool = 
     ``raw_output_fields``, where the operator's ``upstream_extra_fields`` do not set them) and normalise earlier
     thinking in the history; off for upstreams that parse themselves (hosted APIs get the messages untouched).
     ``continue_from``: an assistant prefix to continue (the thinking cut at its budget)."""
-    messages = [m.model_dump(mode="json", exclude_none=True, by_alias=True) for m in request.messages]
+    messages = [_system_role(m.model_dump(mode="json", exclude_none=True, by_alias=True)) for m in request.messages]
     if raw_output:  # hosted APIs get the client's messages untouched
         messages = [_normalise_history(m) for m in messages]
     payload: dict[str, Any] = dict(request.sampling.upstream_extra)
@@ -112,6 +112,13 @@ def _merged_prefix(prefill: dict[str, Any], more: dict[str, Any]) -> dict[str, A
     else:
         content = (content or "") + extra
     return {**prefill, **{k: v for k, v in more.items() if k not in ("role", "content")}, "content": content}
+
+
+def _system_role(message: dict[str, Any]) -> dict[str, Any]:
+    """``developer`` goes out as ``system``: OpenAI defines it as the system role for models that do not know it,
+    and Mistral's tokenizer does not (vLLM answers 400 "Unknown message role: developer"; Codex CLI sends its
+    instructions so). OpenAI's own API takes ``system`` for every model, so nothing is lost upstream."""
+    return {**message, "role": "system"} if message.get("role") == "developer" else message
 
 
 def _normalise_history(message: dict[str, Any]) -> dict[str, Any]:

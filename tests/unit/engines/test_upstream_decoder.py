@@ -196,3 +196,15 @@ def test_vllm_error_vocabulary_becomes_openai_s() -> None:
     kept = json.dumps({"error": {"message": "no", "type": "invalid_request_error", "code": "model_not_found"}})
     err = response_error(404, {}, kept.encode())
     assert (err.status_code, err.error_type, err.code) == (404, "invalid_request_error", "model_not_found")
+
+
+@pytest.mark.parametrize("mode", ["upstream", "auto", "gateway"])
+def test_a_developer_message_goes_upstream_as_system(mode: str) -> None:
+    """Mistral's tokenizer knows no ``developer`` role (vLLM: 400 "Unknown message role: developer")."""
+    from unimodel.engines.upstream_payload import build_payload
+
+    request = gen_request("chatcmpl-1", "m", {"model": "m", "messages": [
+        {"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]})
+    payload = build_payload(request, "m", raw_output=mode != "upstream")
+    assert [m["role"] for m in payload["messages"]] == ["system", "user"]
+    assert payload["messages"][0]["content"] == "Be brief."
