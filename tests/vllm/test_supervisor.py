@@ -9,61 +9,44 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.vllm_server import START_TIMEOUT_S, free_port, require_vllm
+from tests.support.live_server import free_port
+from tests.support.vllm_server import START_TIMEOUT_S, require_vllm
 from unimodel.models.scripted import script
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 SERVED = "tiny-scripted"
 
 
-def _children(pid: int) -> list[int]:
-    """The direct children of ``pid`` (from /proc)."""
-    out = []
+def _processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live process, from /proc (zombies left out)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
+                state, ppid, pgid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:3]
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+            if state != "Z":
+                yield int(entry.name), int(ppid), int(pgid)
 
 
 def _vllm_child(serve_pid: int) -> int:
-    for pid in _children(serve_pid):
+    for pid, ppid, _ in _processes():
         try:
-            if b"vllm.entrypoints" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if ppid == serve_pid and b"vllm.entrypoints" in Path(f"/proc/{pid}/cmdline").read_bytes():
                 return pid
         except OSError:
             pass
     raise AssertionError("no vLLM child")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _group_alive(pgid: int) -> list[int]:
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                alive.append(int(entry.name))
-    return alive
+    return [pid for pid, _, group in _processes() if group == pgid]
 
 
 def _chat(base: str) -> httpx.Response:

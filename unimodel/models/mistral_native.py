@@ -177,19 +177,19 @@ def _yarn_params(rp: dict[str, Any]) -> dict[str, Any]:
     if attention_factor is not None:
         cos_scale = float(attention_factor)
     elif mscale and mscale_all_dim:
-        cos_scale = _mscale(factor, mscale) / _mscale(factor, mscale_all_dim)
+        cos_scale = yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
     else:
-        cos_scale = _mscale(factor, 1.0)
-    softmax_scale = _mscale(factor, mscale_all_dim) ** 2 if mscale_all_dim else 1.0
+        cos_scale = yarn_mscale(factor, 1.0)
+    softmax_scale = yarn_mscale(factor, mscale_all_dim) ** 2 if mscale_all_dim else 1.0
     yarn: dict[str, Any] = {
         "factor": factor, "original_max_position_embeddings": int(rp["original_max_position_embeddings"]),
         "beta": float(rp.get("beta_fast") or 32.0), "alpha": float(rp.get("beta_slow") or 1.0),
     }
     _require(math.isclose(cos_scale, 1.0), "yarn scales cos/sin: vLLM's native yarn never does")
-    if math.isclose(softmax_scale, 1.0) and not math.isclose(_mscale(factor, 1.0), 1.0):
+    if math.isclose(softmax_scale, 1.0) and not math.isclose(yarn_mscale(factor, 1.0), 1.0):
         yarn["apply_scale"] = False
     else:
-        _require(math.isclose(softmax_scale, _mscale(factor, 1.0) ** 2),
+        _require(math.isclose(softmax_scale, yarn_mscale(factor, 1.0) ** 2),
                  "yarn mscale_all_dim other than 1: vLLM's native yarn fixes it at 1")
     return yarn
 
@@ -423,7 +423,8 @@ def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 
 
-def _mscale(factor: float, mscale: float) -> float:
+def yarn_mscale(factor: float, mscale: float) -> float:
+    """Yarn's attention scale for a context ``factor`` (DeepSeek's ``yarn_get_mscale``; 1 without scaling)."""
     return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 

@@ -245,12 +245,11 @@ def scripted_state_dict(config: Any, compiled: CompiledScripts, *, seed: int) ->
 
 def _softmax_scale(config: Any) -> float:
     """The attention's softmax scale: 1/sqrt(q·k head dim), times yarn's mscale² (as both engines compute it)."""
-    import math
+    from unimodel.models.mistral_native import yarn_mscale
 
     scale = (config.qk_nope_head_dim + config.qk_rope_head_dim) ** -0.5
     rope = getattr(config, "rope_parameters", None) or {}
-    factor, all_dim = rope.get("factor"), rope.get("mscale_all_dim")
-    if rope.get("rope_type", rope.get("type")) == "yarn" and factor and all_dim and factor > 1:
-        mscale = 0.1 * all_dim * math.log(factor) + 1.0
-        scale *= mscale * mscale
+    all_dim = rope.get("mscale_all_dim")
+    if rope.get("rope_type", rope.get("type")) == "yarn" and all_dim:
+        scale *= yarn_mscale(float(rope.get("factor") or 1.0), float(all_dim)) ** 2
     return scale
