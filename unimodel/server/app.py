@@ -38,6 +38,7 @@ from unimodel.server.routes import metrics as metrics_route
 from unimodel.service.chat import ChatService
 from unimodel.service.observer import Observer, Observers
 from unimodel.service.pipeline import Pipeline
+from unimodel.service.shape import CHAT
 from unimodel.telemetry.metrics_gauges import ServingCollector
 
 log = logging.getLogger("unimodel.server")
@@ -123,7 +124,7 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
     app.state.models_pipeline = Pipeline([auth])
     app.state.state_access = StateAccess(auth.ring, parts.admin_key)  # who sees /ready's details
     errors.install(app)
-    app.router.add_route(chat.PATH, chat.ChatCompletionsEndpoint(), methods=["POST"], include_in_schema=False)
+    app.router.add_route(chat.PATH, chat.ApiEndpoint(CHAT), methods=["POST"], include_in_schema=False)
     app.include_router(meta.router)
     if parts.metrics is not None:
         app.include_router(metrics_route.router)

@@ -34,13 +34,7 @@ from unimodel.protocol.events import (
     close_events,
 )
 from unimodel.protocol.openai import ChatCompletion
-from unimodel.protocol.sse import DONE, frame
-from unimodel.service.assemble import (
-    ChunkEncoder,
-    CompletionBuilder,
-    merge_deltas,
-    reasoning_header,
-)
+from unimodel.service.assemble import CompletionBuilder, merge_deltas, reasoning_header
 from unimodel.service.ending import run_to_end
 from unimodel.service.observer import Observers
 from unimodel.service.pipeline import Call, Pipeline, Stage, StageState
@@ -113,7 +107,8 @@ class ChatService:
         return PreparedChat(call, entered, events, first)
 
     async def complete(self, prepared: PreparedChat) -> dict[str, Any]:
-        """The whole response body (with ``unimodel_reasoning``); headers are in ``call.response_headers``."""
+        """The whole response body in the call's shape (a chat completion has ``unimodel_reasoning``); headers
+        are in ``call.response_headers``."""
         call, request = prepared.call, prepared.call.require_engine_request()
         builder = CompletionBuilder(include_reasoning=request.include_reasoning)
         error: Optional[BaseException] = None
@@ -135,57 +130,57 @@ class ChatService:
         completion: ChatCompletion = builder.completion(request.completion_id, request.served_model, call.created)
         body = completion.model_dump(mode="json")
         body["unimodel_reasoning"] = report
-        return body
+        answer = call.shape.body(body, call)
+        await call.shape.finished(call, answer)
+        return answer
 
     async def stream(self, prepared: PreparedChat) -> AsyncGenerator[bytes, None]:
-        """SSE frames to ``[DONE]``; a failure mid-stream ends it with an error frame, never a hang.
+        """The answer's stream in the call's shape (SSE frames to ``[DONE]`` for chat); a failure mid-stream
+        ends it with the shape's error, never a hang.
 
         Each yielded ``bytes`` is meant as one body write: the events up to each
         :class:`~unimodel.protocol.events.Flush` (every engine yields one wherever it is about to wait, whichever
         engine streams: the primary or a fallback) go out together, adjacent deltas merged into one chunk; the
-        first event goes out at once, with the role. What is left when the engine stops (the finish and usage
-        frames, or an error frame) goes out with ``[DONE]`` in the last write, once the request has ended, so
-        the last write always ends with :data:`DONE`."""
-        call, request = prepared.call, prepared.call.require_engine_request()
-        wire = call.client_request
-        encoder = ChunkEncoder(request.completion_id, request.served_model,
-                               include_reasoning=request.include_reasoning,
-                               include_usage=bool(wire and wire.wants_usage_in_stream),
-                               applied=_applied(call), created=call.created)
+        first event goes out at once, with the stream's preamble. What is left when the engine stops (the
+        finish and usage, or the error) goes out in the last write, once the request has ended
+        (``prepared.ended`` is then true: the server ends the body with that write)."""
+        call = prepared.call
+        writer = call.shape.stream_writer(call)
         held: list[Event] = []  # events waiting for a Flush
         error: Optional[BaseException] = None
-        tail = b""  # the frames that go out with [DONE]
+        failure: Optional[UnimodelError] = None  # what the stream's error frame says
         events = prepared.events
         assert events is not None  # None only for a request that failed in prepare
         try:
-            opening = [frame(encoder.first())]
-            for event in prepared.first:
-                opening.extend(frame(c) for c in encoder.encode(event))
-            yield b"".join(opening)
+            yield writer.opening(prepared.first)
             async for event in events:
                 if isinstance(event, Flush):
                     if held:
-                        yield _encoded(encoder, merge_deltas(held))
+                        yield writer.write(merge_deltas(held))
                         held.clear()
                     continue
                 self._track(call, event)
                 held.append(event)
-            tail = _encoded(encoder, merge_deltas(held))
         except UnimodelError as exc:
-            error = exc
+            error = failure = exc
             log.warning("stream %s failed: %s", call.ctx.request_id, exc.message)
-            tail = _encoded(encoder, merge_deltas(held)) + frame(exc.to_dict())
         except Exception as exc:
             error = exc
+            failure = UnimodelError("The server had an internal error; it is logged.")
             log.exception("stream %s failed", call.ctx.request_id)
-            tail = _encoded(encoder, merge_deltas(held)) + frame(
-                UnimodelError("The server had an internal error; it is logged.").to_dict())
         except BaseException as exc:  # cancelled or closed: the client left
             error = exc
             raise
         finally:
             await self._end(prepared, error)
-        yield tail + DONE
+        tail = writer.closing(merge_deltas(held), failure)
+        result = writer.result()
+        if result is not None:
+            try:
+                await call.shape.finished(call, result)
+            except Exception:  # the answer is complete and owed to the client: a shape's bookkeeping is not
+                log.exception("the %s shape failed to finish %s", call.shape.name, call.ctx.request_id)
+        yield tail
 
     async def abandon(self, prepared: PreparedChat) -> None:
         """End a prepared request that will never be read (its client left before the response started);
@@ -328,10 +323,6 @@ def _applied(call: Call) -> AppliedReasoning:
         request = call.require_engine_request()
         call.ctx.reasoning = AppliedReasoning(request.effort, request.model_effort, request.thinking_budget)
     return call.ctx.reasoning
-
-
-def _encoded(encoder: ChunkEncoder, events: list[Event]) -> bytes:
-    return b"".join([frame(c) for e in events for c in encoder.encode(e)])
 
 
 def _capture_text(call: Call, limit: int) -> None:

@@ -1,4 +1,4 @@
-"""Body → :class:`ChatCompletionRequest`, refusing what would hurt the server before pydantic sees it.
+"""Body → JSON object → :class:`ChatCompletionRequest` (by the call's API shape, ``service/shape.py``), refusing what would hurt the server before pydantic sees it.
 
 Checks no library makes for us, each a 400 naming the place: JSON nested deeper than ``max_depth`` (5,000
 levels made the decoder raise ``RecursionError``, a 500), strings holding a lone UTF-16 surrogate such as
@@ -34,6 +34,15 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_chat_body(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> ChatCompletionRequest:
+    data = parse_json_object(body, max_depth)
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise validation_to_error(exc) from None
+
+
+def parse_json_object(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> dict[str, Any]:
+    """The body as a JSON object, refused (400) if it is not one, nests too deep or holds lone surrogates."""
     try:
         data = json.loads(body)
     except RecursionError:
@@ -45,10 +54,7 @@ def parse_chat_body(body: bytes, max_depth: int = DEFAULT_MAX_JSON_DEPTH) -> Cha
     check_json_depth(data, max_depth)
     if _SURROGATE_ESCAPE.search(body):
         check_no_lone_surrogates(data)
-    try:
-        return ChatCompletionRequest.model_validate(data)
-    except ValidationError as exc:
-        raise validation_to_error(exc) from None
+    return data
 
 
 def check_json_content_type(content_type: Optional[str], untyped_ok: bool) -> None:
@@ -126,6 +132,7 @@ class ParseStage(Stage):
     async def enter(self, call: Call) -> None:
         if self.json_only:  # before the body is read: a refused request never buffers one
             check_json_content_type(call.headers.get("content-type"), self.untyped_ok)
-        request = call.client_request = parse_chat_body(await call.read_body(), self.max_depth)
+        data = parse_json_object(await call.read_body(), self.max_depth)
+        request = call.client_request = await call.shape.to_chat(data, call)
         call.ctx.stream = request.stream
         call.ctx.user = request.user

@@ -32,6 +32,7 @@ from unimodel.protocol.events import Event
 from unimodel.protocol.openai import ChatCompletionRequest
 from unimodel.service.context import RequestContext, RouteChoice
 from unimodel.service.ending import run_to_end
+from unimodel.service.shape import CHAT, ApiShape
 
 log = logging.getLogger("unimodel.pipeline")
 
@@ -66,7 +67,8 @@ class Call:
     stage calls it, so a refusal by an earlier stage never buffers a body). ``client_request`` is what the
     client sent, parsed (set by the parse stage; the route stage may rewrite its defaults); ``engine_request``
     is what the engine gets (set by the validate stage; later stages may replace it). ``route`` is the route
-    taken (route stage). ``response_headers`` collects headers stages want on the response. ``created`` is the
+    taken (route stage). ``shape`` is the API shape the request came in (``service/shape.py``): the parse stage
+asks it for the chat request, the service for the answer's form. ``response_headers`` collects headers stages want on the response. ``created`` is the
     response's ``created`` (Unix seconds): set by the service when generation starts, unless a stage set it
     first (an idempotent replay keeps the original response's). A stage's own state goes in a
     :class:`StageState` of its own (:meth:`put`, :meth:`get`, :meth:`pop`).
@@ -78,6 +80,7 @@ class Call:
     client_request: Optional[ChatCompletionRequest] = None
     engine_request: Optional[GenerationRequest] = None
     route: Optional[RouteChoice] = None
+    shape: ApiShape = CHAT
     response_headers: dict[str, str] = field(default_factory=dict)
     created: Optional[int] = None
     _stage_state: dict[StageState[Any], Any] = field(default_factory=dict)

@@ -14,7 +14,7 @@ from tests.support.fake_engine import InMemoryEngine
 from unimodel.engines.base import GenerationRequest
 from unimodel.gateway.auth import ApiKeyAuth
 from unimodel.protocol.events import ContentDelta, Event, Finish
-from unimodel.server.routes.chat import ChatCompletionsEndpoint
+from unimodel.server.routes.chat import ApiEndpoint
 from unimodel.service.chat import ChatService
 from unimodel.service.context import RequestContext
 from unimodel.service.observer import Observers
@@ -76,7 +76,7 @@ async def run(client: Client, headers: list[tuple[bytes, bytes]]) -> Seen:
     pipeline = Pipeline([ApiKeyAuth(["sk-x"]), ParseStage(), ValidateStage(engine.models)])
     service = ChatService(engine, pipeline, Observers([seen]))
     scope = {"type": "http", "app": SimpleNamespace(state=SimpleNamespace(chat=service)), "headers": headers}
-    await asyncio.wait_for(ChatCompletionsEndpoint()(scope, client.receive, client.send), 10)
+    await asyncio.wait_for(ApiEndpoint()(scope, client.receive, client.send), 10)
     assert service.in_flight == 0
     return seen
 

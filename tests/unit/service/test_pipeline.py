@@ -234,7 +234,7 @@ async def test_a_prepared_stream_never_written_still_ends_once() -> None:
     import json
     from types import SimpleNamespace
 
-    from unimodel.server.routes.chat import ChatCompletionsEndpoint
+    from unimodel.server.routes.chat import ApiEndpoint
 
     log: list[str] = []
     engine = ScriptedEngine()
@@ -253,7 +253,7 @@ async def test_a_prepared_stream_never_written_still_ends_once() -> None:
     scope = {"type": "http", "app": SimpleNamespace(state=SimpleNamespace(chat=service)),
              "headers": [(b"content-type", b"application/json")]}
     with pytest.raises(OSError):
-        await asyncio.wait_for(ChatCompletionsEndpoint()(scope, receive, send), 10)
+        await asyncio.wait_for(ApiEndpoint()(scope, receive, send), 10)
     assert engine.closed == 1 and log[-1].startswith("exit a ")
     assert [c.status for c in seen.contexts] == [499]
     assert len(seen.contexts) == 1 and service.in_flight == 0
@@ -265,7 +265,7 @@ async def test_a_write_that_fails_mid_stream_closes_the_stream_at_once_and_ends_
     import json
     from types import SimpleNamespace
 
-    from unimodel.server.routes.chat import ChatCompletionsEndpoint
+    from unimodel.server.routes.chat import ApiEndpoint
 
     log: list[str] = []
     engine = ScriptedEngine()
@@ -289,6 +289,6 @@ async def test_a_write_that_fails_mid_stream_closes_the_stream_at_once_and_ends_
     scope = {"type": "http", "app": SimpleNamespace(state=SimpleNamespace(chat=service)),
              "headers": [(b"content-type", b"application/json")]}
     with pytest.raises(OSError):
-        await asyncio.wait_for(ChatCompletionsEndpoint()(scope, receive, send), 10)
+        await asyncio.wait_for(ApiEndpoint()(scope, receive, send), 10)
     assert engine.closed == 1 and log[-1].startswith("exit a ")
     assert [c.status for c in seen.contexts] == [499] and service.in_flight == 0

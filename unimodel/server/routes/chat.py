@@ -1,4 +1,9 @@
-"""``POST /v1/chat/completions`` as a plain ASGI endpoint: hand the request to the chat service, write the result.
+"""The API routes (``POST /v1/chat/completions`` and the other shapes' routes) as plain ASGI endpoints: hand the
+request to the chat service, write the result.
+
+Each route is an :class:`ApiEndpoint` over one API shape (``service/shape.py``): the chat completions, the
+Responses API, Anthropic's Messages API. The shape turns the body into the one chat request the pipeline runs
+and the events back into its own answer; this module only moves bytes, the same way for every shape.
 
 The route is thin: it makes the :class:`~unimodel.service.pipeline.Call`, lets the service run it, and writes
 the result, JSON or SSE. It is written against ASGI directly, not as a FastAPI handler returning a
@@ -38,11 +43,11 @@ from starlette.types import Message, Receive, Scope, Send
 from unimodel.errors import ClientClosedError, UnimodelError
 from unimodel.gateway.resilience.deadline import REQUEST_DEADLINE
 from unimodel.protocol.jsonbytes import dumps
-from unimodel.protocol.sse import DONE
 from unimodel.server.writes import raise_on_failed_writes
 from unimodel.service.chat import ChatService, PreparedChat
 from unimodel.service.context import RequestContext, client_request_id_from, new_request_id
 from unimodel.service.pipeline import Call
+from unimodel.service.shape import CHAT, ApiShape
 
 PATH = "/v1/chat/completions"
 
@@ -51,9 +56,12 @@ _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control
         (b"x-accel-buffering", b"no")]
 
 
-class ChatCompletionsEndpoint:
-    """The ASGI app of the route; the chat service is the app's (``app.state.chat``), read per request so a
-    test may swap it."""
+class ApiEndpoint:
+    """The ASGI app of one shape's route; the chat service is the app's (``app.state.chat``), read per request so
+    a test may swap it."""
+
+    def __init__(self, shape: ApiShape = CHAT) -> None:
+        self.shape = shape
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         service: ChatService = scope["app"].state.chat
@@ -61,6 +69,7 @@ class ChatCompletionsEndpoint:
         assert task is not None
         watcher = _DisconnectWatcher(receive, task)
         call = _new_call(scope, _Body(receive, watcher))
+        call.shape = self.shape
         try:
             await _answer(service, call, send, watcher)
         except asyncio.CancelledError:
@@ -78,7 +87,7 @@ async def _answer(service: ChatService, call: Call, send: Send, watcher: "_Disco
         prepared = await service.prepare(call)
     except UnimodelError as exc:  # refusals carry the stages' headers too (rate-limit state, the route)
         watcher.stop()
-        await _send_error(send, exc, call.response_headers)
+        await _send_error(send, exc, call)
         return
     watcher.start()  # already watching once the body was read; a pipeline that never read it starts it here
     try:
@@ -90,7 +99,7 @@ async def _answer(service: ChatService, call: Call, send: Send, watcher: "_Disco
             body = dumps(await service.complete(prepared))
         except UnimodelError as exc:
             watcher.stop()
-            await _send_error(send, exc, call.response_headers)
+            await _send_error(send, exc, call)
             return
         watcher.stop()
         await _send_body(send, 200, body, call.response_headers)
@@ -108,7 +117,7 @@ async def _send_stream(service: ChatService, prepared: PreparedChat, send: Send,
         raise_on_failed_writes(deadline.at, deadline.error)
     async with aclosing(service.stream(prepared)) as writes:  # closed at once if a write fails
         async for data in writes:
-            last = data.endswith(DONE)  # the service's last write: it ends the body too (one write, not two)
+            last = prepared.ended  # the service's last write: it ends the body too (one write, not two)
             if last:
                 watcher.stop()  # the answer is complete: what the server says next is not the client leaving
             try:
@@ -120,8 +129,9 @@ async def _send_stream(service: ChatService, prepared: PreparedChat, send: Send,
                 return
 
 
-async def _send_error(send: Send, exc: UnimodelError, headers: dict[str, str]) -> None:
-    await _send_body(send, exc.status_code, dumps(exc.to_dict()), {**headers, **exc.headers()})
+async def _send_error(send: Send, exc: UnimodelError, call: Call) -> None:
+    await _send_body(send, exc.status_code, dumps(call.shape.error_body(exc)), {**call.response_headers,
+                                                                                **exc.headers()})
 
 
 async def _send_body(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
@@ -218,3 +228,4 @@ class _DisconnectWatcher:
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
+
