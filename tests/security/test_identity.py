@@ -68,6 +68,16 @@ def test_two_authorization_headers_get_the_same_400_on_every_route(scripted_upst
                 assert resp.headers.get("x-request-id")
 
 
+def test_two_x_api_key_headers_get_a_400(scripted_upstream: ScriptedUpstream) -> None:
+    with server(scripted_upstream, api_keys=[K1]) as live, httpx.Client(base_url=root(live), timeout=20) as client:
+        one = client.post("/v1/chat/completions", json=BODY, headers=[("x-api-key", K1)])
+        assert one.status_code == 200, one.text
+        for pair in ((K1, "sk-wrong"), ("sk-wrong", K1)):
+            resp = client.post("/v1/chat/completions", json=BODY, headers=[("x-api-key", k) for k in pair])
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["param"] == "x-api-key"
+
+
 # ---- plain keys' names ----------------------------------------------------------------------------------------
 
 @pytest.fixture()

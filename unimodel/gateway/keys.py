@@ -48,7 +48,7 @@ from unimodel.gateway.keyhash import DEFAULT_N, DEFAULT_P, DEFAULT_R, MAX_KEY_CH
 from unimodel.gateway.policy import KeyPolicy
 from unimodel.service.context import Caller
 
-MISSING = "Missing API key: send 'Authorization: Bearer KEY'."
+MISSING = "Missing API key: send 'Authorization: Bearer KEY' (or 'x-api-key: KEY')."
 WRONG = "Incorrect API key provided."
 REVOKED = "This API key has been revoked."
 

@@ -54,7 +54,8 @@ class RequestIdMiddleware:
 
 
 class SingleAuthorizationMiddleware:
-    """Refuses (400) a request that carries more than one ``Authorization`` header, on every route.
+    """Refuses (400) a request that carries more than one ``Authorization`` header (or ``x-api-key``, the
+    Anthropic API's key header), on every route.
 
     HTTP allows one (RFC 9110 §11.6.2: it is not a list), and the readers of this server disagree on which of
     two wins (Starlette's ``request.headers.get`` takes the first, a dict built from the ASGI headers the
@@ -66,14 +67,16 @@ class SingleAuthorizationMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            seen = 0
+            seen = keys = 0
             for name, _ in scope["headers"]:
                 if name == b"authorization":
                     seen += 1
-            if seen > 1:
+                elif name == b"x-api-key":
+                    keys += 1
+            if seen > 1 or keys > 1:
+                header = "Authorization" if seen > 1 else "x-api-key"
                 await send_error(send, InvalidRequestError(
-                    "The request has more than one Authorization header; send exactly one.",
-                    param="Authorization"))
+                    f"The request has more than one {header} header; send exactly one.", param=header))
                 return
         await self.app(scope, receive, send)
 
@@ -258,7 +261,8 @@ class CrossOriginMiddleware:
 
 
 #: what a page of an allowed origin may send and read (CORSMiddleware's lists)
-CORS_REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "x-request-id", "x-unimodel-route")
+CORS_REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "x-request-id", "x-unimodel-route",
+                        "x-api-key", "anthropic-version", "anthropic-beta")
 CORS_EXPOSED_HEADERS = ("x-request-id", "x-unimodel-route", "x-unimodel-upstream", "x-unimodel-reasoning",
                         "idempotent-replayed", "retry-after", "retry-after-ms", "x-should-retry",
                         *(f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset")

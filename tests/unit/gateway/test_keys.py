@@ -185,5 +185,34 @@ async def test_no_keys_means_anonymous() -> None:
 
 async def test_only_revoked_keys_still_require_a_key() -> None:
     stage = ApiKeyAuth([], [record("gone", new_key(), revoked=True)])
-    with pytest.raises(AuthenticationError, match=MISSING):
+    with pytest.raises(AuthenticationError, match=re.escape(MISSING)):
         await stage.enter(call({}))
+
+
+async def test_the_key_may_come_as_x_api_key_as_anthropics_clients_send_it() -> None:
+    secret = new_key()
+    stage = ApiKeyAuth([], [record("team-a", secret)])
+    for headers in ({"x-api-key": secret}, {"x-api-key": secret, "authorization": f"Bearer {secret}"}):
+        c = call(headers)
+        await stage.enter(c)
+        assert c.ctx.key_name == "team-a"
+    with pytest.raises(AuthenticationError) as info:
+        await stage.enter(call({"x-api-key": secret + "x"}))
+    assert info.value.message == WRONG
+    with pytest.raises(AuthenticationError, match=re.escape(MISSING)):
+        await stage.enter(call({"x-api-key": "  "}))
+    await stage.aclose()
+
+
+async def test_two_different_keys_in_the_two_headers_are_refused_whichever_is_right() -> None:
+    """Which header counts would otherwise depend on the server: a good key beside a wrong one is a 400."""
+    from unimodel.errors import InvalidRequestError
+
+    secret = new_key()
+    stage = ApiKeyAuth([], [record("team-a", secret)])
+    for headers in ({"x-api-key": secret, "authorization": "Bearer sk-wrong"},
+                    {"x-api-key": "sk-wrong", "authorization": f"Bearer {secret}"}):
+        with pytest.raises(InvalidRequestError) as info:
+            await stage.enter(call(headers))
+        assert info.value.status_code == 400 and info.value.param == "x-api-key"
+    await stage.aclose()
