@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2] / "unimodel"
 
 #: the packages below the server and the CLI: each takes its own small settings types
-BELOW_THE_SERVER = ("engines", "service", "gateway", "telemetry", "images", "formats", "protocol", "plan")
+BELOW_THE_SERVER = ("engines", "service", "shapes", "gateway", "telemetry", "images", "formats", "protocol", "plan")
 #: what config.py may import of the project: the error tree and the small settings types it is typed with
 CONFIG_MAY_IMPORT = {"unimodel.errors", "unimodel.formats.reasoning", "unimodel.gateway.policy",
                      "unimodel.images.decode", "unimodel.protocol.effort", "unimodel.telemetry.alert_rules",
