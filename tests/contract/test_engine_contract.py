@@ -139,7 +139,8 @@ def test_every_reasoning_effort_is_accepted(served: Served, effort: str) -> None
     ({"messages": MSG, "temperature": -1}, 400, "temperature"),
     ({"messages": MSG, "model": "no-such-model"}, 404, "model"),
     ({"messages": MSG, "max_tokens": 10_000_000}, 400, "max_tokens"),
-    ({"messages": MSG, "logprobs": True}, 400, "logprobs"),
+    ({"messages": MSG, "logprobs": False, "top_logprobs": 2}, 400, "top_logprobs"),  # top needs logprobs true
+    ({"messages": MSG, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
     ({"messages": MSG, "seed": 2**70}, 400, "seed"),  # was a 500 from torch on the local engine
 ])
 def test_errors_have_the_same_shape(served: Served, body: dict[str, Any], status: int, param: str) -> None:

@@ -18,6 +18,18 @@ tokenizer when the engine has one (``count_tokens``), else estimated (completion
 characters / 4 of a whole body; prompt: characters / 4 of the messages sent), and the usage is marked
 ``estimated``.
 
+Prompt tokens read from the upstream's prefix cache: its ``usage.prompt_tokens_details.cached_tokens`` (vLLM
+reports it with prefix caching and ``--enable-prompt-tokens-details``), else unknown (``None``).
+
+Log probabilities (only when the client asked for them): each frame's ``choices[0].logprobs.content`` becomes
+one ``Logprobs`` event after the frame's deltas, so they reach the client in the upstream's order, entry for
+entry, whatever the parse mode: vLLM gives one entry for every generated token (thinking, markers, tool calls,
+the stop token), and so do we. An entry is marked as thinking when its frame carried thinking (the upstream's
+reasoning field, or raw text our parser read as thinking, its markers included), so a client whose reasoning is
+hidden does not see it; a whole body's entries are thinking when its message has any (then all are hidden, as
+vLLM hides them). Odd entries are skipped, numbers that are not finite become -9999.0 (vLLM's floor), and at
+most 20 alternatives are kept per token.
+
 Odd answers: an error object inside a frame or a body becomes our error through
 :mod:`unimodel.engines.upstream_errors`; a frame or body that is not a JSON object, or a body without a list
 of choices, is an :class:`UpstreamError` (502); any other odd field is read for what it holds or ignored,
@@ -42,7 +54,10 @@ from unimodel.protocol.events import (
     Event,
     Finish,
     FinishReason,
+    Logprobs,
     ReasoningDelta,
+    TokenLogprob,
+    TopLogprob,
     ToolCallArgsDelta,
     ToolCallEnd,
     ToolCallStart,
@@ -68,8 +83,10 @@ class _UpstreamCall:
 
 
 class UpstreamStreamDecoder:
-    def __init__(self, fmt: ModelFormat, *, parse_content: bool) -> None:
+    def __init__(self, fmt: ModelFormat, *, parse_content: bool, logprobs: bool = False) -> None:
         self.parser: Optional[OutputParser] = fmt.new_parser() if parse_content else None
+        self._think_open = fmt.think_open_text  # a frame of that token alone opens the thinking (vLLM-parsed)
+        self.logprobs = logprobs  # the client asked for them: read the upstream's
         self.done = False
         self._finish: Optional[str] = None
         self._usage: Optional[dict[str, Any]] = None
@@ -141,8 +158,13 @@ class UpstreamStreamDecoder:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            if isinstance(delta, dict):
-                out.extend(self._delta(delta, streamed=True))
+            thinking = self.thinking_open
+            events = self._delta(delta, streamed=True) if isinstance(delta, dict) else []
+            out.extend(events)
+            if self.logprobs and choice.get("logprobs") is not None:
+                tokens = token_logprobs(choice["logprobs"])
+                if tokens:
+                    out.append(Logprobs(tokens, self._thinking_frame(events, thinking, tokens)))
             if choice.get("finish_reason"):
                 self._finish = str(choice["finish_reason"])
         return out
@@ -170,6 +192,10 @@ class UpstreamStreamDecoder:
         if not isinstance(message, dict):
             raise UpstreamError("the upstream answered with a message that is not an object")
         out = self._delta(message, streamed=False)
+        if self.logprobs and choices[0].get("logprobs") is not None:
+            tokens = token_logprobs(choices[0]["logprobs"])
+            if tokens:  # the body's thinking and answer cannot be told apart token by token: all or nothing
+                out.append(Logprobs(tokens, any(isinstance(e, ReasoningDelta) for e in out)))
         reason = choices[0].get("finish_reason")
         self._finish = str(reason) if reason else "stop"  # as a frame's: anything unknown finishes as "stop"
         if isinstance(body.get("usage"), dict):
@@ -207,6 +233,17 @@ class UpstreamStreamDecoder:
             self._reasoning_frames += math.ceil(chars / 4)
         self._keep_text(out)
         return out
+
+    def _thinking_frame(self, events: list[Event], thinking_before: bool, tokens: tuple[TokenLogprob, ...]) -> bool:
+        """Whether a frame's tokens were thinking: it carried thinking text, or no answer text and the thinking
+        was open before or after it (a marker), or its token is the opening marker (an upstream that parses
+        sends that frame empty, before its thinking starts)."""
+        for e in events:
+            if isinstance(e, ReasoningDelta):
+                return True
+        if any(isinstance(e, (ContentDelta, ToolCallStart, ToolCallArgsDelta)) for e in events):
+            return False
+        return thinking_before or self.thinking_open or any(t.token == self._think_open for t in tokens)
 
     def _keep_text(self, events: Iterable[Event]) -> None:
         for e in events:
@@ -304,6 +341,8 @@ class UpstreamStreamDecoder:
         details = u.get("completion_tokens_details")
         prompt = _count(u.get("prompt_tokens"))
         completion = _count(u.get("completion_tokens"))
+        prompt_details = u.get("prompt_tokens_details")
+        cached = _count(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else None
         reasoning = _count(details.get("reasoning_tokens")) if isinstance(details, dict) else None
         estimated = prompt is None or completion is None
         if prompt is None:
@@ -320,8 +359,10 @@ class UpstreamStreamDecoder:
             else:
                 reasoning = self._reasoning_frames
             reasoning = min(reasoning, completion)  # our count of a part never exceeds the whole
+        if cached is not None:
+            cached = min(cached, prompt)
         return Usage(prompt_tokens=prompt, completion_tokens=completion, reasoning_tokens=reasoning,
-                     estimated=estimated)
+                     estimated=estimated, cached_tokens=cached)
 
     def _count_text(self, text: str) -> int:
         if not text:
@@ -332,6 +373,40 @@ class UpstreamStreamDecoder:
             except Exception:  # a tokenizer failing must not fail the response: estimate instead
                 log.warning("counting tokens failed; estimating from characters", exc_info=True)
         return math.ceil(len(text) / 4)
+
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's most
+
+
+def token_logprobs(value: Any) -> tuple[TokenLogprob, ...]:
+    """The entries of an upstream's ``logprobs`` object (``{"content": [...]}``), read leniently: an entry
+    without a string token is skipped, an odd number is -9999.0, odd bytes are None."""
+    content = value.get("content") if isinstance(value, dict) else None
+    if not isinstance(content, list):
+        return ()
+    out: list[TokenLogprob] = []
+    for entry in content:
+        if not isinstance(entry, dict) or not isinstance(entry.get("token"), str):
+            continue
+        tops = entry.get("top_logprobs")
+        top = tuple(TopLogprob(a["token"], _logprob(a.get("logprob")), _bytes(a.get("bytes")))
+                    for a in (tops if isinstance(tops, list) else ())[:MAX_TOP_LOGPROBS]
+                    if isinstance(a, dict) and isinstance(a.get("token"), str))
+        out.append(TokenLogprob(entry["token"], _logprob(entry.get("logprob")), _bytes(entry.get("bytes")), top))
+    return tuple(out)
+
+
+def _logprob(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return max(float(value), -9999.0)
+    return -9999.0
+
+
+def _bytes(value: Any) -> Optional[tuple[int, ...]]:
+    if isinstance(value, list) and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b < 256
+                                       for b in value):
+        return tuple(value)
+    return None
 
 
 def _count(value: Any) -> Optional[int]:

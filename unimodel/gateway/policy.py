@@ -33,10 +33,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+INT64 = 2**63
+
+
+class PriorityRange(_Strict):
+    """The request ``priority`` values a key may send (vLLM's priority scheduling serves lower values first),
+    both ends included."""
+
+    min: int = Field(default=0, ge=-INT64, le=INT64 - 1)
+    max: int = Field(default=0, ge=-INT64, le=INT64 - 1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "PriorityRange":
+        if self.min > self.max:
+            raise ValueError("priority min is above max")
+        return self
+
+
 class KeyPolicy(_Strict):
     """One named key: its hash (never the key), and what it may do (``None``: the server's default, or no
     limit). ``rpm``/``tpm`` and the high-reasoning pair are read by the limits stage; ``routes`` and
-    ``allowed_tools`` (``None``: all) and ``max_tokens_cap`` by the route stage."""
+    ``allowed_tools`` (``None``: all) and ``max_tokens_cap`` by the route stage; ``priority`` (the request
+    priorities it may send to an upstream; ``None``: as ``--allow-priority`` says) by the validate stage."""
 
     name: Name
     key_hash: str
@@ -49,6 +67,7 @@ class KeyPolicy(_Strict):
     max_concurrent: Optional[int] = Field(default=None, ge=1)
     max_tokens_cap: Optional[int] = Field(default=None, ge=1)
     allowed_tools: Optional[list[ToolName]] = None
+    priority: Optional[PriorityRange] = None
     revoked: bool = False
 
     @field_validator("key_hash")
@@ -62,7 +81,8 @@ class KeyPolicy(_Strict):
             name=self.name, routes=None if self.routes is None else frozenset(self.routes), rpm=self.rpm,
             tpm=self.tpm, high_reasoning_rpm=self.high_reasoning_rpm, high_reasoning_tpm=self.high_reasoning_tpm,
             max_concurrent=self.max_concurrent, max_tokens_cap=self.max_tokens_cap,
-            allowed_tools=None if self.allowed_tools is None else frozenset(self.allowed_tools))
+            allowed_tools=None if self.allowed_tools is None else frozenset(self.allowed_tools),
+            priority=None if self.priority is None else (self.priority.min, self.priority.max))
 
 
 def check_key_names(keys: list[KeyPolicy]) -> None:

@@ -7,7 +7,8 @@ so a streamed and a non-streamed response are built from the very same events.
 Order guarantees an engine gives: reasoning deltas usually come before content deltas, but text a model
 writes before its ``[THINK]`` arrives first, as content (as vLLM's Mistral parser does); a tool call
 is ``ToolCallStart`` → one or more ``ToolCallArgsDelta`` → ``ToolCallEnd`` with increasing ``index``;
-``Usage`` (at most once) and ``Finish`` (exactly once, last) close the stream.
+``Usage`` (at most once) and ``Finish`` (exactly once, last) close the stream. ``Logprobs`` come only when the
+client asked for them, each after the deltas of its tokens.
 
 ``Flush`` carries nothing. It is part of every engine's contract: an engine yields it whenever it is about to
 wait (the end of one network read, of one decode step's tokens), never before its first other event and never
@@ -39,6 +40,38 @@ class ContentDelta:
 
 
 @dataclass(frozen=True, slots=True)
+class TopLogprob:
+    """One of the likeliest tokens at a position: its text, log probability and UTF-8 bytes (OpenAI's
+    ``top_logprobs[]`` entry; ``bytes`` ``None`` where the engine gave none)."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """One generated token's log probability and the likeliest alternatives (``top``, at most 20, likeliest
+    first), OpenAI's ``logprobs.content[]`` entry."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...] | None = None
+    top: tuple[TopLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Logprobs:
+    """The log probabilities of tokens the engine generated, in order; yielded only when the client asked for
+    ``logprobs``, right after the deltas those tokens produced (or alone, for tokens that produced no text:
+    markers, the stop token). ``reasoning``: the tokens belong to the thinking (its markers included), so they
+    are left out where the reasoning is hidden (``include_reasoning: false``)."""
+
+    tokens: tuple[TokenLogprob, ...]
+    reasoning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ToolCallStart:
     index: int
     id: str
@@ -59,12 +92,16 @@ class ToolCallEnd:
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts of one response. ``estimated``: some count is ours, not the engine's (an upstream that
-    reported no usage was counted with our tokenizer, or estimated from characters and frames)."""
+    reported no usage was counted with our tokenizer, or estimated from characters and frames).
+    ``cached_tokens``: prompt tokens the engine read from its prefix cache (an upstream's
+    ``usage.prompt_tokens_details.cached_tokens``; the local engine, which keeps no prefix cache, says 0;
+    ``None``: not reported)."""
 
     prompt_tokens: int
     completion_tokens: int
     reasoning_tokens: int = 0
     estimated: bool = False
+    cached_tokens: int | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -76,6 +113,8 @@ class Usage:
             self.completion_tokens + other.completion_tokens,
             self.reasoning_tokens + other.reasoning_tokens,
             self.estimated or other.estimated,
+            None if self.cached_tokens is None and other.cached_tokens is None
+            else (self.cached_tokens or 0) + (other.cached_tokens or 0),
         )
 
 
@@ -99,7 +138,7 @@ class Flush:
 FLUSH = Flush()
 
 Event = Union[ReasoningDelta, ContentDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd, Usage,
-              ThinkingBudgetReached, Finish, Flush]
+              ThinkingBudgetReached, Finish, Flush, Logprobs]
 
 
 async def close_events(events: AsyncIterator[Event]) -> None:

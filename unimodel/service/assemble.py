@@ -1,6 +1,11 @@
 """Build responses from neutral events: one ``chat.completion``, or a stream of chunk payloads.
 
 Both paths read the same events, so a streamed response folds to exactly the non-streamed one.
+
+Log probabilities (``Logprobs`` events, only when the client asked) become ``choices[0].logprobs.content``: in
+the whole answer one list of every token's entry, in order; in a stream each entry rides on the chunk of the
+text its token made (or on a chunk with an empty delta, for a token that made none), so a client that joins
+the chunks' lists gets the same list. The thinking's entries are left out where the reasoning is hidden.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from unimodel.protocol.events import (
     ContentDelta,
     Event,
     Finish,
+    Logprobs,
     ReasoningDelta,
     ThinkingBudgetReached,
+    TokenLogprob,
     ToolCallArgsDelta,
     ToolCallEnd,
     ToolCallStart,
@@ -26,6 +33,7 @@ from unimodel.protocol.openai import (
     Choice,
     CompletionTokensDetails,
     FunctionCall,
+    PromptTokensDetails,
     ResponseMessage,
     ToolCall,
     UsageInfo,
@@ -47,7 +55,20 @@ def usage_info(usage: Optional[Usage]) -> Optional[UsageInfo]:
         completion_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         completion_tokens_details=CompletionTokensDetails(reasoning_tokens=usage.reasoning_tokens),
+        prompt_tokens_details=None if usage.cached_tokens is None
+        else PromptTokensDetails(cached_tokens=usage.cached_tokens),
     )
+
+
+def _bytes(value: Optional[tuple[int, ...]]) -> Optional[list[int]]:
+    return None if value is None else list(value)
+
+
+def logprob_entries(tokens: Iterable[TokenLogprob]) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs.content`` entries (``{token, logprob, bytes, top_logprobs}``) of ``tokens``."""
+    return [{"token": t.token, "logprob": t.logprob, "bytes": _bytes(t.bytes),
+             "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": _bytes(a.bytes)} for a in t.top]}
+            for t in tokens]
 
 
 class CompletionBuilder:
@@ -61,6 +82,7 @@ class CompletionBuilder:
         self.usage: Optional[Usage] = None
         self.finish_reason: Optional[str] = None
         self.truncated = False
+        self.logprobs: Optional[list[TokenLogprob]] = None  # a list once the engine sent any (they were asked)
 
     def add(self, event: Event) -> None:
         if isinstance(event, ReasoningDelta):
@@ -77,6 +99,11 @@ class CompletionBuilder:
             self.finish_reason = event.reason
         elif isinstance(event, ThinkingBudgetReached):
             self.truncated = True
+        elif isinstance(event, Logprobs):
+            if self.logprobs is None:
+                self.logprobs = []
+            if self.include_reasoning or not event.reasoning:
+                self.logprobs.extend(event.tokens)
         elif isinstance(event, ToolCallEnd):
             pass
 
@@ -104,25 +131,48 @@ class CompletionBuilder:
             id=request_id,
             created=created if created is not None else int(time.time()),
             model=model,
-            choices=[Choice(message=self.message(), finish_reason=self.finish_reason or "stop")],
+            choices=[Choice(message=self.message(), finish_reason=self.finish_reason or "stop",
+                            logprobs=None if self.logprobs is None
+                            else {"content": logprob_entries(self.logprobs)})],
             usage=usage_info(self.usage),
         )
+
+
+def _joined(last: Optional[Event], event: Event) -> Optional[Event]:
+    """``last`` and ``event`` as one delta, when they are deltas of one kind (content, reasoning, one tool
+    call's arguments); else None."""
+    if type(event) is not type(last):
+        return None
+    if isinstance(event, (ContentDelta, ReasoningDelta)):
+        return type(event)(last.text + event.text)  # type: ignore[union-attr]
+    if isinstance(event, ToolCallArgsDelta) and isinstance(last, ToolCallArgsDelta) and event.index == last.index:
+        return ToolCallArgsDelta(event.index, last.text + event.text)
+    return None
 
 
 def merge_deltas(events: list[Event]) -> list[Event]:
     """``events`` with each run of adjacent deltas of one kind (content, reasoning, one tool call's
     arguments) joined into one delta: events that go out in one write then make one chunk, not one per
-    token. Folding the result gives the same message as folding ``events``."""
+    token. Folding the result gives the same message as folding ``events``.
+
+    Log probabilities keep their order: adjacent ``Logprobs`` of one kind (thinking or not) are joined, and a
+    delta that follows its run's ``Logprobs`` (``delta, logprobs, delta, logprobs``, as engines yield them)
+    joins the delta before them, so the run still makes one chunk carrying all its tokens' entries."""
     out: list[Event] = []
     for event in events:
         last = out[-1] if out else None
-        if type(event) is type(last):
-            if isinstance(event, (ContentDelta, ReasoningDelta)):
-                out[-1] = type(event)(last.text + event.text)  # type: ignore[union-attr]
+        joined = _joined(last, event)
+        if joined is not None:
+            out[-1] = joined
+            continue
+        if isinstance(event, Logprobs):
+            if isinstance(last, Logprobs) and last.reasoning == event.reasoning:
+                out[-1] = Logprobs(last.tokens + event.tokens, event.reasoning)
                 continue
-            if isinstance(event, ToolCallArgsDelta) and isinstance(last, ToolCallArgsDelta) \
-                    and event.index == last.index:
-                out[-1] = ToolCallArgsDelta(event.index, last.text + event.text)
+        elif isinstance(last, Logprobs) and len(out) >= 2:
+            joined = _joined(out[-2], event)
+            if joined is not None:
+                out[-2] = joined
                 continue
         out.append(event)
     return out
@@ -144,13 +194,13 @@ class ChunkEncoder:
         self._truncated = False
 
     def _chunk(self, delta: dict[str, Any], finish_reason: Optional[str] = None,
-               usage: Any = None, choices: bool = True) -> dict[str, Any]:
+               usage: Any = None, choices: bool = True, logprobs: Any = None) -> dict[str, Any]:
         body: dict[str, Any] = {
             "id": self.request_id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
             if choices else [],
         }
         if self.include_usage:
@@ -159,6 +209,29 @@ class ChunkEncoder:
 
     def first(self) -> dict[str, Any]:
         return self._chunk({"role": "assistant", "content": ""})
+
+    def encode_all(self, events: Iterable[Event]) -> list[dict[str, Any]]:
+        """The chunks of ``events`` (one write's): each ``Logprobs`` rides on the chunk just before it when that
+        one carries a delta, else it makes a chunk of its own with an empty delta."""
+        out: list[dict[str, Any]] = []
+        for event in events:
+            if type(event) is Logprobs:
+                self._attach(out, event)
+            else:
+                out.extend(self.encode(event))
+        return out
+
+    def _attach(self, chunks: list[dict[str, Any]], event: Logprobs) -> None:
+        if event.reasoning and not self.include_reasoning:
+            return
+        entries = logprob_entries(event.tokens)
+        choice = chunks[-1]["choices"][0] if chunks and chunks[-1]["choices"] else None
+        if choice is None or choice["finish_reason"] is not None or not (choice["delta"] or choice["logprobs"]):
+            chunks.append(self._chunk({}, logprobs={"content": entries}))
+        elif choice["logprobs"] is None:
+            choice["logprobs"] = {"content": entries}
+        else:
+            choice["logprobs"]["content"].extend(entries)
 
     def encode(self, event: Event) -> list[dict[str, Any]]:
         if isinstance(event, ReasoningDelta):
@@ -180,6 +253,10 @@ class ChunkEncoder:
         if isinstance(event, ThinkingBudgetReached):
             self._truncated = True
             return []
+        if isinstance(event, Logprobs):
+            out: list[dict[str, Any]] = []
+            self._attach(out, event)
+            return out
         if isinstance(event, Finish):
             out = [self._chunk({}, finish_reason=event.reason)]
             if self._applied is not None:

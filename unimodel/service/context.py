@@ -41,6 +41,8 @@ class Caller:
     """Who is calling and what their key allows (set by the auth stage; ``None`` limits mean no limit).
 
     ``name`` is the key's name (never the key); ``routes``/``allowed_tools`` of ``None`` allow everything.
+    ``priority``: the inclusive range of request ``priority`` values the key may send to an upstream (``None``:
+    the server's setting decides).
     """
 
     name: str = "anonymous"
@@ -52,6 +54,7 @@ class Caller:
     max_concurrent: Optional[int] = None
     max_tokens_cap: Optional[int] = None
     allowed_tools: Optional[frozenset[str]] = None
+    priority: Optional[tuple[int, int]] = None
 
 
 ANONYMOUS = Caller()

@@ -147,6 +147,7 @@ class _Work:
     prompt_tokens: Any
     reasoning_tokens: Any
     answer_tokens: Any
+    cached_tokens: Any
 
 
 class MetricsObserver:
@@ -173,6 +174,9 @@ class MetricsObserver:
         self.tokens = Counter(
             "unimodel_tokens_total", "Tokens by type: prompt, reasoning, answer (rate() is tokens/s).",
             (*ours, "token_type"), registry=registry)
+        self.cached_tokens = Counter(
+            "unimodel_prompt_cached_tokens_total", "Prompt tokens the engine read from its prefix cache (a part of "
+            "the prompt tokens; counted where the engine reports it).", ours, registry=registry)
         self.requests = Counter(
             "unimodel_requests_total", "Requests by key, route, model, effort, status and error type.",
             (*ours, "status", "error_type"), registry=registry)
@@ -203,7 +207,8 @@ class MetricsObserver:
                 output_usage=self.token_usage.labels(*gen_ai, "output"),
                 prompt_tokens=self.tokens.labels(*labels, "prompt"),
                 reasoning_tokens=self.tokens.labels(*labels, "reasoning"),
-                answer_tokens=self.tokens.labels(*labels, "answer"))
+                answer_tokens=self.tokens.labels(*labels, "answer"),
+                cached_tokens=self.cached_tokens.labels(*labels))
         return work
 
     def request_finished(self, ctx: RequestContext) -> None:
@@ -229,6 +234,8 @@ class MetricsObserver:
             work.prompt_tokens.inc(usage.prompt_tokens)
             work.reasoning_tokens.inc(usage.reasoning_tokens)
             work.answer_tokens.inc(max(0, usage.completion_tokens - usage.reasoning_tokens))
+            if usage.cached_tokens:
+                work.cached_tokens.inc(usage.cached_tokens)
         if succeeded:
             assert first is not None
             work.ttft.observe(first - ctx.received_at)

@@ -122,6 +122,7 @@ def row_from(ctx: RequestContext, user_hashes: UserHashes, keep_text: bool = Fal
         "reasoning_tokens": usage.reasoning_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
         "tokens_estimated": usage.estimated if usage else None,
+        "cached_tokens": usage.cached_tokens if usage else None,
         "ttft_ms": ctx.ttft_ms,
         "ttfa_ms": ctx.ms_since_arrival(ctx.first_answer_at),
         "latency_ms": ctx.latency_ms,

@@ -100,7 +100,15 @@ def requests_table_v2(metadata: MetaData) -> Table:
     return table
 
 
-REQUESTS = requests_table_v2(METADATA)
+def requests_table_v3(metadata: MetaData) -> Table:
+    """Migration 0003: ``cached_tokens``, the prompt tokens the engine read from its prefix cache (an upstream's
+    ``prompt_tokens_details.cached_tokens``; 0 from the local engine; NULL when not reported)."""
+    table = requests_table_v2(metadata)
+    table.append_column(Column("cached_tokens", Integer))
+    return table
+
+
+REQUESTS = requests_table_v3(METADATA)
 HAS_TEXT = _has_text(REQUESTS.c.prompt, REQUESTS.c.answer)
 COLUMNS = tuple(c.name for c in REQUESTS.columns if c.name != "id")
 
@@ -119,7 +127,12 @@ def _add_client_request_id(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE requests ADD COLUMN client_request_id VARCHAR(128)"))
 
 
+def _add_cached_tokens(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE requests ADD COLUMN cached_tokens INTEGER"))
+
+
 MIGRATIONS: Sequence[Migration] = (
     Migration("0001_requests", _create_requests_v1),
     Migration("0002_client_request_id", _add_client_request_id),
+    Migration("0003_cached_tokens", _add_cached_tokens),
 )

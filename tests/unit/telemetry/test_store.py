@@ -47,10 +47,21 @@ def test_a_database_of_the_first_schema_gains_client_request_id(store: LogStore)
     with store.engine.begin() as conn:
         conn.execute(text("INSERT INTO requests (log_id, request_id, created_at, status, idempotent_replay, stream) "
                           "VALUES ('old-row', 'theirs', :c, 200, false, false)"), {"c": "2026-05-01 12:00:00.000000"})
-    assert store.migrate() == ["0002_client_request_id"]
+    assert store.migrate() == [m.name for m in MIGRATIONS[1:]]  # 0002_client_request_id and every later one
     store.insert([make_row(2, request_id="ours", client_request_id="theirs")])
     rows = {r["request_id"]: r for r in store.rows()}
     assert rows["theirs"]["client_request_id"] is None and rows["ours"]["client_request_id"] == "theirs"
+
+
+def test_a_database_of_the_second_schema_gains_cached_tokens(store: LogStore) -> None:
+    assert store.migrate(MIGRATIONS[:2]) == ["0001_requests", "0002_client_request_id"]
+    with store.engine.begin() as conn:
+        conn.execute(text("INSERT INTO requests (log_id, request_id, created_at, status, idempotent_replay, stream) "
+                          "VALUES ('old-row', 'old', :c, 200, false, false)"), {"c": "2026-05-01 12:00:00.000000"})
+    assert "0003_cached_tokens" in store.migrate()
+    store.insert([make_row(2, request_id="new", cached_tokens=96)])
+    rows = {r["request_id"]: r for r in store.rows()}
+    assert rows["old"]["cached_tokens"] is None and rows["new"]["cached_tokens"] == 96
 
 
 def test_a_failing_migration_applies_nothing(store: LogStore) -> None:

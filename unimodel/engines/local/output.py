@@ -81,6 +81,8 @@ class OutputAssembler:
         self.completion_tokens = 0
         self.reasoning_tokens = 0
         self._last_token = 0
+        #: the token :meth:`feed` took last belongs to the thinking (inside it, or one of its markers)
+        self.thinking_token = False
 
     @property
     def stopped(self) -> bool:
@@ -103,6 +105,7 @@ class OutputAssembler:
             events += self._text(self._stops.push(self.detok.push(token_id)), token_id)
         if was_reasoning and self.parser.in_reasoning and token_id not in self._markers:
             self.reasoning_tokens += 1
+        self.thinking_token = was_reasoning or self.parser.in_reasoning
         return events
 
     def _text(self, text: str, token_id: int) -> list[Event]:
@@ -120,6 +123,7 @@ class OutputAssembler:
         tail = self.parser.finish(reason)
         finish = [e for e in tail if isinstance(e, Finish)]
         events += [e for e in tail if not isinstance(e, Finish)]
-        events.append(Usage(self.prompt_tokens, self.completion_tokens, self.reasoning_tokens))
+        # no prefix cache here: no prompt token is ever read from a cache
+        events.append(Usage(self.prompt_tokens, self.completion_tokens, self.reasoning_tokens, cached_tokens=0))
         events += finish or [Finish(reason)]
         return events

@@ -68,6 +68,22 @@ def cache_kwarg(model: Any) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def record_logprobs(seqs: list[SequenceRequest], logprobs: torch.Tensor, tokens: list[int]) -> None:
+    """Append each sequence's entry for its ``token`` (row i of ``logprobs``, [rows, vocab]): the token's log
+    probability and the ``top_logprobs`` likeliest, likeliest first. A few small tensor ops and one
+    ``tolist`` for all the rows."""
+    index = torch.tensor(tokens, dtype=torch.long, device=logprobs.device)[:, None]
+    chosen = logprobs.gather(1, index).squeeze(1).tolist()
+    k = min(max(s.top_logprobs or 0 for s in seqs), logprobs.shape[-1])
+    if k:
+        values, ids = torch.topk(logprobs, k, dim=-1)
+        top_values, top_ids = values.tolist(), ids.tolist()
+    for row, seq in enumerate(seqs):
+        n = min(seq.top_logprobs or 0, k)
+        top = list(zip(top_ids[row][:n], top_values[row][:n])) if n else []
+        seq.logprobs.append((chosen[row], top))
+
+
 class BatchScheduler:
     """Admits, prefills and decodes sequences in one worker thread; see the module docstring."""
 
@@ -336,11 +352,18 @@ class BatchScheduler:
 
     def _sample(self, seqs: list[SequenceRequest], logits: torch.Tensor) -> list[int]:
         logits = logits.float()
+        asked = [i for i, s in enumerate(seqs) if s.top_logprobs is not None]
+        # vLLM's default (``--logprobs-mode raw_logprobs``): the model's own distribution, before any hook,
+        # penalty, temperature or truncation changes it; only for the rows that asked
+        raw = torch.log_softmax(logits[asked], dim=-1) if asked else None
         for i, seq in enumerate(seqs):
             for hook in seq.hooks:
                 hook(seq.generated, logits[i])
         gens = [s.generator for s in seqs]
-        return sample_rows(logits, [s.params for s in seqs], gens)  # type: ignore[arg-type]
+        tokens = sample_rows(logits, [s.params for s in seqs], gens)  # type: ignore[arg-type]
+        if raw is not None:
+            record_logprobs([seqs[i] for i in asked], raw, [tokens[i] for i in asked])
+        return tokens
 
     def _accept(self, seq: SequenceRequest, token: int, length: int) -> bool:
         """Record ``token`` (``length`` = tokens in the sequence before it); True while the sequence runs on."""

@@ -25,6 +25,9 @@ class LogitsHook(Protocol):
     def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> None: ...
 
 
+TokenLogprobs = tuple[float, list[tuple[int, float]]]
+"""One generated token's log probability and its likeliest alternatives as (id, log probability)."""
+
 Sink = Callable[[list[int], "StopReason | None", "BaseException | None"], None]
 """Receives (new tokens, finish reason or None, error or None) from the worker thread."""
 
@@ -42,6 +45,12 @@ class SequenceRequest:
     #: once for all of its sequences instead of once per sequence)
     flush: Callable[[], None] | None = None
     generated: list[int] = field(default_factory=list)
+    #: the client asked for logprobs with this many alternatives (0..20); None: not asked, nothing computed
+    top_logprobs: int | None = None
+    #: per generated token, when asked: (its logprob, [(id, logprob) of the likeliest ``top_logprobs``]), raw
+    #: (before any hook, temperature or truncation). The worker thread appends entry i before it delivers token
+    #: i, so a receiver that got token i may read entry i
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
     admitted: bool = False  # taken off the queue into a slot (set by the worker thread)
     cancelled: bool = False
     done: bool = False

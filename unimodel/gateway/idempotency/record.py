@@ -20,8 +20,11 @@ from unimodel.protocol.events import (
     FLUSH,
     Finish,
     Flush,
+    Logprobs,
     ReasoningDelta,
     ThinkingBudgetReached,
+    TokenLogprob,
+    TopLogprob,
     ToolCallArgsDelta,
     ToolCallEnd,
     ToolCallStart,
@@ -56,7 +59,11 @@ def _encode_event(e: Event) -> list[Any]:
     if isinstance(e, ToolCallEnd):
         return ["te", e.index]
     if isinstance(e, Usage):
-        return ["u", e.prompt_tokens, e.completion_tokens, e.reasoning_tokens, e.estimated]
+        base = ["u", e.prompt_tokens, e.completion_tokens, e.reasoning_tokens, e.estimated]
+        return base if e.cached_tokens is None else [*base, e.cached_tokens]
+    if isinstance(e, Logprobs):
+        return ["l", e.reasoning, [[t.token, t.logprob, _list(t.bytes), [[a.token, a.logprob, _list(a.bytes)]
+                                                                          for a in t.top]] for t in e.tokens]]
     if isinstance(e, ThinkingBudgetReached):
         return ["b", e.thinking_tokens]
     if isinstance(e, Finish):
@@ -66,13 +73,28 @@ def _encode_event(e: Event) -> list[Any]:
     raise TypeError(f"not a generation event: {type(e).__name__}")
 
 
+def _list(value: tuple[int, ...] | None) -> list[int] | None:
+    return None if value is None else list(value)
+
+
+def _tuple(value: Any) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(b) for b in value)
+
+
+def _logprobs(args: list[Any]) -> Logprobs:
+    return Logprobs(tuple(TokenLogprob(str(t[0]), float(t[1]), _tuple(t[2]),
+                                       tuple(TopLogprob(str(a[0]), float(a[1]), _tuple(a[2])) for a in t[3]))
+                          for t in args[1]), bool(args[0]))
+
+
 _DECODERS: dict[str, Any] = {
     "c": lambda a: ContentDelta(str(a[0])),
     "r": lambda a: ReasoningDelta(str(a[0])),
     "ta": lambda a: ToolCallArgsDelta(int(a[0]), str(a[1])),
     "ts": lambda a: ToolCallStart(int(a[0]), str(a[1]), str(a[2])),
     "te": lambda a: ToolCallEnd(int(a[0])),
-    "u": lambda a: Usage(int(a[0]), int(a[1]), int(a[2]), bool(a[3])),
+    "u": lambda a: Usage(int(a[0]), int(a[1]), int(a[2]), bool(a[3]), int(a[4]) if len(a) > 4 else None),
+    "l": _logprobs,
     "b": lambda a: ThinkingBudgetReached(int(a[0])),
     "f": lambda a: Finish(str(a[0])),  # type: ignore[arg-type]
     "w": lambda a: FLUSH,
@@ -82,6 +104,9 @@ _DECODERS: dict[str, Any] = {
 def event_size(e: Event) -> int:
     """An upper-ish estimate of the bytes ``e`` adds to a record, without encoding it."""
     text = getattr(e, "text", None)
+    if isinstance(e, Logprobs):  # each entry: its token and its alternatives, each with its bytes and a number
+        return EVENT_OVERHEAD + sum(EVENT_OVERHEAD + len(t.token) * 6
+                                    + sum(EVENT_OVERHEAD + len(a.token) * 6 for a in t.top) for t in e.tokens)
     return EVENT_OVERHEAD + (len(text) * 2 if isinstance(text, str) else 0)
 
 

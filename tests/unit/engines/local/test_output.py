@@ -80,7 +80,8 @@ def test_real_ids_give_reasoning_and_content(renderer: MistralRenderer, ids: dic
     folded = fold(events)
     assert folded["reasoning"] == "Let me think: 2+2."
     assert folded["content"] == "It is 4. Ünïcödé 🎉"
-    assert folded["usage"] == Usage(7, len(tokens), len(thought))  # thinking tokens, markers not counted
+    # thinking tokens, markers not counted; no prefix cache: no cached prompt token
+    assert folded["usage"] == Usage(7, len(tokens), len(thought), cached_tokens=0)
     assert folded["finish"] == Finish("stop")
     assert isinstance(events[-2], Usage)
 
