@@ -3,7 +3,9 @@
 Each served model name maps to a :class:`Script` that says what the "model" answers and how: raw text with
 Mistral v15 markers (as vLLM started without parsers gives: its Mistral tokenizer keeps [THINK], [/THINK],
 [TOOL_CALLS] and [ARGS] even with special tokens skipped, its default), ``<think>`` text, or pre-parsed fields (``reasoning``/``tool_calls``, as
-vLLM with ``--reasoning-parser mistral --tool-call-parser mistral``); streamed or one JSON body; errors
+vLLM with ``--reasoning-parser mistral --tool-call-parser mistral``); streamed or one JSON body; logprobs
+when asked (one token a frame, as vLLM: every frame's text, markers included, and the stop token ``</s>`` on the
+finishing frame; see :func:`token_logprob`); ``cached_tokens`` in the usage; errors
 (always, or only the first N calls: ``fail_first``), slowness, and a connection dropped mid-stream. Every
 request body received is kept in ``requests``.
 
@@ -46,6 +48,7 @@ class Script:
     honors_effort: bool = False  # like the real model: no thinking when told reasoning_effort "none"
     error_headers: dict[str, str] = field(default_factory=dict)  # sent with error_status, e.g. Retry-After
     continuous_usage: bool = True  # honour stream_options.continuous_usage_stats (usage in every frame)
+    cached_tokens: Optional[int] = None  # usage.prompt_tokens_details.cached_tokens (vLLM's prefix cache hits)
     fail_first: int = 0  # the first N calls to this model answer fail_status (with error_headers), then succeed
     fail_status: int = 503
     # per request: when set, the request body is answered by the script respond(body) (an evaluator's answers;
@@ -80,6 +83,27 @@ def _pieces(text: str, n: int) -> list[str]:
     return out
 
 
+STOP_TOKEN = "</s>"
+
+
+def token_logprob(token: str, top: int) -> dict[str, Any]:
+    """The logprobs entry the scripted upstream gives a token: a made-up but fixed log probability from the
+    token's text, and ``top`` alternatives (the token itself first, then ``alt-1``, ``alt-2`` … less likely)."""
+    logprob = -round(0.125 * (1 + sum(token.encode()) % 7), 3)
+    alts = [{"token": token, "logprob": logprob, "bytes": list(token.encode())}]
+    alts += [{"token": f"alt-{i}", "logprob": logprob - i, "bytes": list(f"alt-{i}".encode())} for i in range(1, top)]
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": alts[:top]}
+
+
+def _frame_tokens(delta: dict[str, Any]) -> list[str]:
+    """The token a frame carries (one a frame): its text, whichever field holds it."""
+    text = (delta.get("content") or "") + (delta.get("reasoning") or "")
+    for call in delta.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        text += (fn.get("name") or "") if call.get("id") else (fn.get("arguments") or "")
+    return [text] if text else []
+
+
 class _QuietServer(ThreadingHTTPServer):
     # a real server's listen backlog (socketserver's default of 5 resets connections when 32 clients connect at once)
     request_queue_size = 1024
@@ -95,6 +119,10 @@ class ScriptedUpstream:
         self.models_answer: Optional[tuple[int, bytes]] = None
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
+        # POST /tokenize and /detokenize (vLLM's, at the root): served while True, else 404 as a server without them;
+        # their bodies are kept in token_requests (not in requests, which counts generations)
+        self.token_endpoints = True
+        self.token_requests: list[tuple[str, dict[str, Any]]] = []
         self._calls: dict[str, int] = {}  # POSTs per model name, for fail_first
         self._lock = threading.Lock()
         self._server = _QuietServer(("127.0.0.1", port), self._handler_class())
@@ -149,6 +177,12 @@ class ScriptedUpstream:
         finish = script.finish_reason or ("tool_calls" if script.tool_calls and script.mode == "parsed"
                                           else "stop")
         out.append(chunk({}, finish))
+        if body.get("logprobs"):  # as vLLM: each frame its tokens' entries, the finishing one the stop token's
+            top = int(body.get("top_logprobs") or 0)
+            for fr in out[1:]:
+                choice = fr["choices"][0]
+                tokens = _frame_tokens(choice["delta"]) if choice["finish_reason"] is None else [STOP_TOKEN]
+                choice["logprobs"] = {"content": [token_logprob(t, top) for t in tokens]}
         if script.continuous_usage and (body.get("stream_options") or {}).get("continuous_usage_stats"):
             for i, fr in enumerate(out):
                 fr["usage"] = {"prompt_tokens": script.prompt_tokens, "completion_tokens": i,
@@ -160,6 +194,8 @@ class ScriptedUpstream:
                                      "total_tokens": script.prompt_tokens + completion}
             if reasoning is not None:
                 usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
+            if script.cached_tokens is not None:
+                usage["prompt_tokens_details"] = {"cached_tokens": script.cached_tokens}
             out.append({**base, "choices": [], "usage": usage})
         return out
 
@@ -179,10 +215,39 @@ class ScriptedUpstream:
                                           else "stop")
         answer = {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
                   "choices": [{"index": 0, "message": message, "finish_reason": finish}]}
+        if body.get("logprobs"):  # the same entries as the streamed answer's, in one list
+            streamed = self.frames(script, {**body, "stream": True}, model)
+            answer["choices"][0]["logprobs"] = {"content": [
+                entry for fr in streamed if fr["choices"]
+                for entry in (fr["choices"][0].get("logprobs") or {}).get("content", [])]}
         if script.report_usage:  # the same counts as the streamed answer's (one token a frame)
             streamed = self.frames(script, {**body, "stream_options": {"include_usage": True}}, model)
             answer["usage"] = streamed[-1]["usage"]
         return answer
+
+    @staticmethod
+    def tokenize(body: dict[str, Any]) -> list[int]:
+        """The scripted tokenizer: a token per character (its code point); BOS (1) before a prompt that asks for
+        special tokens; a chat form's role names, contents, tools and reasoning level all count."""
+        if "prompt" in body:
+            return ([1] if body.get("add_special_tokens", True) else []) + [ord(c) for c in body["prompt"]]
+        text = "".join(f"<{m.get('role')}>{json.dumps(m.get('content'))}" for m in body.get("messages") or [])
+        text += json.dumps(body.get("tools") or []) + json.dumps(body.get("chat_template_kwargs") or {})
+        return [ord(c) for c in text]
+
+    def text_frames(self, script: Script, body: dict[str, Any], model: str) -> list[dict[str, Any]]:
+        """A raw prompt's answer as /v1/completions streams it: ``text`` choices, usage last when asked."""
+        base = {"id": "cmpl-up", "object": "text_completion", "created": 1, "model": model}
+        pieces = _pieces(script.raw_text(skip_special=True), script.chunk_chars)
+        out = [{**base, "choices": [{"index": 0, "text": p, "logprobs": None, "finish_reason": None}]}
+               for p in pieces]
+        out.append({**base, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                         "finish_reason": script.finish_reason or "stop"}]})
+        if script.report_usage:
+            out.append({**base, "choices": [], "usage": {"prompt_tokens": len(self.tokenize(body)),
+                                                          "completion_tokens": len(pieces),
+                                                          "total_tokens": len(self.tokenize(body)) + len(pieces)}})
+        return out
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         upstream = self
@@ -223,6 +288,9 @@ class ScriptedUpstream:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length) or b"{}")
+                if self.path in ("/tokenize", "/detokenize"):
+                    self._tokens(body)
+                    return
                 upstream.requests.append(body)
                 model = body.get("model", "")
                 script = upstream.scripts.get(model)
@@ -257,6 +325,28 @@ class ScriptedUpstream:
                     script = Script(mode=script.mode, content=script.content, tool_calls=script.tool_calls,
                                     chunk_chars=script.chunk_chars, prompt_tokens=script.prompt_tokens + 100,
                                     report_usage=script.report_usage, continuous_usage=script.continuous_usage)
+                if self.path == "/v1/completions":
+                    frames = upstream.text_frames(script, body, model)
+                    if not body.get("stream"):
+                        whole = {**frames[0], "choices": [{"index": 0, "text": script.raw_text(skip_special=True),
+                                                           "logprobs": None,
+                                                           "finish_reason": script.finish_reason or "stop"}]}
+                        if script.report_usage:
+                            whole["usage"] = frames[-1]["usage"]
+                        self._json(200, whole)
+                        return
+                    if not (body.get("stream_options") or {}).get("include_usage") and script.report_usage:
+                        frames = frames[:-1]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for fr in frames:
+                        self._chunk(b"data: " + json.dumps(fr).encode() + b"\n\n")
+                    self._chunk(b"data: [DONE]\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    return
                 if not body.get("stream") or script.ignore_stream:
                     self._whole(script, body, model)
                     return
@@ -284,6 +374,25 @@ class ScriptedUpstream:
                 except (BrokenPipeError, ConnectionResetError):
                     upstream.disconnects += 1
                     self.close_connection = True
+
+            def _tokens(self, body: dict[str, Any]) -> None:
+                """vLLM's /tokenize and /detokenize with the scripted tokenizer (a token per character)."""
+                upstream.token_requests.append((self.path, body))
+                if not upstream.token_endpoints:
+                    self._json(404, {"detail": "Not Found"})
+                    return
+                if body.get("model") not in upstream.scripts:
+                    self._json(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                               "type": "NotFoundError", "param": "model", "code": 404}})
+                    return
+                if self.path == "/detokenize":
+                    self._json(200, {"prompt": "".join(chr(t) for t in body.get("tokens") or [])})
+                    return
+                tokens = upstream.tokenize(body)
+                answer: dict[str, Any] = {"count": len(tokens), "max_model_len": 32768, "tokens": tokens}
+                if body.get("return_token_strs"):
+                    answer["token_strs"] = [chr(t) for t in tokens]
+                self._json(200, answer)
 
             def _whole(self, script: Script, body: dict[str, Any], model: str) -> None:
                 """One JSON body, after as long as streaming it would take (a client that leaves meanwhile is

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from unimodel.protocol.effort import NO_THINKING
 from unimodel.protocol.events import Event
-from unimodel.protocol.openai import Message, ModelCard, ResponseFormat, Tool, ToolChoice
+from unimodel.protocol.openai import Message, ModelCard, RawPrompt, ResponseFormat, Tool, ToolChoice
 
 @dataclass(frozen=True, slots=True)
 class SamplingOptions:
@@ -76,6 +76,9 @@ class GenerationRequest:
     is closed and the model goes on to answer.
     ``continue_final_message``: the last message is an assistant message the model continues (Mistral's
     ``prefix: true``, vLLM's ``continue_final_message``); the output holds only the continuation.
+    ``raw_prompt``: the prompt is this text as it is (the legacy completions API, ``/tokenize``'s prompt form):
+    no chat template renders it (``messages`` then hold it as one user message, for the estimates), and the
+    output is parsed for nothing, all of it content; ``model_effort`` is then ``None`` and ``tools`` empty.
     ``streamed``: the client reads the answer as it is made. When ``False`` an engine may make the answer in
     one piece: the upstream engine then asks its upstream for one JSON body (no per-token frames to relay),
     unless it must watch the thinking for a budget; a stage that must see the first token as it comes (a
@@ -100,6 +103,8 @@ class GenerationRequest:
     continue_final_message: bool = False
     connect_timeout_s: Optional[float] = None  # a route's own connect timeout; engines without one ignore it
     streamed: bool = True
+    priority: Optional[int] = None  # vLLM's request priority, where the caller may set it (upstreams only)
+    raw_prompt: Optional[RawPrompt] = None
 
     @property
     def thinks(self) -> bool:
@@ -109,6 +114,20 @@ class GenerationRequest:
     @property
     def image_count(self) -> int:
         return sum(len(m.image_urls()) for m in self.messages)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptCount:
+    """The tokens of a prompt as the model would read it: ``count``, and ``tokens`` (their ids) where the engine
+    has them. ``exact``: counted by the model's own tokenizer and renderer (else an estimate, and ``tokens`` is
+    ``None``). ``max_model_len``: the context length, where the engine knows it. ``token_strs``: each token's
+    text as the tokenizer spells it (asked for with ``token_strs=True``)."""
+
+    count: int
+    exact: bool
+    tokens: Optional[list[int]] = None
+    max_model_len: Optional[int] = None
+    token_strs: Optional[list[str]] = None
 
 
 class Engine(abc.ABC):
@@ -156,3 +175,16 @@ class Engine(abc.ABC):
         them). Raises a :class:`unimodel.errors.UnimodelError` before the first event for a request it refuses,
         or during iteration for a failure mid-way. Closing the iterator (client gone) cancels the work.
         """
+
+    async def count_prompt(self, request: GenerationRequest, *, token_strs: bool = False) -> Optional[PromptCount]:
+        """The prompt of ``request`` (its messages and tools rendered as :meth:`generate` renders them, or its
+        ``raw_prompt`` tokenized as it is) counted exactly, or ``None`` where this engine cannot: the caller then
+        estimates (``service/tokens.py``, with the usage estimator a layer up; engines never import it). Raises
+        the 400s rendering raises (a conversation the model cannot take). By default: ``None``."""
+        return None
+
+    async def detokenize(self, model: str, tokens: list[int]) -> Optional[str]:
+        """The text of ``tokens`` in ``model``'s tokenizer, or ``None`` where this engine cannot tell (no
+        tokenizer of its own, an upstream without ``/detokenize``). An id outside the vocabulary is a 400. By
+        default: ``None``."""
+        return None

@@ -47,15 +47,21 @@ from typing import Any, Literal, Optional
 
 import aiohttp
 
-from unimodel.engines.base import Engine, GenerationRequest
+from unimodel.engines.base import Engine, GenerationRequest, PromptCount
 from unimodel.engines.options import UpstreamOptions
 from unimodel.engines.sse_lines import SseLineSplitter
 from unimodel.engines.upstream_payload import build_payload, prompt_text
 from unimodel.engines.upstream_errors import response_error
 from unimodel.engines.upstream_stream import UpstreamStreamDecoder
+from unimodel.engines.upstream_text import (
+    TextCompletionDecoder,
+    completion_payload,
+    read_detokenize_answer,
+    read_tokenize_answer,
+    tokenize_payload,
+)
 from unimodel.errors import (
     ServiceUnavailableError,
-    UnsupportedFeatureError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -127,6 +133,7 @@ class UpstreamEngine(Engine):
         self._discovered: dict[str, Optional[int]] = {}  # model id → max_model_len (vLLM reports it)
         self._count_tokens = count_tokens  # our tokenizer, for upstreams that report no usage
         self._probe_failure: Optional[str] = None  # why the last probe said not ready (logged on change)
+        self._missing: set[str] = set()  # token endpoints the upstream answered 404 (or 405, 501): never asked again
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
@@ -235,7 +242,8 @@ class UpstreamEngine(Engine):
         return self._formats.get(request.served_model, self.format)
 
     def _decoder(self, request: GenerationRequest) -> UpstreamStreamDecoder:
-        return UpstreamStreamDecoder(self._format_for(request), parse_content=self.parse_mode != "upstream")
+        return UpstreamStreamDecoder(self._format_for(request), parse_content=self.parse_mode != "upstream",
+                                     logprobs=bool(request.sampling.logprobs))
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         """One upstream call; with a thinking budget, two spliced into one response.
@@ -248,12 +256,16 @@ class UpstreamEngine(Engine):
         included) for this request only (a route's own timeout, set by the resilience stage); the read timeout
         stays the engine's.
         """
-        if request.sampling.logprobs:  # not carried through our events yet: refuse rather than drop silently
-            raise UnsupportedFeatureError("logprobs are not supported through unimodel yet", param="logprobs")
         budget = request.thinking_budget
-        decoder = self._decoder(request)
         connect = request.connect_timeout_s
         timeout = None if connect is None else _timeouts(connect, self._read_timeout_s)
+        if request.raw_prompt is not None:  # the legacy completions endpoint: no template, nothing parsed
+            payload = completion_payload(request, self.upstream_model or request.served_model)
+            decoder = TextCompletionDecoder(self.format, parse_content=False, logprobs=bool(request.sampling.logprobs))
+            async for event in self._call(payload, decoder, timeout, path="/completions"):
+                yield event
+            return
+        decoder = self._decoder(request)
         first = self._call(self.build_payload(request), decoder, timeout)
         reasoning: list[str] = []
         try:
@@ -285,14 +297,15 @@ class UpstreamEngine(Engine):
             yield _continued(spent, event) if isinstance(event, Usage) else event
 
     async def _call(self, payload: dict[str, Any], decoder: UpstreamStreamDecoder,
-                    timeout: Optional[aiohttp.ClientTimeout] = None) -> AsyncGenerator[Event, None]:
+                    timeout: Optional[aiohttp.ClientTimeout] = None,
+                    path: str = "/chat/completions") -> AsyncGenerator[Event, None]:
         session = self._session
         if session is None:
             raise ServiceUnavailableError("the upstream engine is not started", retry_after=1)
         decoder.set_counting(self._count_tokens, lambda: prompt_text(payload))
         options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}  # else the session's own
         try:
-            resp = await session.post(f"{self.base_url}/chat/completions", data=dumps(payload),
+            resp = await session.post(f"{self.base_url}{path}", data=dumps(payload),
                                       headers=self._post_headers, allow_redirects=False, **options)
             read_to_end = False
             try:
@@ -341,13 +354,84 @@ class UpstreamEngine(Engine):
             yield event
 
 
+    # ---- tokens --------------------------------------------------------------------------------------
+
+    @property
+    def root_url(self) -> str:
+        """Where the upstream's own endpoints live (vLLM's ``/tokenize``): the base URL without its ``/v1``."""
+        return self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+
+    async def count_prompt(self, request: GenerationRequest, *, token_strs: bool = False) -> Optional[PromptCount]:
+        """The upstream's ``POST /tokenize`` (exact: its own tokenizer and template, on the messages and tools
+        :meth:`build_payload` would send), or ``None`` (an estimate, a layer up) where it has none: a 404 is
+        remembered, and the upstream not asked again."""
+        model = self.upstream_model or request.served_model
+        chat = None if request.raw_prompt is not None else self.build_payload(request)
+        answer = await self._token_call("/tokenize", tokenize_payload(request, model, chat, token_strs))
+        if answer is None:
+            return None
+        tokens, limit, strs = read_tokenize_answer(answer)
+        return PromptCount(len(tokens), True, tokens, limit, strs if token_strs else None)
+
+    async def detokenize(self, model: str, tokens: list[int]) -> Optional[str]:
+        answer = await self._token_call("/detokenize", {"model": self.upstream_model or model, "tokens": tokens})
+        return None if answer is None else read_detokenize_answer(answer)
+
+    async def _token_call(self, path: str, body: dict[str, Any]) -> Optional[Any]:
+        """One JSON call to a token endpoint at the upstream's root: its JSON answer, ``None`` where it has no
+        such endpoint (remembered), our error for any other failure (a 400 of its own stays a 400)."""
+        if path in self._missing:
+            return None
+        session = self._session
+        if session is None:
+            raise ServiceUnavailableError("the upstream engine is not started", retry_after=1)
+        try:
+            async with session.post(f"{self.root_url}{path}", data=dumps(body), headers=self._post_headers,
+                                    allow_redirects=False) as resp:
+                status, raw = resp.status, await resp.read()
+                if _no_such_endpoint(status, raw):
+                    self._missing.add(path)
+                    log.info("upstream %s has no %s (HTTP %d): token counts are estimated", self.display_url,
+                             path, status)
+                    return None
+                if status >= 400:
+                    raise response_error(status, resp.headers, raw, resp.charset)
+        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
+            raise UpstreamTimeoutError(f"the upstream did not answer {path} in time ({_timeout_name(exc)})") from exc
+        except aiohttp.ClientConnectorError as exc:
+            log.warning("cannot connect to the upstream at %s: %s", self.display_url, _shown(exc))
+            raise UpstreamConnectionError("cannot connect to the upstream") from exc
+        except aiohttp.ClientError as exc:
+            log.warning("the connection to upstream %s failed: %s: %s", self.display_url, type(exc).__name__,
+                        _shown(exc))
+            raise UpstreamError("the upstream connection failed") from exc
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise UpstreamError(f"the upstream's {path} answered with a body that is not JSON") from exc
+
+
+def _no_such_endpoint(status: int, raw: bytes) -> bool:
+    """The upstream has no such endpoint: 405 or 501, or a 404 that is not an error object of its API (vLLM
+    answers an unknown model with a 404 ``{"error": …}``, which is the request's failure, not the endpoint's)."""
+    if status in (405, 501):
+        return True
+    if status != 404:
+        return False
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        return True
+    return not (isinstance(body, dict) and isinstance(body.get("error"), dict))
+
+
 def _continued(spent: Usage, more: Usage) -> Usage:
     """Usage over a call cut at the thinking budget and its continuation: the prompt is the request's (the
     continuation's prompt re-reads it with the thinking), the output is the thinking plus the answer."""
     return Usage(prompt_tokens=spent.prompt_tokens,
                  completion_tokens=spent.completion_tokens + more.completion_tokens,
                  reasoning_tokens=spent.reasoning_tokens + more.reasoning_tokens,
-                 estimated=spent.estimated or more.estimated)
+                 estimated=spent.estimated or more.estimated, cached_tokens=spent.cached_tokens)
 
 
 def _timeouts(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:

@@ -53,6 +53,8 @@ def build_payload(request: GenerationRequest, model: str, *, raw_output: bool = 
                                                                         by_alias=True)
     if request.user is not None:
         payload["user"] = request.user
+    if request.priority is not None:  # set only where the caller's key allows it (the validate stage)
+        payload["priority"] = request.priority
     max_tokens = request.max_tokens if request.max_tokens is not None else request.default_max_tokens
     if max_tokens is not None:
         payload["max_tokens"] = max_tokens
@@ -81,7 +83,7 @@ def build_payload(request: GenerationRequest, model: str, *, raw_output: bool = 
 
 def prompt_text(payload: dict[str, Any]) -> str:
     """The prompt of an upstream call as plain text, to count when the upstream reports no usage."""
-    parts: list[str] = []
+    parts: list[str] = [payload["prompt"]] if isinstance(payload.get("prompt"), str) else []  # a raw prompt's
     for m in payload.get("messages") or []:
         if not isinstance(m, dict):
             continue

@@ -37,7 +37,7 @@ from typing import Optional
 
 import aiohttp
 
-from unimodel.engines.base import Engine, GenerationRequest
+from unimodel.engines.base import Engine, GenerationRequest, PromptCount
 from unimodel.engines.upstream import UpstreamEngine
 from unimodel.errors import ServiceUnavailableError
 from unimodel.protocol.events import Event
@@ -153,6 +153,19 @@ class VllmEngine(Engine):
                                           retry_after=wait)
         async for event in self.upstream.generate(request):
             yield event
+
+    async def count_prompt(self, request: GenerationRequest, *, token_strs: bool = False) -> Optional[PromptCount]:
+        self._check_serving()
+        return await self.upstream.count_prompt(request, token_strs=token_strs)
+
+    async def detokenize(self, model: str, tokens: list[int]) -> Optional[str]:
+        self._check_serving()
+        return await self.upstream.detokenize(model, tokens)
+
+    def _check_serving(self) -> None:
+        if not self._ready.is_set():
+            wait = max(1.0, self._next_start_at - time.monotonic() + 5.0)
+            raise ServiceUnavailableError("vLLM is starting or restarting; try again shortly", retry_after=wait)
 
     async def aclose(self) -> None:
         self._stopping = True

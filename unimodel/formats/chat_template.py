@@ -8,6 +8,7 @@ assistant message is left open and no generation prompt is added). The template'
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -49,12 +50,37 @@ class ChatTemplateRenderer(PromptRenderer):
             ids = ids["input_ids"]
         return RenderedPrompt([int(i) for i in ids])
 
+    def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=add_special_tokens)]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=False))
+
+    def token_strs(self, token_ids: Sequence[int]) -> list[str]:
+        return [str(t) for t in self.tokenizer.convert_ids_to_tokens(list(token_ids))]
+
     def new_detokenizer(self) -> Detokenizer:
         special = set(self.tokenizer.all_special_ids)
         return OffsetDetokenizer(
             lambda ids: self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
             special,
         )
+
+    def token_bytes(self, token_id: int) -> bytes:
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if not isinstance(piece, str):
+            return b""
+        if token_id in self._control:
+            return piece.encode()
+        byte_level = _byte_decoder()
+        if all(c in byte_level for c in piece):  # GPT-2 style byte-level BPE: one character a byte
+            return bytes(byte_level[c] for c in piece)
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):  # sentencepiece byte fallback
+            try:
+                return bytes([int(piece[3:5], 16)])
+            except ValueError:
+                pass
+        return piece.replace("\u2581", " ").encode()  # sentencepiece's word boundary is a space
 
     @property
     def eos_ids(self) -> frozenset[int]:
@@ -79,3 +105,11 @@ class ChatTemplateRenderer(PromptRenderer):
         from llguidance.hf import from_tokenizer
 
         return from_tokenizer(self.tokenizer, eos_token=list(eos_ids) or None)
+
+
+@functools.cache
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level alphabet read back: each of the 256 characters it writes for a byte → that byte."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    return {char: byte for byte, char in bytes_to_unicode().items()}

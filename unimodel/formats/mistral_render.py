@@ -85,8 +85,27 @@ class MistralRenderer(PromptRenderer):
                                       param="messages") from exc
         return RenderedPrompt(list(tokenized.tokens), list(tokenized.images))
 
+    def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self._inner.encode(text, bos=add_special_tokens, eos=False))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
+
+        return str(self._inner.decode(list(token_ids), special_token_policy=SpecialTokenPolicy.KEEP))
+
+    def token_strs(self, token_ids: Sequence[int]) -> list[str]:
+        return [self._inner.id_to_piece(i) for i in token_ids]
+
     def new_detokenizer(self) -> Detokenizer:
         return ByteDetokenizer(self._pieces.__getitem__, self._inner.special_ids)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if not 0 <= token_id < len(self._pieces):
+            return b""
+        piece = self._pieces[token_id]
+        if piece or token_id not in self._inner.special_ids:
+            return piece
+        return str(self._inner.id_to_piece(token_id)).encode()
 
     @property
     def eos_ids(self) -> frozenset[int]:

@@ -83,6 +83,11 @@ class PromptRenderer(abc.ABC):
     @abc.abstractmethod
     def new_detokenizer(self) -> Detokenizer: ...
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for, alone (a control token: its name; an id the tokenizer lacks: none):
+        what ``logprobs`` show of a token (``bytes``, and ``token`` as their text)."""
+        raise NotImplementedError
+
     @property
     @abc.abstractmethod
     def eos_ids(self) -> frozenset[int]: ...
@@ -103,6 +108,20 @@ class PromptRenderer(abc.ABC):
     @abc.abstractmethod
     def llguidance_tokenizer(self, eos_ids: Sequence[int]) -> Any:
         """llguidance's ``LLTokenizer`` for this tokenizer (blocking, ~1 s; needs the ``llguidance`` package)."""
+
+    def encode_text(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """``text`` as it is, no chat template (a raw prompt): the tokenizer's own special tokens (BOS) added
+        when ``add_special_tokens``; special-token names typed in the text stay text, as vLLM encodes them."""
+        raise NotImplementedError
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of ``token_ids`` (``/detokenize``), special tokens spelled out as vLLM's ``/detokenize`` does;
+        the ids are in the vocabulary (the caller checks)."""
+        raise NotImplementedError
+
+    def token_strs(self, token_ids: Sequence[int]) -> list[str]:
+        """Each id as the tokenizer spells its token (``/tokenize``'s ``token_strs``)."""
+        raise NotImplementedError
 
     def special_ids(self, names: Sequence[str]) -> dict[str, int]:
         """The ids of those ``names`` that are single tokens here."""

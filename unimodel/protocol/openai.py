@@ -12,9 +12,10 @@ no chunk model here.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from unimodel.protocol.effort import Effort
 
@@ -149,9 +150,23 @@ class StreamOptions(_Open):
     include_usage: Optional[bool] = None
 
 
+@dataclass(frozen=True, slots=True)
+class RawPrompt:
+    """A prompt the model reads as it is: no chat template, and an answer parsed for nothing (no reasoning, no
+    tool calls), as the legacy completions API and ``/tokenize``'s prompt form take it. ``add_special_tokens``:
+    the tokenizer adds its own (BOS), vLLM's default."""
+
+    text: str
+    add_special_tokens: bool = True
+
+
 class ChatCompletionRequest(BaseModel):
     # extras are kept here (and only here) so that validation can drop, refuse or allowlist them
     model_config = ConfigDict(extra="allow")
+    #: set only by a shape (never from JSON: pydantic fills no private attribute from input): the request is this
+    #: raw prompt, and ``messages`` hold it as one user message for the stages that read messages (the route's
+    #: rules, the limits' estimate, the request log); the validate stage makes it the engine's ``raw_prompt``
+    _raw_prompt: Optional[RawPrompt] = PrivateAttr(default=None)
 
     model: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -189,6 +204,9 @@ class ChatCompletionRequest(BaseModel):
     ignore_eos: Optional[bool] = None
     stop_token_ids: Optional[list[int]] = Field(default=None, max_length=MAX_STOP_TOKEN_IDS)
     include_stop_str_in_output: Optional[bool] = None
+    # vLLM's request priority (lower is served first under its priority scheduling); forwarded only where the
+    # caller's key allows it (the validate stage)
+    priority: Optional[int] = Field(default=None, ge=-(2**63), le=2**63 - 1)
 
     @field_validator("stop")
     @classmethod
@@ -208,6 +226,14 @@ class ChatCompletionRequest(BaseModel):
         # logits / 1e-300 overflow to inf and sampling turns into NaN: such a temperature means greedy
         return 0.0 if v is not None and v < GREEDY_TEMPERATURE else v
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, v: Optional[int], info: ValidationInfo) -> Optional[int]:
+        # as OpenAI and vLLM: top_logprobs above 0 asks for nothing unless logprobs is true
+        if v and "logprobs" in info.data and not info.data["logprobs"]:
+            raise ValueError("when using top_logprobs, logprobs must be set to true")
+        return v
+
     @field_validator("tool_choice")
     @classmethod
     def _check_tool_choice(cls, v: Optional[ToolChoice], info: ValidationInfo) -> Optional[ToolChoice]:
@@ -220,6 +246,17 @@ class ChatCompletionRequest(BaseModel):
         if v == "required" and not tools:
             raise ValueError("tool_choice 'required' needs 'tools'")
         return v
+
+    @property
+    def raw_prompt(self) -> Optional[RawPrompt]:
+        return self._raw_prompt
+
+    @classmethod
+    def for_raw_prompt(cls, prompt: RawPrompt, data: dict[str, Any]) -> "ChatCompletionRequest":
+        """The chat request of a raw prompt: ``data`` (the other fields) with the prompt as one user message."""
+        request = cls.model_validate({**data, "messages": [{"role": "user", "content": prompt.text}]})
+        request._raw_prompt = prompt
+        return request
 
     @property
     def stop_list(self) -> list[str]:
@@ -243,11 +280,16 @@ class CompletionTokensDetails(BaseModel):
     reasoning_tokens: int = 0
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = 0
+
+
 class UsageInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     completion_tokens_details: CompletionTokensDetails = CompletionTokensDetails()
+    prompt_tokens_details: Optional[PromptTokensDetails] = None  # None: the engine did not report it
 
 
 class ResponseMessage(BaseModel):

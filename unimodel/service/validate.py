@@ -4,6 +4,16 @@ Model resolution and the reasoning-effort mapping live here: the model knows ``n
 may send ``minimal``/``low``/``medium`` too, which map onto them with a thinking budget, by the served
 model's :class:`ReasoningPolicy` (the README's "Reasoning effort" has the table). Engines enforce the budget.
 
+A raw prompt (a shape's :attr:`ChatCompletionRequest.raw_prompt`: the legacy completions API, ``/tokenize``'s
+prompt form) becomes ``GenerationRequest.raw_prompt``: no level is told the model (it reads no template), and the
+request is charged as ``none``.
+
+``priority`` (vLLM's request priority) reaches the engine only where the caller may set it: within its key's
+``priority`` range (a value outside it is a 400 naming ``priority``), or, for a key without one (plain keys, no
+keys), any value when the operator allows it (``--allow-priority``, or ``priority`` in the
+``upstream_extra_fields`` allowlist, as before it was typed); otherwise it is dropped (logged at debug), so a
+client written for vLLM, which sends it, still works.
+
 Assistant prefill (``prefix`` on the final message, or ``continue_final_message``) is checked here and
 becomes ``GenerationRequest.continue_final_message`` (see :func:`_continue_final_message` for what is refused).
 
@@ -71,7 +81,8 @@ def to_generation_request(
     upstream_extra_fields: Collection[str] = (),
 ) -> GenerationRequest:
     return _validated(wire, models, reasoning_for, completion_id, default_max_tokens, unknown_fields=unknown_fields,
-                      upstream_extra_fields=upstream_extra_fields)[0]
+                      upstream_extra_fields=upstream_extra_fields,
+                      priority=allowed_priority(wire.priority, None, "priority" in upstream_extra_fields))[0]
 
 
 def _validated(
@@ -83,12 +94,16 @@ def _validated(
     *,
     unknown_fields: UnknownFields,
     upstream_extra_fields: Collection[str],
+    priority: int | None = None,
 ) -> tuple[GenerationRequest, AppliedReasoning]:
     """The engine's request and the reasoning applied to it (with the level it is charged at)."""
     extra = _extra_fields(wire, unknown_fields, upstream_extra_fields)
     card = resolve_model(wire.model, models)
     reasoning = reasoning_for(card.id)
-    applied = reasoning.apply(wire.reasoning_effort, wire.thinking_budget)
+    raw = wire.raw_prompt
+    # a raw prompt is read with no template: the model is told no level, and is charged as not thinking
+    applied = reasoning.apply(wire.reasoning_effort, wire.thinking_budget) if raw is None \
+        else AppliedReasoning("none", None, None)
     max_tokens = wire.max_output_tokens
     if default_max_tokens is not None and card.max_model_len is not None:
         default_max_tokens = min(default_max_tokens, card.max_model_len)
@@ -97,7 +112,7 @@ def _validated(
             f"max_tokens ({max_tokens}) exceeds the model's context length ({card.max_model_len}).",
             param="max_tokens",
         )
-    continue_final = _continue_final_message(wire)
+    continue_final = raw is None and _continue_final_message(wire)
     return GenerationRequest(
         completion_id=completion_id or new_completion_id(),
         served_model=card.id,
@@ -124,6 +139,8 @@ def _validated(
         else reasoning.include_reasoning,
         continue_final_message=continue_final,
         streamed=bool(wire.stream),
+        raw_prompt=raw,
+        priority=priority,
     ), applied
 
 
@@ -162,6 +179,23 @@ def _continue_final_message(wire: ChatCompletionRequest) -> bool:
     return True
 
 
+def allowed_priority(asked: int | None, allowed: tuple[int, int] | None, allow_any: bool) -> int | None:
+    """The priority that goes to the engine: ``asked`` within the key's range ``allowed`` (outside it: a 400),
+    or with no range any value when ``allow_any``; otherwise None (dropped)."""
+    if asked is None:
+        return None
+    if allowed is None:
+        if not allow_any:
+            log.debug("dropped the request priority: this caller may not set it")
+            return None
+        return asked
+    low, high = allowed
+    if not low <= asked <= high:
+        raise InvalidRequestError(f"priority {asked} is outside what this key may use ({low} to {high})",
+                                  param="priority")
+    return asked
+
+
 def _extra_fields(wire: ChatCompletionRequest, unknown_fields: UnknownFields,
                   allowed: Collection[str]) -> dict[str, object]:
     """The allowlisted extras; the rest dropped, or a 400 naming the first when the operator says reject."""
@@ -188,13 +222,15 @@ class ValidateStage(Stage):
                  reasoning_for: Callable[[str], ModelReasoning] = lambda _: DEFAULT_REASONING,
                  default_max_tokens: int | None = None, *, unknown_fields: UnknownFields = "drop",
                  upstream_extra_fields: Collection[str] = (), models_ttl_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, allow_priority: bool = False) -> None:
         self.models = models
         self.reasoning_for = reasoning_for
         self.default_max_tokens = default_max_tokens
         self.unknown_fields: UnknownFields = unknown_fields
         self.upstream_extra_fields = frozenset(upstream_extra_fields)
         self.models_ttl_s = models_ttl_s
+        # callers whose key sets no priority range may send any (an allowlisted `priority` did so before)
+        self.allow_priority = allow_priority or "priority" in self.upstream_extra_fields
         self._clock = clock
         self._known: list[ModelCard] = []  # the engine's last non-empty answer…
         self._known_until = 0.0  # …trusted until then
@@ -222,7 +258,8 @@ class ValidateStage(Stage):
             default_max_tokens = cap if default_max_tokens is None else min(default_max_tokens, cap)
         request, applied = _validated(
             wire, models, self.reasoning_for, call.ctx.completion_id, default_max_tokens,
-            unknown_fields=self.unknown_fields, upstream_extra_fields=self.upstream_extra_fields)
+            unknown_fields=self.unknown_fields, upstream_extra_fields=self.upstream_extra_fields,
+            priority=allowed_priority(wire.priority, call.ctx.caller.priority, self.allow_priority))
         call.engine_request = request
         call.ctx.model = request.served_model
         call.ctx.reasoning = applied  # with the level it is charged at (the limits stage reads it)

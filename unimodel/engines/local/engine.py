@@ -14,7 +14,13 @@ Everything in which model families differ comes from the model's format (``forma
 markers' token ids (for the output parser, the thinking budget, banning tool calls), the grammar pieces, and
 whether the prompt already opened the thinking. This module never names a marker.
 
-Not supported (400 ``unsupported_feature``): ``logprobs``; JSON mode together with a forced tool call; a
+``logprobs``/``top_logprobs``: the scheduler computes them only for the requests that ask, from the model's
+own distribution before any logit hook, penalty, temperature or top-k/top-p (vLLM's default
+``--logprobs-mode raw_logprobs``; unlike vLLM, a grammar's mask is not applied to them either), one entry for
+every generated token the answer counts (thinking, markers, tool calls and the stop token included, as vLLM).
+``priority`` is not read: requests are admitted first come, first served.
+
+Not supported (400 ``unsupported_feature``): JSON mode together with a forced tool call; a
 thinking budget, or a forced tool call, where the model's tokenizer lacks the family's markers as single
 tokens (the 400 names the family).
 Sampling defaults when a request omits them: the checkpoint's generation_config if it samples, else
@@ -33,7 +39,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from unimodel.engines.base import Engine, GenerationRequest
+from unimodel.engines.base import Engine, GenerationRequest, PromptCount
 from unimodel.engines.local.cpu_threads import apply_cpu_threads
 from unimodel.engines.local.grammar import GrammarCompiler
 from unimodel.engines.local.hooks import BanTokens, RepetitionPenalties, ThinkingBudget
@@ -44,7 +50,7 @@ from unimodel.engines.local.loader import LoadedModel, load_model
 from unimodel.engines.local.output import OutputAssembler
 from unimodel.engines.local.sampling import SamplingParams
 from unimodel.engines.local.scheduler import BatchScheduler, cache_kwarg
-from unimodel.engines.local.sequence import LogitsHook, SequenceRequest, StopReason
+from unimodel.engines.local.sequence import LogitsHook, SequenceRequest, StopReason, TokenLogprobs
 from unimodel.errors import (
     ContextLengthExceededError,
     InvalidRequestError,
@@ -55,10 +61,11 @@ from unimodel.errors import (
 )
 from unimodel.formats.base import FormatMarkers, ModelFormat
 from unimodel.formats.grammar import ThinkingMode, build_grammar, json_answer
-from unimodel.formats.render import RenderedPrompt, has_images
+from unimodel.formats.plain import PlainTextParser
+from unimodel.formats.render import PromptRenderer, RenderedPrompt, has_images
 from unimodel.images.decode import DEFAULT_LIMITS, ImageLimits
 from unimodel.models.tiny_random import tiny_note
-from unimodel.protocol.events import FLUSH, Event, ThinkingBudgetReached
+from unimodel.protocol.events import FLUSH, Event, Logprobs, ThinkingBudgetReached, TokenLogprob, TopLogprob
 from unimodel.protocol.openai import ModelCard, NamedToolChoice, ResponseFormat
 
 log = logging.getLogger("unimodel.local")
@@ -197,8 +204,13 @@ class LocalEngine(Engine):
     # ---- generation ------------------------------------------------------------------------------------
 
     async def render(self, request: GenerationRequest) -> RenderedPrompt:
-        """Prompt ids and images for ``request``; raises the 400s a request can earn before any work."""
+        """Prompt ids and images for ``request``; raises the 400s a request can earn before any work. A raw
+        prompt is tokenized as it is (no chat template)."""
         loaded = self.loaded
+        if request.raw_prompt is not None:
+            raw = request.raw_prompt
+            return RenderedPrompt(await asyncio.to_thread(loaded.renderer.encode_text, raw.text,
+                                                          raw.add_special_tokens))
         images: dict[str, Any] | None = None
         if has_images(request.messages):
             if not loaded.supports_images:
@@ -212,8 +224,6 @@ class LocalEngine(Engine):
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
         scheduler = self.scheduler
         loaded = self.loaded
-        if request.sampling.logprobs:
-            raise UnsupportedFeatureError("logprobs are not supported by the local engine", param="logprobs")
         prompt = await self.render(request)
         n = len(prompt.token_ids)
         limit = loaded.max_model_len
@@ -223,7 +233,9 @@ class LocalEngine(Engine):
                 f"This model's maximum context length is {limit} tokens; the messages take {n} tokens{asked}. "
                 "Shorten the messages or lower max_tokens.", param="messages")
         params = self._sampling_params(request, n)
-        opened = self._format.prompt_opens_thinking(prompt.token_ids, self._markers, loaded.renderer.control_ids)
+        raw = request.raw_prompt is not None  # its output is all content: no markers looked for
+        opened = not raw and self._format.prompt_opens_thinking(prompt.token_ids, self._markers,
+                                                                loaded.renderer.control_ids)
         hooks = await self.hooks_for(request, opened=opened)
         mailbox = self._mailbox(asyncio.get_running_loop())
         inbox: asyncio.Queue[Item] = asyncio.Queue()
@@ -233,9 +245,13 @@ class LocalEngine(Engine):
 
         seq = SequenceRequest(prompt.token_ids, params, sink, prefill_inputs=pixel_inputs(prompt.images, self.loaded),
                               hooks=hooks, flush=mailbox.wake)
+        if request.sampling.logprobs:
+            seq.top_logprobs = request.sampling.top_logprobs or 0
+        renderer = loaded.renderer
         out = OutputAssembler(
-            self._format.new_parser(special_ids=self._markers.by_text, starts_in_reasoning=opened),
-            loaded.renderer.new_detokenizer(), prompt_tokens=n, marker_ids=self._markers.ids,
+            PlainTextParser() if raw else self._format.new_parser(special_ids=self._markers.by_text,
+                                                                  starts_in_reasoning=opened),
+            loaded.renderer.new_detokenizer(), prompt_tokens=n, marker_ids=() if raw else self._markers.ids,
             end_ids=params.stop_token_ids,
             stop_strings=list(request.sampling.stop),
         )
@@ -243,18 +259,25 @@ class LocalEngine(Engine):
         try:
             reason: StopReason | None = None
             unflushed = False
+            received = 0  # tokens received so far: the index of the next one's entry in seq.logprobs
             while reason is None and not out.stopped:
                 tokens, reason, error = await self._next_item(inbox, seq)
                 if error is not None:
                     if isinstance(error, UnimodelError):
                         raise error
-                    log.error("request %s failed in the model: %s: %s", request.request_id,
+                    log.error("request %s failed in the model: %s: %s", request.completion_id,
                               type(error).__name__, error)
                     raise UnimodelError("generation failed in the model; the error is logged") from error
                 for token in tokens:
+                    counted = not out.stopped  # a token after a stop string is neither counted nor shown
                     for event in out.feed(token):
                         unflushed = True
                         yield event
+                    if seq.top_logprobs is not None and counted:
+                        unflushed = True
+                        yield Logprobs((token_logprob(renderer, token, seq.logprobs[received]),),
+                                       out.thinking_token)
+                    received += 1
                 if unflushed and inbox.empty():  # caught up with the scheduler: what we have goes out now
                     unflushed = False
                     yield FLUSH
@@ -266,6 +289,23 @@ class LocalEngine(Engine):
         finally:
             if not seq.done:
                 scheduler.cancel(seq)
+
+    async def count_prompt(self, request: GenerationRequest, *, token_strs: bool = False) -> PromptCount:
+        """Exact: the prompt rendered by the same code as :meth:`generate` (images fetched and encoded too, so
+        their tokens count)."""
+        prompt = await self.render(request)
+        ids = prompt.token_ids
+        strs = await asyncio.to_thread(self.loaded.renderer.token_strs, ids) if token_strs else None
+        return PromptCount(len(ids), True, ids, self.loaded.max_model_len, strs)
+
+    async def detokenize(self, model: str, tokens: list[int]) -> str:
+        renderer = self.loaded.renderer
+        vocab = renderer.vocab_size
+        bad = next((i for i, t in enumerate(tokens) if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"tokens[{bad}] ({tokens[bad]}) is not a token id of this model "
+                                      f"(0 to {vocab - 1})", param="tokens")
+        return await asyncio.to_thread(renderer.decode, tokens)
 
     async def _next_item(self, inbox: asyncio.Queue[Item], seq: SequenceRequest) -> Item:
         """The next result; while ``seq`` still waits for a slot, at most ``queue_timeout_s`` (then 503)."""
@@ -373,6 +413,23 @@ class LocalEngine(Engine):
             text_config = getattr(self.loaded.config, "text_config", None) or self.loaded.config
             hooks.append(RepetitionPenalties(presence, frequency, int(text_config.vocab_size)))
         return hooks
+
+
+def _finite(logprob: float) -> float:
+    """A log probability JSON can carry: -inf (and NaN) as -9999.0, as vLLM does."""
+    return logprob if logprob > -9999.0 else -9999.0
+
+
+def token_logprob(renderer: PromptRenderer, token: int, entry: TokenLogprobs) -> TokenLogprob:
+    """A generated token's entry for a ``Logprobs`` event, from the scheduler's (logprob, [(id, logprob) …]):
+    each token's text is its bytes read as UTF-8 (a piece of a character as U+FFFD), its bytes the raw ones."""
+    logprob, top = entry
+    raw = renderer.token_bytes(token)
+    alternatives = []
+    for token_id, alt_logprob in top:
+        alt = renderer.token_bytes(token_id)
+        alternatives.append(TopLogprob(alt.decode("utf-8", "replace"), _finite(alt_logprob), tuple(alt)))
+    return TokenLogprob(raw.decode("utf-8", "replace"), _finite(logprob), tuple(raw), tuple(alternatives))
 
 
 def _response_schema(response_format: ResponseFormat) -> dict[str, Any]:
