@@ -54,10 +54,12 @@ from unimodel.service.parse import ParseStage
 from unimodel.service.pipeline import Stage
 from unimodel.service.usage_estimate import UsageEstimator
 from unimodel.service.validate import ValidateStage
+from unimodel.secret_files import read_secrets
+from unimodel.shapes.responses.state import ResponsesOptions, ResponsesState, build_state
 from unimodel.telemetry.alerts import Alerts
 from unimodel.telemetry.metrics import LabelBounds, Metrics
 from unimodel.telemetry.request_log import CAPTURE_CHARS, RequestLog, RequestLogConfig, open_request_log
-from unimodel.telemetry.store import LogStoreError
+from unimodel.telemetry.store import LogStoreError, database_url, default_data_dir
 from unimodel.telemetry.window import RequestWindow
 
 DASHBOARD_HORIZON_S = 3600.0  # the dashboard's longest view
@@ -82,10 +84,20 @@ class Composition:
     metrics_key: Optional[str] = None
     allowed_hosts: Optional[tuple[str, ...]] = None  # the Host names answered (None: any): allowed_hosts()
     cors_origins: tuple[str, ...] = ()  # the origins whose pages may call the API ("*": any)
+    responses: Optional[ResponsesState] = None  # the Responses API's stored responses and sealing key
 
     @property
     def auth(self) -> ApiKeyAuth:
         return next(s for s in self.stages if isinstance(s, ApiKeyAuth))
+
+    @property
+    def counting_stages(self) -> list[Stage]:
+        """The stages a token-counting request runs (``service/tokens.py``): the chat pipeline's own objects up to
+        the validated request (auth, the key's requests, parse, route, validate), and the image policy (an
+        image's tokens are counted from the image, which only that stage fetches). No generation stage: no
+        answer is made."""
+        cut = next(i for i, s in enumerate(self.stages) if isinstance(s, ValidateStage)) + 1
+        return [*self.stages[:cut], *(s for s in self.stages[cut:] if isinstance(s, ImagePolicyStage))]
 
 
 def compose(settings: Settings, engine: Optional[Engine] = None) -> Composition:
@@ -105,7 +117,8 @@ def compose(settings: Settings, engine: Optional[Engine] = None) -> Composition:
         usage_estimator=usage_estimator(settings),
         max_request_bytes=settings.max_request_bytes, dashboard=settings.dashboard,
         admin_key=_secret(settings.admin_key), metrics_key=_secret(settings.metrics_key),
-        allowed_hosts=allowed_hosts(settings), cors_origins=tuple(settings.cors_origins))
+        allowed_hosts=allowed_hosts(settings), cors_origins=tuple(settings.cors_origins),
+        responses=build_responses(settings))
 
 
 # ---- browsers -----------------------------------------------------------------------------------------------
@@ -207,7 +220,8 @@ def build_stages(settings: Settings, engines: EngineSet) -> list[Stage]:
         ParseStage(settings.max_json_depth, json_only=settings.json_only, untyped_ok=has_keys(settings)),
         RouteStage(settings.route_policies, image_policy=images, reasoning_for=reasoning),
         ValidateStage(engines.primary.models, reasoning, settings.default_max_tokens,
-                      unknown_fields=settings.unknown_fields, upstream_extra_fields=settings.upstream_extra_fields),
+                      unknown_fields=settings.unknown_fields, upstream_extra_fields=settings.upstream_extra_fields,
+                      allow_priority=settings.allow_priority),
         *limits,  # users, high reasoning, tokens: before any image is fetched or decoded
         ImagePolicyStage(images),
         *idempotency_stages(settings),
@@ -343,6 +357,30 @@ def build_request_log(settings: Settings) -> Optional[RequestLog]:
         raise ConfigError(f"the request log cannot use {exc.filename}: {exc.strerror}") from exc
 
 
+def build_responses(settings: Settings) -> ResponsesState:
+    """The Responses API's state: its store (the request log's database unless ``--responses-store`` says
+    otherwise; nothing is connected yet) and the sealer with ``--responses-key-file``'s keys (read now)."""
+    keys: tuple[str, ...] = ()
+    if settings.responses_key_file is not None:
+        keys = tuple(read_secrets(settings.responses_key_file, "--responses-key-file"))
+    kind = settings.responses_store
+    if kind == "redis" and not settings.redis:
+        raise ConfigError("--responses-store redis keeps stored responses in --redis: set --redis "
+                          "redis://host:6379/0 (or --responses-store log-db)")
+    try:
+        return build_state(ResponsesOptions(
+            store=kind,
+            db_url=database_url(settings.log_db, default_data_dir(settings.data_dir)) if kind == "log-db" else None,
+            redis_url=settings.redis, redis_prefix=settings.redis_prefix,
+            retention_days=settings.responses_retention_days, max_bytes=settings.responses_max_bytes,
+            memory_records=settings.responses_memory_records, memory_bytes=settings.responses_memory_bytes,
+            key_secrets=keys, max_background=settings.responses_max_background))
+    except LogStoreError as exc:
+        raise ConfigError(str(exc)) from exc
+    except ValueError as exc:  # a sealing key too short, two keys with one id
+        raise ConfigError(f"--responses-key-file {settings.responses_key_file}: {exc}") from exc
+
+
 def key_names(settings: Settings) -> list[str]:
     """Every name a caller can have: ``anonymous``, the plain keys' (``key-`` and 8 hex digits of each key's
     hash: :func:`~unimodel.gateway.keys.plain_key_name`), the named keys'."""
@@ -387,6 +425,10 @@ def check_workers(settings: Settings) -> None:
             raise ConfigError(f"--workers {n} needs shared state: {' and '.join(in_memory)} would live in each "
                               "worker's own memory; set --redis redis://host:6379/0, or turn them off "
                               "(no --rpm/--tpm/--max-concurrent limits, --no-idempotency)")
+    if settings.responses_store == "memory":
+        raise ConfigError(f"--workers {n} with --responses-store memory: a stored response would live in one "
+                          "worker's memory, and the next turn may reach another; use --responses-store log-db "
+                          "or redis")
 
 
 def _secret(value: object) -> Optional[str]:

@@ -43,7 +43,7 @@ class UpstreamSpec(BaseModel):
         return _http_url(v)
 
 
-Panel = Literal["engine", "local", "vllm", "upstream", "gateway", "limits", "telemetry", "server"]
+Panel = Literal["engine", "local", "vllm", "upstream", "gateway", "limits", "responses", "telemetry", "server"]
 
 
 def _cli(panel: Panel, flag: Optional[str] = None) -> dict[str, Any]:
@@ -182,6 +182,9 @@ class Settings(BaseSettings):
     upstream_extra_fields: list[str] = Field(
         default_factory=list, json_schema_extra=_cli("gateway", "--upstream-extra-field"),
         description="A request field forwarded to the upstream as-is.")
+    allow_priority: bool = Field(default=False, json_schema_extra=_cli("gateway"), description=(
+        "Forward a request's priority (vLLM's priority scheduling) from callers whose key sets no priority "
+        "range (plain --api-key keys, no keys); off, it is dropped."))
     max_json_depth: int = Field(default=64, ge=8, le=512, json_schema_extra=_cli("gateway"),
                                 description="Deepest JSON nesting a request may have.")
     # images, for every engine: URLs are fetched by the gateway (public addresses only) and passed on inline
@@ -288,6 +291,30 @@ class Settings(BaseSettings):
         "Rows held in memory while the log database is down, before they spill to a file."))
     log_spill_path: Optional[Path] = Field(default=None, json_schema_extra=_cli("telemetry"),
                                            description="The spill file (default: beside the database).")
+
+    # the Responses API's state (shapes/responses/): stored responses (store: true, previous_response_id, GET and
+    # DELETE /v1/responses/{id}, background) in the request log's database by default, and the key that seals
+    # reasoning handed out as encrypted_content
+    responses_store: Literal["log-db", "memory", "redis", "off"] = Field(
+        default="log-db", json_schema_extra=_cli("responses"), description=(
+            "Where stored responses live: the request log's database (log-db: --log-db, SQLite by default), this "
+            "process's memory, --redis, or off (store: true is then not kept)."))
+    responses_retention_days: float = Field(default=30.0, gt=0, le=3650, json_schema_extra=_cli("responses"),
+                                            description="Days a stored response is kept.")
+    responses_max_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, json_schema_extra=_cli("responses"), description=(
+            "Largest stored response with its whole conversation, in bytes of JSON; past it 400 (start a new "
+            "conversation, or store: false)."))
+    responses_memory_records: int = Field(default=10_000, ge=1, json_schema_extra=_cli("responses"), description=(
+        "Stored responses kept with --responses-store memory, the oldest dropped first."))
+    responses_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=1024, json_schema_extra=_cli("responses"),
+                                        description="Bytes of stored responses kept with --responses-store memory.")
+    responses_max_background: int = Field(default=64, ge=0, le=100_000, json_schema_extra=_cli("responses"),
+                                          description=(
+        "Background responses (background: true) this process runs at once; beyond it 429 (0: background off)."))
+    responses_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("responses"), description=(
+        "A file of keys that seal reasoning (encrypted_content), one a line, the current first, older ones still "
+        "opened; each at least 32 characters (default: a random key per process, lost on restart)."))
 
     # alerts and the dashboard (telemetry/alerts.py, GET /dashboard): rules judged in process over the recent
     # requests; a firing alert is a line on the unimodel.alerts logger and, with a webhook, a JSON POST

@@ -7,12 +7,16 @@ so the label never drifts from what clients see::
     UnimodelError                      500 server_error / internal_error
     ├── InvalidRequestError            400 invalid_request_error / invalid_value   (carries ``param``)
     │   ├── ContextLengthExceededError 400 invalid_request_error / context_length_exceeded
-    │   └── UnsupportedFeatureError    400 invalid_request_error / unsupported_feature
+    │   ├── UnsupportedFeatureError    400 invalid_request_error / unsupported_feature
+    │   ├── StoredResponseTooLargeError 400 invalid_request_error / response_too_large (the Responses API's)
+    │   ├── EncryptedContentError      400 invalid_request_error / invalid_encrypted_content
+    │   └── PreviousResponseNotFoundError 400 invalid_request_error / previous_response_not_found
     ├── AuthenticationError            401 authentication_error / invalid_api_key
     ├── PermissionDeniedError          403 permission_error / permission_denied
     │   └── CrossOriginError           403 permission_error / cross_origin_forbidden
     ├── NotFoundError                  404 not_found_error / not_found
-    │   └── ModelNotFoundError         404 invalid_request_error / model_not_found
+    │   ├── ModelNotFoundError         404 invalid_request_error / model_not_found
+    │   └── ResponseNotFoundError      404 invalid_request_error / response_not_found (GET /v1/responses/{id} …)
     ├── ConflictError                  409 conflict_error / conflict
     │   ├── IdempotencyKeyReusedError  409 conflict_error / idempotency_key_reused
     │   └── IdempotencyKeyInUseError   409 conflict_error / idempotency_key_in_use (carries ``retry_after``)
@@ -34,7 +38,8 @@ so the label never drifts from what clients see::
         ├── CircuitOpenError           503 service_unavailable / circuit_open (carries ``retry_after``)
         ├── LimitsUnavailableError     503 service_unavailable / limits_unavailable (carries ``retry_after``)
         ├── TooManyConnectionsError    503 service_unavailable / too_many_connections (the HTTP layer's)
-        └── ImagesBusyError            503 service_unavailable / images_busy (carries ``retry_after``)
+        ├── ImagesBusyError            503 service_unavailable / images_busy (carries ``retry_after``)
+        └── ResponseStoreUnavailableError 503 service_unavailable / store_unavailable (carries ``retry_after``)
 
 Engines, the gateway and the server raise these; only the server turns them into HTTP responses. Apart from
 the tree, :class:`ConfigError` (a ``ValueError``) is an operator's settings problem found at start-up.
@@ -101,6 +106,27 @@ class UnsupportedFeatureError(InvalidRequestError):
     code = "unsupported_feature"
 
 
+class StoredResponseTooLargeError(InvalidRequestError):
+    """A response to store (with the conversation ``previous_response_id`` chains to it) or reasoning to seal
+    that is larger than the server keeps (``--responses-max-bytes``)."""
+
+    code = "response_too_large"
+
+
+class EncryptedContentError(InvalidRequestError):
+    """Encrypted reasoning a client sent back (``reasoning.encrypted_content``) that this server cannot open:
+    tampered with, cut short, sealed with a key it does not hold (another server, or one since retired)."""
+
+    code = "invalid_encrypted_content"
+
+
+class PreviousResponseNotFoundError(InvalidRequestError):
+    """``previous_response_id`` names no stored response this key can see (never stored, another key's, expired,
+    deleted): a 400, as OpenAI answers it."""
+
+    code = "previous_response_not_found"
+
+
 class AuthenticationError(UnimodelError):
     status_code = 401
     error_type = "authentication_error"
@@ -128,6 +154,14 @@ class NotFoundError(UnimodelError):
 class ModelNotFoundError(NotFoundError):
     error_type = "invalid_request_error"
     code = "model_not_found"
+
+
+class ResponseNotFoundError(NotFoundError):
+    """``GET``/``DELETE /v1/responses/{id}`` (and its cancel, its input items) for an id this key has no stored
+    response of: OpenAI's 404, an ``invalid_request_error``."""
+
+    error_type = "invalid_request_error"
+    code = "response_not_found"
 
 
 class ConflictError(UnimodelError):
@@ -281,6 +315,13 @@ class ImagesBusyError(ServiceUnavailableError):
     """Every slot for image work (fetching and decoding, server-wide) stayed busy for the whole wait."""
 
     code = "images_busy"
+
+
+class ResponseStoreUnavailableError(ServiceUnavailableError):
+    """The stored responses' database or Redis cannot be reached (or timed out): a response to store was not
+    stored, or one asked for could not be read. Never swallowed: a lost write would break the next turn."""
+
+    code = "store_unavailable"
 
 
 class ConfigError(ValueError):

@@ -37,6 +37,7 @@ PANELS = {
     "upstream": "Upstream engine",
     "gateway": "Gateway: keys, routes, requests, images, idempotency, resilience",
     "limits": "Limits and quotas",
+    "responses": "Responses API: stored responses, encrypted reasoning",
     "telemetry": "Telemetry: request log, metrics, dashboard, alerts",
     "server": "Server",
 }

@@ -184,11 +184,11 @@ def test_a_stream_that_breaks_midway_ends_with_response_failed(client: openai.Op
 
 @pytest.mark.parametrize(("request_fields", "param"), [
     ({"input": [{"type": "computer_call_output", "call_id": "c", "output": {}}]}, "input[0]"),
-    ({"input": "hi", "tools": [{"type": "web_search"}]}, "tools[0]"),
+    ({"input": "hi", "tools": [{"type": "custom", "name": "apply_patch"}]}, "tools[0]"),
     ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "file-abc"}]}]},
      "input[0].content[0]"),
     ({"input": "hi", "previous_response_id": "resp_123"}, "previous_response_id"),
-    ({"input": "hi", "background": True}, "background"),
+    ({"input": "hi", "background": True, "store": False}, "background"),
     ({"input": "hi", "model": "no-such-model"}, "model"),
 ])
 @pytest.mark.parametrize("stream", [False, True])

@@ -176,7 +176,8 @@ def codex_config(base_url: str, model: str, *, retries: Optional[int] = None,
     """``config.toml`` for Codex CLI with unimodel as a Responses provider (``base_url`` ends in ``/v1``); the
     README's section shows the same file. ``retries`` (tests: 0) bounds its request and stream retries;
     ``function_tools_only`` turns off the two tools Codex sends that are not plain functions (the hosted
-    ``web_search`` and the ``multi_agent_v1`` namespace), which our Responses shape refuses."""
+    ``web_search`` and the ``multi_agent_v1`` namespace; our Responses shape accepts both: the namespace's
+    functions reach the model flattened, ``web_search`` is left out)."""
     lines = [
         f'model = "{model}"',
         f'model_provider = "{CODEX_PROVIDER}"',

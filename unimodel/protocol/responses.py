@@ -5,12 +5,21 @@ so what is modelled here is what that translation needs, each field typed and ev
 bounded (the chat limits of :mod:`unimodel.protocol.openai`, reused, and OpenAI's own for ``metadata``).
 Unknown fields are ignored, at every level: clients send fields of newer API versions we must not refuse.
 
-What this server cannot do is refused here with a 400 that names it, never silently ignored: hosted tools
-(``web_search``, ``file_search``, ``computer``, ``mcp`` …: only ``function`` tools run here), a ``tool_choice``
-that names one, input items other than messages, function calls and their outputs and reasoning, images sent
-as a ``file_id`` and files (this server has no Files API), ``conversation`` and ``prompt`` (server-side state it
-does not keep). Whether ``previous_response_id`` and ``background`` can be served is the shape's business (they
-need the response store).
+Tools: ``function`` tools, and ``namespace`` tools (a named group of function tools, which Codex CLI sends by
+default: ``multi_agent_v1``), whose functions the model sees flattened as ``<namespace>__<name>`` (vLLM's
+convention, and Codex's own when a boundary cannot keep the split; :meth:`ResponsesRequest.function_tools`).
+Hosted tools, which OpenAI's servers run themselves (:data:`HOSTED_TOOLS`: ``web_search``, ``file_search``,
+``code_interpreter``, ``image_generation``, ``computer_use_preview``, ``mcp`` …), are accepted and left out of
+what the model is shown, as vLLM does: a client that offers them (Codex offers ``web_search`` by default) still
+gets an answer, from the model alone; the shape logs each at debug level. Any other tool type (``custom``,
+``local_shell``, ``apply_patch``, a type this server does not know) is a 400 naming it: the model would be told
+about a tool whose calls this server cannot write back in that tool's own item form.
+
+What this server cannot do otherwise is refused here with a 400 that names it, never silently ignored: a
+``tool_choice`` that names a hosted tool, input items other than messages, function calls and their outputs and
+reasoning, images sent as a ``file_id`` and files (this server has no Files API), ``conversation`` and ``prompt``
+(server-side state it does not keep). Whether ``previous_response_id`` and ``background`` can be served is the
+shape's business (they need the response store).
 """
 
 from __future__ import annotations
@@ -110,13 +119,19 @@ class MessageItem(_Open):
 
 
 class FunctionCallItem(_Open):
-    """A call the model made in an earlier turn, sent back with the conversation."""
+    """A call the model made in an earlier turn, sent back with the conversation; ``namespace``: the namespace tool
+    the function belongs to (the chat request then names it ``<namespace>__<name>``, as the model saw it)."""
 
     type: Literal["function_call"]
     call_id: Id
     name: str = Field(min_length=1, max_length=64)
     arguments: str
     id: Optional[str] = Field(default=None, max_length=MAX_NAME_CHARS)
+    namespace: Optional[str] = Field(default=None, min_length=1, max_length=64)
+
+    @property
+    def flat_name(self) -> str:
+        return flat_tool_name(self.namespace, self.name) if self.namespace else self.name
 
 
 class FunctionCallOutputItem(_Open):
@@ -155,8 +170,8 @@ class UnsupportedItem(_Open):
     @model_validator(mode="after")
     def _refuse(self) -> "UnsupportedItem":
         if self.type == "item_reference":
-            raise ValueError("input items of type 'item_reference' need the response store, which this server "
-                             "does not keep: send the item itself")
+            raise ValueError("input items of type 'item_reference' are not supported (this server does not look "
+                             "items up in the response store): send the item itself, or previous_response_id")
         raise ValueError(f"input items of type '{self.type}' are not supported: send messages, function_call, "
                          "function_call_output and reasoning items")
 
@@ -194,23 +209,81 @@ class FunctionTool(_Open):
     strict: Optional[bool] = None
 
 
+#: the separator of a namespace tool's function names as the model sees them (vLLM's and Codex's)
+NAMESPACE_SEPARATOR = "__"
+
+#: tools OpenAI's servers run themselves; accepted and not shown to the model (see the module docstring)
+HOSTED_TOOLS = frozenset({
+    "web_search", "web_search_preview", "web_search_preview_2025_03_11", "web_search_2025_08_26", "file_search",
+    "code_interpreter", "image_generation", "computer_use_preview", "computer", "mcp", "tool_search",
+})
+
+
+def flat_tool_name(namespace: str, name: str) -> str:
+    """A namespace tool's function as the model sees it: ``<namespace>__<name>``."""
+    return f"{namespace}{NAMESPACE_SEPARATOR}{name}"
+
+
+class NamespaceFunction(_Open):
+    """A function of a namespace tool (its other members, such as custom tools, are left out)."""
+
+    type: str = Field(max_length=64)
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: Optional[str] = None
+    parameters: Optional[dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+
+class NamespaceTool(_Open):
+    """``{"type": "namespace", "name": …, "tools": [function tools]}``: its functions, flattened, are what the
+    model is shown (:meth:`ResponsesRequest.function_tools`)."""
+
+    type: Literal["namespace"]
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    description: Optional[str] = None
+    tools: Annotated[list[NamespaceFunction], Field(max_length=MAX_TOOLS)] = []
+
+    @model_validator(mode="after")
+    def _names_fit(self) -> "NamespaceTool":
+        for tool in self.tools:
+            if tool.type == "function" and len(flat_tool_name(self.name, tool.name)) > 64:
+                raise ValueError(f"the function '{tool.name}' of the namespace '{self.name}' is named "
+                                 f"'{flat_tool_name(self.name, tool.name)}' to the model, longer than 64 characters")
+        return self
+
+    def functions(self) -> list[FunctionTool]:
+        return [FunctionTool(type="function", name=flat_tool_name(self.name, t.name), description=t.description,
+                             parameters=t.parameters, strict=t.strict) for t in self.tools if t.type == "function"]
+
+
+class HostedTool(_Open):
+    """A tool OpenAI's servers run (:data:`HOSTED_TOOLS`): accepted, and never shown to the model."""
+
+    type: str = Field(max_length=64)
+
+
 class UnsupportedTool(_Open):
-    """A hosted or custom tool (``web_search``, ``file_search``, ``computer``, ``mcp``, ``custom`` …): refused."""
+    """A tool the client would run in an item form of its own (``custom``, ``local_shell``, ``apply_patch``), or a
+    type this server does not know: refused, naming it."""
 
     type: str = Field(max_length=64)
 
     @model_validator(mode="after")
     def _refuse(self) -> "UnsupportedTool":
-        raise ValueError(f"tools of type '{self.type}' are not supported: this server runs 'function' tools only")
+        raise ValueError(f"tools of type '{self.type}' are not supported: this server runs 'function' and "
+                         "'namespace' tools (hosted tools such as 'web_search' are accepted and not used)")
 
 
 def _tool_tag(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
-    return "function" if kind == "function" else "unsupported"
+    if kind in ("function", "namespace"):
+        return kind
+    return "hosted" if kind in HOSTED_TOOLS else "unsupported"
 
 
 ResponsesTool = Annotated[
-    Union[Annotated[FunctionTool, Tag("function")], Annotated[UnsupportedTool, Tag("unsupported")]],
+    Union[Annotated[FunctionTool, Tag("function")], Annotated[NamespaceTool, Tag("namespace")],
+          Annotated[HostedTool, Tag("hosted")], Annotated[UnsupportedTool, Tag("unsupported")]],
     Discriminator(_tool_tag),
 ]
 
@@ -323,4 +396,31 @@ class ResponsesRequest(_Open):
 
     @property
     def function_tools(self) -> list[FunctionTool]:
-        return [t for t in self.tools or () if isinstance(t, FunctionTool)]
+        """The functions the model is shown: the function tools, and each namespace's functions flattened to
+        ``<namespace>__<name>``, in the request's order (hosted tools are not among them)."""
+        out: list[FunctionTool] = []
+        for tool in self.tools or ():
+            if isinstance(tool, FunctionTool):
+                out.append(tool)
+            elif isinstance(tool, NamespaceTool):
+                out.extend(tool.functions())
+        return out
+
+    @property
+    def namespaced_names(self) -> dict[str, tuple[str, str]]:
+        """``<namespace>__<name>`` → (namespace, name) for each namespace's function: how a call the model makes
+        goes back to the client (a ``function_call`` item with ``name`` and ``namespace``)."""
+        return {flat_tool_name(tool.name, f.name): (tool.name, f.name) for tool in self.tools or ()
+                if isinstance(tool, NamespaceTool) for f in tool.tools if f.type == "function"}
+
+    @property
+    def hosted_tools(self) -> list[str]:
+        """The types of the hosted tools the request offered (accepted, not used)."""
+        return [t.type for t in self.tools or () if isinstance(t, HostedTool)]
+
+    @property
+    def echoed_tools(self) -> list[dict[str, Any]]:
+        """The tools as the Response object repeats them: the function and namespace tools, as parsed (the hosted
+        ones, which played no part, are left out)."""
+        return [t.model_dump(exclude_none=True, by_alias=True) for t in self.tools or ()
+                if isinstance(t, (FunctionTool, NamespaceTool))]

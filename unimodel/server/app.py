@@ -32,13 +32,19 @@ from unimodel.server.middleware import (
     RequestIdMiddleware,
     SingleAuthorizationMiddleware,
 )
-from unimodel.server.routes import chat, meta
+from unimodel.server.routes import chat, meta, tokens
 from unimodel.server.routes import dashboard as dashboard_route
 from unimodel.server.routes import metrics as metrics_route
+from unimodel.server.routes import responses as responses_route
 from unimodel.service.chat import ChatService
 from unimodel.service.observer import Observer, Observers
 from unimodel.service.pipeline import Pipeline
 from unimodel.service.shape import CHAT
+from unimodel.service.tokens import TokenService
+from unimodel.shapes.completions import COMPLETIONS
+from unimodel.shapes.messages import MESSAGES
+from unimodel.shapes.responses import shape as responses_shape
+from unimodel.shapes.responses.stored import StoredResponses
 from unimodel.telemetry.metrics_gauges import ServingCollector
 
 log = logging.getLogger("unimodel.server")
@@ -77,6 +83,8 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
         await pipeline.start()  # stages' own resources (Redis clients, stores)
         if request_log is not None:
             await request_log.start()  # its writer thread; a database that is down does not stop the server
+        if parts.responses is not None:
+            await parts.responses.start()  # stored responses (Responses API): connects nothing that is down
         if alerts is not None:
             await alerts.start()  # the evaluator task and the webhook sender
         start = asyncio.create_task(engine.start(), name="engine-start")
@@ -86,6 +94,8 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
             yield
         finally:
             try:
+                if parts.responses is not None:  # first: its background runs end while engines and stages work
+                    await parts.responses.aclose()
                 if not start.done():
                     start.cancel()
                 await asyncio.gather(start, return_exceptions=True)
@@ -105,6 +115,7 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
     app.state.start_error = None
     app.state.drain = Drain()  # /ready's 503 on SIGTERM (server/drain.py)
     app.state.request_log = request_log
+    app.state.responses = parts.responses  # the Responses API's stored responses and sealing key
     app.state.metrics = parts.metrics
     app.state.metrics_access = metrics_route.MetricsAccess(
         tuple(k for k in (parts.metrics_key, parts.admin_key) if k), api_keys=parts.auth.ring.enabled)
@@ -125,6 +136,24 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
     app.state.state_access = StateAccess(auth.ring, parts.admin_key)  # who sees /ready's details
     errors.install(app)
     app.router.add_route(chat.PATH, chat.ApiEndpoint(CHAT), methods=["POST"], include_in_schema=False)
+    # Anthropic's Messages API (the query string, such as Claude Code's ?beta=true, plays no part in routing)
+    app.router.add_route("/v1/messages", chat.ApiEndpoint(MESSAGES), methods=["POST"], include_in_schema=False)
+    # OpenAI's Responses API: its stored responses, sealed reasoning and background runs (parts.responses), and
+    # GET/DELETE /v1/responses/{id}, its cancel and input items behind the auth stage
+    state = parts.responses
+    app.router.add_route(responses_shape.PATH, chat.ApiEndpoint(
+        responses_shape.ResponsesShape(state.store, state.sealer, state.background) if state is not None
+        else responses_shape.ResponsesShape()), methods=["POST"], include_in_schema=False)
+    app.state.responses_api = StoredResponses(state.store if state is not None else None,
+                                              state.background if state is not None else None)
+    app.state.responses_pipeline = Pipeline([auth])
+    app.include_router(responses_route.router)
+    # the legacy text completions: a raw prompt through the same pipeline as chat
+    app.router.add_route("/v1/completions", chat.ApiEndpoint(COMPLETIONS), methods=["POST"], include_in_schema=False)
+    # /tokenize, /detokenize, /v1/messages/count_tokens: the counting stages (the chat pipeline's own, to validate)
+    app.state.tokens = TokenService(engine, Pipeline(parts.counting_stages), parts.usage_estimator)
+    for path, endpoint in tokens.endpoints(lambda: next((card.id for card in engine.models()), None)):
+        app.router.add_route(path, endpoint, methods=["POST"], include_in_schema=False)
     app.include_router(meta.router)
     if parts.metrics is not None:
         app.include_router(metrics_route.router)
@@ -136,7 +165,7 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=parts.max_request_bytes)
     app.add_middleware(SingleAuthorizationMiddleware)  # every route: one Authorization header or a 400
     if parts.cors_origins:  # the pages of these origins may call the API: their preflights answered, CORS headers
-        app.add_middleware(CORSMiddleware, allow_origins=list(parts.cors_origins), allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=list(parts.cors_origins), allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=list(CORS_REQUEST_HEADERS), expose_headers=list(CORS_EXPOSED_HEADERS),
                            allow_private_network=True)
     app.add_middleware(CrossOriginMiddleware, allowed_origins=parts.cors_origins)  # any other page's: 403

@@ -264,6 +264,6 @@ class CrossOriginMiddleware:
 CORS_REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "x-request-id", "x-unimodel-route",
                         "x-api-key", "anthropic-version", "anthropic-beta")
 CORS_EXPOSED_HEADERS = ("x-request-id", "x-unimodel-route", "x-unimodel-upstream", "x-unimodel-reasoning",
-                        "idempotent-replayed", "retry-after", "retry-after-ms", "x-should-retry",
+                        "x-unimodel-token-count", "idempotent-replayed", "retry-after", "retry-after-ms", "x-should-retry",
                         *(f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset")
                           for unit in ("requests", "tokens")))

@@ -182,12 +182,14 @@ class ChatService:
                 log.exception("the %s shape failed to finish %s", call.shape.name, call.ctx.request_id)
         yield tail
 
-    async def abandon(self, prepared: PreparedChat) -> None:
-        """End a prepared request that will never be read (its client left before the response started);
-        a no-op for one that already ended. The server calls it after every response, so a prepared request
-        always ends exactly once, even when its stream or completion never ran."""
+    async def abandon(self, prepared: PreparedChat, error: Optional[BaseException] = None) -> None:
+        """End a prepared request that will never be read (its client left before the response started, or
+        ``error`` stopped it: a shape that runs requests on its own refused to take it); a no-op for one that
+        already ended. The server calls it after every response, so a prepared request always ends exactly once,
+        even when its stream or completion never ran."""
         if not prepared.ended:
-            await self._end(prepared, ClientClosedError("the client closed the connection before the answer began"))
+            await self._end(prepared, error or ClientClosedError(
+                "the client closed the connection before the answer began"))
 
     # ---- bookkeeping --------------------------------------------------------------------------------
 

@@ -10,7 +10,10 @@ shape's error body. The base class is the chat-completions shape itself.
 
 A shape may keep state across requests (the Responses API's stored responses): :meth:`to_chat` is async and
 sees the call (its caller is known by then: auth runs first), and :meth:`finished` runs once the answer is
-complete, before it is sent.
+complete, before it is sent. A shape may also answer a request at once and run it on its own (the Responses API's
+``background: true``): once the pipeline has admitted it (every stage entered, the engine's first event out, so a
+refusal is still the client's answer), :meth:`detaches` says so and :meth:`detach` takes the prepared request over
+and gives the answer to send now.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from unimodel.service.assemble import ChunkEncoder
 from unimodel.service.errors import validation_to_error
 
 if TYPE_CHECKING:
+    from unimodel.service.chat import ChatService, PreparedChat
     from unimodel.service.pipeline import Call
 
 
@@ -86,6 +90,16 @@ class ApiShape:
         (a stateful shape stores it here, so a follow-up request that comes right after finds it)."""
         return None
 
+    def detaches(self, call: "Call") -> bool:
+        """Whether this admitted request is answered at once and run to its end by the shape (:meth:`detach`)."""
+        return False
+
+    async def detach(self, service: "ChatService", prepared: "PreparedChat") -> dict[str, Any]:
+        """Take over ``prepared`` (the shape now owns its end: it must run it to its end, or end it with
+        :meth:`ChatService.abandon`) and give the body to answer with now; an
+        :class:`~unimodel.errors.UnimodelError` is the client's answer instead (``prepared`` ended already)."""
+        raise NotImplementedError(f"the {self.name} shape does not run requests on its own")
+
 
 class ChatStreamWriter:
     """``chat.completion.chunk`` frames, ``[DONE]`` last; a failure is an OpenAI error frame before it."""
@@ -99,8 +113,7 @@ class ChatStreamWriter:
         return frame(self.encoder.first()) + self.write(events)
 
     def write(self, events: Sequence[Event]) -> bytes:
-        encode = self.encoder.encode
-        return b"".join([frame(c) for e in events for c in encode(e)])
+        return b"".join([frame(c) for c in self.encoder.encode_all(events)])  # logprobs ride on their delta
 
     def closing(self, events: Sequence[Event], error: Optional[UnimodelError]) -> bytes:
         tail = self.write(events)

@@ -166,8 +166,14 @@ def test_unknown_fields_and_accepted_no_ops_are_ignored() -> None:
 
 
 @pytest.mark.parametrize(("data", "param", "words"), [
-    ({"input": "x", "tools": [{"type": "web_search"}]}, "tools[0]", "tools of type 'web_search' are not supported"),
-    ({"input": "x", "tools": [TOOL, {"type": "mcp", "server_label": "s"}]}, "tools[1]", "'mcp'"),
+    ({"input": "x", "tools": [{"type": "custom", "name": "c"}]}, "tools[0]",
+     "tools of type 'custom' are not supported"),
+    ({"input": "x", "tools": [TOOL, {"type": "local_shell"}]}, "tools[1]", "'local_shell'"),
+    ({"input": "x", "tools": [{"type": "namespace", "name": "n" * 40, "tools": [{**TOOL, "name": "f" * 30}]}]},
+     "tools[0]", "longer than 64 characters"),
+    ({"input": "x", "tools": [{"type": "namespace", "name": "a", "tools": [TOOL]},
+                              {"type": "namespace", "name": "b", "tools": [TOOL]}],
+      "tool_choice": {"type": "function", "name": "get_weather"}}, "tool_choice", "more than one namespace"),
     ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice", "type 'file_search' is not supported"),
     ({"input": "x", "tools": [TOOL], "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice",
      "not in 'tools'"),
@@ -176,7 +182,7 @@ def test_unknown_fields_and_accepted_no_ops_are_ignored() -> None:
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}]},
      "input[0].content[0]", "input_file"),
     ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0]", "'web_search_call' are not supported"),
-    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "response store"),
+    ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0]", "send the item itself"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role", "Input should be"),
     ({"input": [{"type": "function_call_output", "output": "x"}]}, "input[0].call_id", "Field required"),
     ({"input": [{"role": "assistant", "content": [

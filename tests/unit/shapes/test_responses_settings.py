@@ -103,3 +103,10 @@ def test_the_app_starts_and_closes_the_store(tmp_path: Path) -> None:
         assert store._sweeping is not None  # the sweeper runs while the server does
     assert store._sweeping is None and store._executor._shutdown  # closed with the server
     assert (tmp_path / "requests.db").exists()
+
+
+def test_the_bound_on_background_responses_reaches_the_state(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert build_responses(Settings(data_dir=tmp_path)).background.max_in_flight == 64
+    settings = serve_settings(monkeypatch, "--responses-max-background", "3", "--data-dir", str(tmp_path))
+    assert build_responses(settings).background.max_in_flight == 3

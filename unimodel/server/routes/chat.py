@@ -11,6 +11,10 @@ the result, JSON or SSE. It is written against ASGI directly, not as a FastAPI h
 resolution and a task group per stream, and it writes each of the service's chunks (one per engine
 ``Flush``) as one body message. Measured with ``benchmarks/gateway_overhead.py``.
 
+A request a shape runs on its own (the Responses API's ``background: true``, :meth:`ApiShape.detaches`) is admitted
+the same way, then answered at once with what :meth:`ApiShape.detach` gives; from then on its end is the shape's,
+and its client may leave.
+
 The body is read only when the pipeline asks for it (the parse stage's ``call.read_body()``), never before:
 a request refused by an earlier stage (no key, a wrong key) is answered without its body being read, so a
 client without a key cannot make the server wait for, or buffer, up to ``--max-request-bytes``. The body-size
@@ -88,6 +92,15 @@ async def _answer(service: ChatService, call: Call, send: Send, watcher: "_Disco
     except UnimodelError as exc:  # refusals carry the stages' headers too (rate-limit state, the route)
         watcher.stop()
         await _send_error(send, exc, call)
+        return
+    if call.shape.detaches(call):  # admitted, answered now, run to its end by the shape (Responses' background)
+        watcher.stop()  # the client may leave at once: the request is no longer its connection's
+        try:
+            answer = await call.shape.detach(service, prepared)
+        except UnimodelError as exc:  # refused after all (e.g. the store is down): the shape ended the request
+            await _send_error(send, exc, call)
+            return
+        await _send_body(send, 200, dumps(answer), call.response_headers)
         return
     watcher.start()  # already watching once the body was read; a pipeline that never read it starts it here
     try:

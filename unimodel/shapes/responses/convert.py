@@ -4,11 +4,13 @@
 become chat messages in order. A message keeps its role (``developer`` stays ``developer``: the engines send it
 as the system role Mistral's tokenizer knows); ``function_call`` items become the ``tool_calls`` of an assistant
 message (consecutive calls, and assistant text right before them, merge into one assistant message, as a chat
-client sends one turn); a ``function_call_output`` becomes a ``tool`` message; a ``reasoning`` item's text
-(its content, else its summary; sealed ``encrypted_content`` opened by the shape's sealer) becomes the
-``reasoning_content`` of the assistant message it precedes. The rest maps field by field (``text.format`` is
-``response_format``, ``reasoning.effort`` is ``reasoning_effort`` with OpenAI's ``xhigh``/``max`` served as
-``high``, ``max_output_tokens`` is ``max_completion_tokens``); a stream always reports usage, since
+client sends one turn; a call with a ``namespace`` is named ``<namespace>__<name>``, as the model saw the
+namespace's function); a ``function_call_output`` becomes a ``tool`` message; a ``reasoning`` item's text (its
+sealed ``encrypted_content`` opened by the shape's sealer, which wins: the client cannot have changed it; else its
+content, else its summary) becomes the ``reasoning_content`` of the assistant message it precedes. The rest
+maps field by field (``text.format`` is ``response_format``, ``reasoning.effort`` is ``reasoning_effort`` with
+OpenAI's ``xhigh``/``max`` served as ``high``, ``max_output_tokens`` is ``max_completion_tokens``); a stream
+always reports usage, since
 ``response.completed`` carries it. Reasoning comes back as reasoning items unless the operator's reasoning policy
 hides it for the model (as it does for chat).
 
@@ -16,17 +18,19 @@ hides it for the model (as it does for chat).
 :func:`function_call_item`): the streamed answer and the non-streamed one build their Response objects with
 the same functions, so ``response.completed`` carries exactly what the non-streamed body would. Ids are derived
 from the completion id (``chatcmpl-HEX`` → ``resp_HEX``, items ``rs_HEX_N``, ``msg_HEX_N``, ``fc_HEX_N`` with
-``N`` the item's output index), so the request log, the chat id and an idempotent replay all agree.
+``N`` the item's output index), so the request log, the chat id and an idempotent replay all agree. A call of a
+namespace's function comes back as OpenAI (and vLLM) write it: ``name`` the function's own name, ``namespace``
+the namespace's.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from unimodel.errors import InvalidRequestError
+from unimodel.errors import EncryptedContentError, InvalidRequestError
 from unimodel.protocol.responses import (
     EXTRA_HIGH_EFFORTS,
     FunctionCallItem,
@@ -61,7 +65,7 @@ def chat_payload(request: ResponsesRequest, history: Sequence[Any] = (), open_se
         items.append(MessageItem(role="user", content=request.input))
     elif request.input:
         items.extend(request.input)
-    messages.extend(_messages(items, open_sealed))
+    messages.extend(_messages(items, open_sealed, len(history)))
     payload: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
@@ -83,7 +87,7 @@ def chat_payload(request: ResponsesRequest, history: Sequence[Any] = (), open_se
                                                                           by_alias=True)} for t in tools]
     choice = request.tool_choice
     if isinstance(choice, FunctionToolChoice):
-        payload["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        payload["tool_choice"] = {"type": "function", "function": {"name": _chosen(choice.name or "", request)}}
     elif choice is not None:
         payload["tool_choice"] = choice
     effort = request.reasoning.effort if request.reasoning else None
@@ -100,7 +104,22 @@ def chat_payload(request: ResponsesRequest, history: Sequence[Any] = (), open_se
     return {k: v for k, v in payload.items() if v is not None}
 
 
-def _messages(items: list[Any], open_sealed: OpenSealed) -> list[dict[str, Any]]:
+def _chosen(name: str, request: ResponsesRequest) -> str:
+    """A tool_choice's function name as the model knows it: a namespace's function may be named by its own name
+    when no other namespace has one of that name (vLLM's rule)."""
+    names = request.namespaced_names
+    if not names or name in names:
+        return name
+    flat = [f for f, (_, local) in names.items() if local == name]
+    if len(flat) > 1:
+        raise InvalidRequestError(f"tool_choice '{name}' is a function of more than one namespace "
+                                  f"({', '.join(flat)}): name it as one of those", param="tool_choice")
+    if len(flat) == 1 and not any(t.name == name for t in request.function_tools):
+        return flat[0]
+    return name
+
+
+def _messages(items: list[Any], open_sealed: OpenSealed, offset: int = 0) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     assistant: Optional[dict[str, Any]] = None  # the assistant message being gathered (text, calls, reasoning)
     reasoning: list[str] = []  # reasoning items waiting for the assistant message they precede
@@ -120,9 +139,14 @@ def _messages(items: list[Any], open_sealed: OpenSealed) -> list[dict[str, Any]]
             _append(open_assistant(), "content", _assistant_text(item.content, i))
         elif isinstance(item, FunctionCallItem):
             open_assistant().setdefault("tool_calls", []).append(
-                {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}})
+                {"id": item.call_id, "type": "function",
+                 "function": {"name": item.flat_name, "arguments": item.arguments}})
         elif isinstance(item, ReasoningItem):
-            text = _reasoning_text(item, open_sealed)
+            try:
+                text = _reasoning_text(item, open_sealed)
+            except EncryptedContentError as exc:  # name the place in the client's own input
+                exc.param = f"input[{i - offset}].encrypted_content" if i >= offset else "previous_response_id"
+                raise
             if text and assistant is not None:
                 _append(assistant, "reasoning_content", text)
             elif text:
@@ -166,12 +190,12 @@ def _content(content: Any) -> Any:
 
 
 def _reasoning_text(item: ReasoningItem, open_sealed: OpenSealed) -> str:
+    if item.encrypted_content and open_sealed is not None:
+        return open_sealed(item.encrypted_content)
     if item.content:
         return "".join(c.text for c in item.content)
     if item.summary:
         return "\n".join(s.text for s in item.summary)
-    if item.encrypted_content and open_sealed is not None:
-        return open_sealed(item.encrypted_content)
     return ""
 
 
@@ -191,9 +215,17 @@ class ResponseFrame:
     include_reasoning: bool = True  # False: the operator's policy hides the reasoning
     #: seals a reasoning item's text into its ``encrypted_content`` (None: not asked for, or no sealer)
     seal: Optional[Callable[[str], str]] = None
+    #: ``<namespace>__<name>`` → (namespace, name): the namespaces' functions the model may call
+    namespaced: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     def item_id(self, prefix: str, index: int) -> str:
         return f"{prefix}_{self.suffix}_{index}"
+
+    def call_item(self, item_id: str, call_id: str, name: str, arguments: str,
+                  status: str = "completed") -> dict[str, Any]:
+        """A function_call item of a call the model made to ``name`` (a namespace's function: split again)."""
+        namespace, local = self.namespaced.get(name, (None, name))
+        return function_call_item(item_id, call_id, local, arguments, status, namespace)
 
 
 def frame_for(completion_id: str, created_at: int, model: str, request: ResponsesRequest, effort: Optional[str],
@@ -201,7 +233,8 @@ def frame_for(completion_id: str, created_at: int, model: str, request: Response
               seal: Optional[Callable[[str], str]] = None) -> ResponseFrame:
     suffix = completion_id.removeprefix("chatcmpl-")
     return ResponseFrame("resp_" + suffix, suffix, created_at, model, echo_fields(request, effort, store),
-                         bool(request.reasoning and request.reasoning.wants_summary), include_reasoning, seal)
+                         bool(request.reasoning and request.reasoning.wants_summary), include_reasoning, seal,
+                         request.namespaced_names)
 
 
 def echo_fields(request: ResponsesRequest, effort: Optional[str], store: bool) -> dict[str, Any]:
@@ -214,7 +247,7 @@ def echo_fields(request: ResponsesRequest, effort: Optional[str], store: bool) -
     choice = request.tool_choice
     return {
         "instructions": request.instructions,
-        "tools": [t.model_dump(exclude_none=True) for t in request.function_tools],
+        "tools": request.echoed_tools,
         "tool_choice": choice.model_dump(exclude_none=True) if isinstance(choice, FunctionToolChoice)
         else choice or "auto",
         "parallel_tool_calls": True if request.parallel_tool_calls is None else request.parallel_tool_calls,
@@ -226,7 +259,7 @@ def echo_fields(request: ResponsesRequest, effort: Optional[str], store: bool) -
         "text": text,
         "metadata": request.metadata or {},
         "store": store,
-        "background": False,
+        "background": bool(request.background),
         "previous_response_id": request.previous_response_id,
         "truncation": request.truncation or "disabled",
         "user": request.user,
@@ -257,10 +290,13 @@ def message_item(item_id: str, text: str, status: str = "completed") -> dict[str
     return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": [output_text(text)]}
 
 
-def function_call_item(item_id: str, call_id: str, name: str, arguments: str,
-                       status: str = "completed") -> dict[str, Any]:
-    return {"id": item_id, "type": "function_call", "call_id": call_id, "name": name, "arguments": arguments,
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed",
+                       namespace: Optional[str] = None) -> dict[str, Any]:
+    item = {"id": item_id, "type": "function_call", "call_id": call_id, "name": name, "arguments": arguments,
             "status": status}
+    if namespace is not None:
+        item["namespace"] = namespace
+    return item
 
 
 def usage_object(prompt: int, completion: int, reasoning: int, cached: Optional[int]) -> dict[str, Any]:
@@ -310,8 +346,8 @@ def response_from_completion(frame: ResponseFrame, completion: dict[str, Any]) -
     if message.get("content"):
         output.append(message_item(frame.item_id("msg", len(output)), message["content"]))
     for call in message.get("tool_calls") or ():
-        output.append(function_call_item(frame.item_id("fc", len(output)), call["id"], call["function"]["name"],
-                                          call["function"]["arguments"]))
+        output.append(frame.call_item(frame.item_id("fc", len(output)), call["id"], call["function"]["name"],
+                                      call["function"]["arguments"]))
     if status == "incomplete" and output:
         output[-1]["status"] = "incomplete"
     usage = completion.get("usage")

@@ -2,8 +2,10 @@
 
 :class:`ResponsesOptions` is this package's small settings type (``compose.py`` fills it from the settings, as
 every package below the server gets its own); :func:`build_state` makes the :class:`ResponsesState` the shape
-reads (``state.store``: ``None`` when storing is off; ``state.sealer``), and the app starts and closes it in its
-lifespan beside the request log. Nothing connects before ``start``.
+reads (``state.store``: ``None`` when storing is off; ``state.sealer``; ``state.background``, the background runs
+of this process), and the app starts it in its lifespan beside the request log and closes it first on shutdown
+(the background runs are stopped, and their end stored, while the engines and the store still work). Nothing
+connects before ``start``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from unimodel.shapes.responses.background import DEFAULT_MAX_IN_FLIGHT, BackgroundRuns
 from unimodel.shapes.responses.sealing import DEFAULT_MAX_BYTES as SEAL_MAX_BYTES
 from unimodel.shapes.responses.sealing import ReasoningSealer
 from unimodel.shapes.responses.store import DAY_S, DEFAULT_MAX_BYTES, MemoryResponseStore, ResponseStore
@@ -30,6 +33,7 @@ class ResponsesOptions:
     memory_bytes: int = 256 * 1024 * 1024
     key_secrets: tuple[str, ...] = field(default=(), repr=False)  # the sealing keys, current first
     seal_max_bytes: int = SEAL_MAX_BYTES
+    max_background: int = DEFAULT_MAX_IN_FLIGHT  # background responses run at once by this process
 
 
 @dataclass(eq=False)
@@ -39,14 +43,18 @@ class ResponsesState:
     options: ResponsesOptions
     store: Optional[ResponseStore]
     sealer: ReasoningSealer
+    background: BackgroundRuns = field(default_factory=BackgroundRuns)
 
     async def start(self) -> None:
         if self.store is not None:
             await self.store.start()
 
     async def aclose(self) -> None:
-        if self.store is not None:
-            await self.store.aclose()
+        try:
+            await self.background.aclose()  # each run stores its end, so the store closes after them
+        finally:
+            if self.store is not None:
+                await self.store.aclose()
 
 
 def build_store(options: ResponsesOptions) -> Optional[ResponseStore]:
@@ -74,4 +82,5 @@ def build_store(options: ResponsesOptions) -> Optional[ResponseStore]:
 
 def build_state(options: ResponsesOptions) -> ResponsesState:
     return ResponsesState(options, build_store(options),
-                          ReasoningSealer(options.key_secrets, max_bytes=options.seal_max_bytes))
+                          ReasoningSealer(options.key_secrets, max_bytes=options.seal_max_bytes),
+                          BackgroundRuns(options.max_background))

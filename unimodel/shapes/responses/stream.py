@@ -40,7 +40,6 @@ from unimodel.protocol.events import (
 from unimodel.protocol.jsonbytes import dumps
 from unimodel.shapes.responses.convert import (
     ResponseFrame,
-    function_call_item,
     message_item,
     output_text,
     reasoning_item,
@@ -136,7 +135,8 @@ class ResponsesStreamWriter:
                 item = self._open("function_call", call_id=event.id, name=event.name)
                 self.calls[event.index] = item
                 out.append(self._event("response.output_item.added", output_index=item.index,
-                                       item=function_call_item(item.id, item.call_id, item.name, "", "in_progress")))
+                                       item=self.frame.call_item(item.id, item.call_id, item.name, "",
+                                                                 "in_progress")))
             elif isinstance(event, ToolCallArgsDelta):
                 item = self.calls.get(event.index)
                 if item is not None and event.text:
@@ -220,10 +220,10 @@ class ResponsesStreamWriter:
 
     def _close_call(self, item: _Item, status: str) -> list[bytes]:
         arguments = "".join(item.parts)
-        done = function_call_item(item.id, item.call_id, item.name, arguments, status)
+        done = self.frame.call_item(item.id, item.call_id, item.name, arguments, status)
         self.done.append((item.index, done))
         return [self._event("response.function_call_arguments.done", item_id=item.id, output_index=item.index,
-                            name=item.name, arguments=arguments),
+                            name=done["name"], arguments=arguments),
                 self._event("response.output_item.done", output_index=item.index, item=done)]
 
     def _event(self, kind: str, **fields: Any) -> bytes:
