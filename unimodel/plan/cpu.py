@@ -29,7 +29,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from unimodel.plan.launch import VLLM_MODULE_COMMAND, checkpoint_for, mistral_flags, model_args
+from unimodel.plan.launch import GATEWAY_FLAGS, VLLM_MODULE_COMMAND, checkpoint_for, mistral_flags, model_args
 
 #: the ``--vllm-gpu`` / ``unimodel plan --gpu`` value that means vLLM's CPU build
 CPU_TARGET = "cpu"
@@ -91,7 +91,8 @@ def cpu_vllm_argv(model: str, *, max_model_len: int, served_model_name: Optional
     argv += ["--dtype", "bfloat16", "--max-model-len", str(max_model_len)]
     if max_num_seqs:
         argv += ["--max-num-seqs", str(max_num_seqs)]
-    return argv + ["--served-model-name", served_model_name or model, "--host", host, "--port", str(port)]
+    return argv + [*GATEWAY_FLAGS, "--served-model-name", served_model_name or model, "--host", host,
+                   "--port", str(port)]
 
 
 @dataclass(frozen=True)

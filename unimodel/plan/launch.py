@@ -129,6 +129,12 @@ def model_args(command: Sequence[str], checkpoint: str) -> list[str]:
     return [*command, "--model", checkpoint]
 
 
+#: what the gateway reads from vLLM beyond the defaults: the cached prompt tokens in each answer's usage
+#: (``usage.prompt_tokens_details.cached_tokens``, which vLLM reports only with this flag), for the clients, the
+#: request log and the metrics
+GATEWAY_FLAGS = ("--enable-prompt-tokens-details",)
+
+
 def mistral_flags(model: str) -> list[str]:
     """Mistral's format, tool-call parser and (for the models that think) reasoning parser; [] for others."""
     if not is_mistral(model):
@@ -172,7 +178,7 @@ def vllm_argv(spec: ModelSpec, sizing: Sizing, model: str, *, served_model_name:
         argv += ["--max-num-batched-tokens", str(max_num_batched_tokens)]
     if sizing.max_num_seqs:
         argv += ["--max-num-seqs", str(sizing.max_num_seqs)]
-    argv += ["--served-model-name", served_model_name or model, "--host", host, "--port", str(port)]
+    argv += [*GATEWAY_FLAGS, "--served-model-name", served_model_name or model, "--host", host, "--port", str(port)]
     return argv
 
 

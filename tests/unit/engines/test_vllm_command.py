@@ -78,8 +78,8 @@ def test_the_cpu_command_of_the_end_to_end_test(monkeypatch: pytest.MonkeyPatch,
     engine = launched(monkeypatch, "--model", str(model), "--vllm-gpu", "cpu", "--vllm-command",
                       module_command(vllm_python), "--max-model-len", "1024", "--vllm-port", "18124")
     assert engine.argv == [str(vllm_python), "-m", MODULE, "--model", str(model), "--dtype", "bfloat16",
-                           "--max-model-len", "1024", "--served-model-name", str(model),
-                           "--host", "127.0.0.1", "--port", "18124"]
+                           "--max-model-len", "1024", "--enable-prompt-tokens-details",
+                           "--served-model-name", str(model), "--host", "127.0.0.1", "--port", "18124"]
     assert engine.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
     assert engine.upstream.base_url == "http://127.0.0.1:18124/v1"
 
