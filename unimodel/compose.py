@@ -8,9 +8,9 @@ nowhere else.
 
 :func:`compose` gives a :class:`Composition`: the engine set (the primary and every extra upstream, which the
 app starts and closes), the pipeline's stages in the order of the architecture page (auth → limits.requests →
-parse → route → validate → limits → images → idempotency → resilience), the end-of-request observers, and what the server's
-routes need (metrics, the dashboard's window and alerts, the body limit, the Host names and origins browsers
-may use).
+parse → route → validate → limits → images → idempotency → upstream_share → choices → resilience), the
+end-of-request observers, and what the server's routes need (metrics, the dashboard's window and alerts, the
+body limit, the Host names and origins browsers may use).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from unimodel.errors import ConfigError
 from unimodel.formats.reasoning import ModelReasoning
 from unimodel.formats.registry import get_format
 from unimodel.gateway.auth import ApiKeyAuth
+from unimodel.gateway.choices import ChoicesStage
 from unimodel.gateway.idempotency import IdempotencyStage, IdempotencyStore
 from unimodel.gateway.idempotency import MemoryStore as IdempotencyMemory
 from unimodel.gateway.idempotency import RedisStore as IdempotencyRedis
@@ -221,11 +222,12 @@ def build_stages(settings: Settings, engines: EngineSet) -> list[Stage]:
         RouteStage(settings.route_policies, image_policy=images, reasoning_for=reasoning),
         ValidateStage(engines.primary.models, reasoning, settings.default_max_tokens,
                       unknown_fields=settings.unknown_fields, upstream_extra_fields=settings.upstream_extra_fields,
-                      allow_priority=settings.allow_priority),
+                      allow_priority=settings.allow_priority, max_n=settings.max_n),
         *limits,  # users, high reasoning, tokens: before any image is fetched or decoded
         ImagePolicyStage(images),
         *idempotency_stages(settings),
         *upstream_share_stages(settings),  # a key's share of the upstream pool, taken just before it is used
+        ChoicesStage(),  # n > 1: one generation per choice, each through resilience (its own retries, fallback)
         build_resilience(settings, engines),  # last: wraps the engine call itself
     ]
 

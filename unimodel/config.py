@@ -187,6 +187,9 @@ class Settings(BaseSettings):
         "range (plain --api-key keys, no keys); off, it is dropped."))
     max_json_depth: int = Field(default=64, ge=8, le=512, json_schema_extra=_cli("gateway"),
                                 description="Deepest JSON nesting a request may have.")
+    max_n: int = Field(default=8, ge=1, le=128, json_schema_extra=_cli("gateway"),
+                       description="Most choices (n) one chat completion may ask for; each is its own "
+                                   "generation, and the token limits reserve for all of them.")
     # images, for every engine: URLs are fetched by the gateway (public addresses only) and passed on inline
     max_images_per_request: int = Field(default=8, ge=0, le=256, json_schema_extra=_cli("gateway"),
                                         description="Images one request may carry.")

@@ -118,6 +118,31 @@ def test_the_engine_flushes_by_the_rules(served: Served, stream: bool) -> None:
     assert isinstance(others[-1], Finish) and sum(isinstance(e, Finish) for e in others) == 1
 
 
+def test_n_choices_whole_and_streamed(served: Served) -> None:
+    """``n`` on every engine (the choices stage runs one generation per choice): as many choices as asked, by
+    index, each its own finish; streamed, each choice's own role chunk and finish chunk, one usage at the end."""
+    body = {"messages": MSG, "max_tokens": 16, "temperature": 0, "n": 2}
+    resp = _post(served, body)
+    assert resp.status_code == 200, resp.text
+    whole = resp.json()
+    assert [c["index"] for c in whole["choices"]] == [0, 1]
+    assert all(c["finish_reason"] in FINISH for c in whole["choices"])
+    assert whole["choices"][0]["message"] == whole["choices"][1]["message"]  # greedy: the same answer twice
+    _check_usage(whole["usage"])
+    frames = _sse(served, {**body, "stream_options": {"include_usage": True}})
+    by_index: dict[int, list[dict[str, Any]]] = {}
+    for f in frames:
+        for c in f["choices"]:
+            by_index.setdefault(c["index"], []).append(c)
+    assert sorted(by_index) == [0, 1]
+    for index, choices in by_index.items():
+        assert choices[0]["delta"]["role"] == "assistant"
+        assert [c["finish_reason"] for c in choices if c["finish_reason"]] == \
+            [whole["choices"][index]["finish_reason"]]
+    assert frames[-1]["choices"] == [] and frames[-1]["usage"] == whole["usage"]
+    assert all(f["usage"] is None for f in frames[:-1])
+
+
 def test_tools_request_is_well_formed(served: Served) -> None:
     body = _post(served, {"messages": MSG, "tools": TOOLS, "max_tokens": 32, "temperature": 0}).json()
     choice = body["choices"][0]
@@ -142,6 +167,8 @@ def test_every_reasoning_effort_is_accepted(served: Served, effort: str) -> None
     ({"messages": MSG, "logprobs": False, "top_logprobs": 2}, 400, "top_logprobs"),  # top needs logprobs true
     ({"messages": MSG, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
     ({"messages": MSG, "seed": 2**70}, 400, "seed"),  # was a 500 from torch on the local engine
+    ({"messages": MSG, "n": 9}, 400, "n"),  # above --max-n (8)
+    ({"messages": MSG, "n": 0}, 400, "n"),
 ])
 def test_errors_have_the_same_shape(served: Served, body: dict[str, Any], status: int, param: str) -> None:
     payload = {"model": served.model, **body}

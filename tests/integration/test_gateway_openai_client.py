@@ -204,7 +204,7 @@ def _assert_error(resp: httpx.Response, status: int, etype: str | None = None, p
     ({"model": "raw-plain", "messages": []}, "messages"),
     ({"model": "raw-plain", "messages": MSG, "temperature": 9}, "temperature"),
     ({"model": "raw-plain", "messages": MSG, "max_tokens": 0}, "max_tokens"),
-    ({"model": "raw-plain", "messages": MSG, "n": 3}, "n"),
+    ({"model": "raw-plain", "messages": MSG, "n": 9}, "n"),  # above --max-n (8)
     ({"model": "raw-plain", "messages": MSG, "reasoning_effort": "extreme"}, "reasoning_effort"),
     ({"model": "raw-plain", "messages": [{"role": "tool", "content": "x"}]}, "messages[0]"),
     ({"model": "raw-plain", "messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),

@@ -83,6 +83,8 @@ class GenerationRequest:
     one piece: the upstream engine then asks its upstream for one JSON body (no per-token frames to relay),
     unless it must watch the thinking for a budget; a stage that must see the first token as it comes (a
     first-token timeout) sets it back to ``True``.
+    ``n``: the choices asked for. Engines never see more than 1: the choices stage (``gateway/choices.py``) runs
+    one generation per choice, each with ``n=1``.
     """
 
     completion_id: str
@@ -105,6 +107,7 @@ class GenerationRequest:
     streamed: bool = True
     priority: Optional[int] = None  # vLLM's request priority, where the caller may set it (upstreams only)
     raw_prompt: Optional[RawPrompt] = None
+    n: int = 1
 
     @property
     def thinks(self) -> bool:

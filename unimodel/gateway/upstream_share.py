@@ -10,8 +10,9 @@ refused at once, 429 ``upstream_share_exceeded`` with ``Retry-After``, before an
 
 It counts requests from this stage's ``enter`` (just before the resilience stage calls an upstream) to their
 ``exit`` (after the engine stream is closed): a request takes one pooled connection at a time (retries and
-fallbacks one after another), and each extra upstream has a pool of the same size, so the count bounds what a
-key holds in every pool. In memory, per process, as the pools are (each worker of ``--workers N`` has its own).
+fallbacks one after another; a request with ``n`` choices counts ``n``, at most the key's share, since each
+choice is its own upstream request), and each extra upstream has a pool of the same size, so the count bounds
+what a key holds in every pool. In memory, per process, as the pools are (each worker of ``--workers N`` has its own).
 It is one key's bound, not a fair scheduler: several keys together can still fill the pool (the per-key
 ``max_concurrent`` limits bound that, across replicas). ``compose.py`` adds the stage only in front of an
 upstream pool and with two or more keys (with one, or none, there is no other key to keep room for).
@@ -24,7 +25,7 @@ from typing import Optional
 from unimodel.errors import UpstreamShareError
 from unimodel.service.pipeline import Call, Stage, StageState
 
-_HELD: StageState[str] = StageState("upstream_share")
+_HELD: StageState[tuple[str, int]] = StageState("upstream_share")  # the key, and the connections counted
 
 
 class UpstreamShareStage(Stage):
@@ -42,18 +43,22 @@ class UpstreamShareStage(Stage):
     async def enter(self, call: Call) -> None:
         key = call.ctx.key_name or "anonymous"
         held = self._held.get(key, 0)
-        if held >= self.per_key:
+        # a request with n choices holds n connections at once (the choices stage), at most the key's share
+        request = call.engine_request
+        cost = 1 if request is None or request.n <= 1 else min(request.n, self.per_key)
+        if held + cost > self.per_key:
             raise UpstreamShareError(
                 f"This API key already has {held} requests in flight to the upstream, its share of the "
                 "server's upstream connections; retry when one has finished.", retry_after=1)
-        self._held[key] = held + 1
-        call.put(_HELD, key)
+        self._held[key] = held + cost
+        call.put(_HELD, (key, cost))
 
     async def exit(self, call: Call, error: Optional[BaseException]) -> None:
-        key = call.pop(_HELD)
-        if key is None:
+        held = call.pop(_HELD)
+        if held is None:
             return
-        left = self._held.get(key, 0) - 1
+        key, cost = held
+        left = self._held.get(key, 0) - cost
         if left > 0:
             self._held[key] = left
         else:

@@ -10,6 +10,12 @@ is ``ToolCallStart`` → one or more ``ToolCallArgsDelta`` → ``ToolCallEnd`` w
 ``Usage`` (at most once) and ``Finish`` (exactly once, last) close the stream. ``Logprobs`` come only when the
 client asked for them, each after the deltas of its tokens.
 
+``ChoiceEvent`` wraps the events of one of several choices (a request's ``n`` above 1: the choices stage,
+``gateway/choices.py``, runs one generation per choice and tags each one's events with its index). Such a
+stream holds every choice's events wrapped (their ``Finish`` too), then one untagged ``Usage`` for all of them
+and one untagged ``Finish``, so the rules above (``Usage`` at most once, ``Finish`` exactly once and last) hold
+for every reader; only the renderers look inside. An engine never yields it.
+
 ``Flush`` carries nothing. It is part of every engine's contract: an engine yields it whenever it is about to
 wait (the end of one network read, of one decode step's tokens), never before its first other event and never
 twice in a row (``tests/support/flush_rules.py`` checks both; the contract suite runs it on every engine).
@@ -137,8 +143,18 @@ class Flush:
 
 FLUSH = Flush()
 
+
+@dataclass(frozen=True, slots=True)
+class ChoiceEvent:
+    """An event of choice ``index`` of a request with several (``n`` > 1); never a ``Flush``, ``Usage`` or
+    another ``ChoiceEvent``."""
+
+    index: int
+    event: "Event"
+
+
 Event = Union[ReasoningDelta, ContentDelta, ToolCallStart, ToolCallArgsDelta, ToolCallEnd, Usage,
-              ThinkingBudgetReached, Finish, Flush, Logprobs]
+              ThinkingBudgetReached, Finish, Flush, Logprobs, ChoiceEvent]
 
 
 async def close_events(events: AsyncIterator[Event]) -> None:

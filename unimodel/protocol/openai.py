@@ -28,6 +28,8 @@ MAX_STOP_CHARS = 1000
 MAX_STOP_TOKEN_IDS = 256
 MAX_LOGIT_BIAS = 1024
 MAX_NAME_CHARS = 256
+#: the most choices (``n``) any request may ask for; the server's own cap (``--max-n``) is at most this
+MAX_N = 128
 #: below this a temperature makes logits / temperature overflow; it is treated as greedy (vLLM's epsilon)
 GREEDY_TEMPERATURE = 1e-5
 
@@ -178,7 +180,8 @@ class ChatCompletionRequest(BaseModel):
     top_p: Optional[float] = Field(default=None, gt=0.0, le=1.0)
     stop: Optional[Union[str, list[str]]] = None
     seed: Optional[int] = Field(default=None, ge=-(2**63), le=2**63 - 1)  # a 64-bit seed, as vLLM takes
-    n: int = Field(default=1, ge=1, le=1)
+    # choices per request: the server's --max-n caps it below this hard bound (the validate stage, a 400)
+    n: int = Field(default=1, ge=1, le=MAX_N)
     logprobs: Optional[bool] = None
     top_logprobs: Optional[int] = Field(default=None, ge=0, le=20)
     presence_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)

@@ -6,6 +6,13 @@ Log probabilities (``Logprobs`` events, only when the client asked) become ``cho
 the whole answer one list of every token's entry, in order; in a stream each entry rides on the chunk of the
 text its token made (or on a chunk with an empty delta, for a token that made none), so a client that joins
 the chunks' lists gets the same list. The thinking's entries are left out where the reasoning is hidden.
+
+Several choices (``n`` > 1) come as ``ChoiceEvent`` s (the choices stage,
+``gateway/choices.py``), then one untagged usage and finish: the builder keeps one message, finish reason and
+log probabilities per choice and gives ``choices`` by index; the encoder writes each choice's chunks with its
+``index`` (each choice's own first chunk with the role, as vLLM does; its own finish chunk), and the untagged
+finish then writes only the usage chunk (when asked for) and the ``unimodel_reasoning`` report, on a chunk with
+no choices.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any, Optional
 
 from unimodel.formats.reasoning import AppliedReasoning
 from unimodel.protocol.events import (
+    ChoiceEvent,
     ContentDelta,
     Event,
     Finish,
@@ -72,7 +80,7 @@ def logprob_entries(tokens: Iterable[TokenLogprob]) -> list[dict[str, Any]]:
 
 
 class CompletionBuilder:
-    """Folds events into one assistant message."""
+    """Folds events into one assistant message (one per choice, for several: ``choices``)."""
 
     def __init__(self, include_reasoning: bool = True) -> None:
         self.include_reasoning = include_reasoning
@@ -83,9 +91,17 @@ class CompletionBuilder:
         self.finish_reason: Optional[str] = None
         self.truncated = False
         self.logprobs: Optional[list[TokenLogprob]] = None  # a list once the engine sent any (they were asked)
+        self.choices: dict[int, CompletionBuilder] = {}  # index → that choice's builder, when there are several
 
     def add(self, event: Event) -> None:
-        if isinstance(event, ReasoningDelta):
+        if type(event) is ChoiceEvent:
+            choice = self.choices.get(event.index)
+            if choice is None:
+                choice = self.choices[event.index] = CompletionBuilder(self.include_reasoning)
+            choice.add(event.event)
+            if type(event.event) is ThinkingBudgetReached:
+                self.truncated = True
+        elif isinstance(event, ReasoningDelta):
             self.reasoning.append(event.text)
         elif isinstance(event, ContentDelta):
             self.content.append(event.text)
@@ -126,14 +142,16 @@ class CompletionBuilder:
             tool_calls=tool_calls or None,
         )
 
+    def choice(self, index: int = 0) -> Choice:
+        return Choice(index=index, message=self.message(), finish_reason=self.finish_reason or "stop",
+                      logprobs=None if self.logprobs is None else {"content": logprob_entries(self.logprobs)})
+
     def completion(self, request_id: str, model: str, created: Optional[int] = None) -> ChatCompletion:
         return ChatCompletion(
             id=request_id,
             created=created if created is not None else int(time.time()),
             model=model,
-            choices=[Choice(message=self.message(), finish_reason=self.finish_reason or "stop",
-                            logprobs=None if self.logprobs is None
-                            else {"content": logprob_entries(self.logprobs)})],
+            choices=[c.choice(i) for i, c in sorted(self.choices.items())] if self.choices else [self.choice()],
             usage=usage_info(self.usage),
         )
 
@@ -157,7 +175,11 @@ def merge_deltas(events: list[Event]) -> list[Event]:
 
     Log probabilities keep their order: adjacent ``Logprobs`` of one kind (thinking or not) are joined, and a
     delta that follows its run's ``Logprobs`` (``delta, logprobs, delta, logprobs``, as engines yield them)
-    joins the delta before them, so the run still makes one chunk carrying all its tokens' entries."""
+    joins the delta before them, so the run still makes one chunk carrying all its tokens' entries.
+
+    Several choices' events (``ChoiceEvent``) are joined only within a run of one choice's."""
+    if events and type(events[0]) is ChoiceEvent:  # a stream of several choices starts every write with one
+        return _merge_choices(events)
     out: list[Event] = []
     for event in events:
         last = out[-1] if out else None
@@ -178,12 +200,33 @@ def merge_deltas(events: list[Event]) -> list[Event]:
     return out
 
 
+def _merge_choices(events: list[Event]) -> list[Event]:
+    """:func:`merge_deltas` within each run of adjacent events of one choice."""
+    out: list[Event] = []
+    run: list[Event] = []
+    index = -1
+    for event in events:
+        if type(event) is ChoiceEvent:
+            if event.index == index:
+                run.append(event.event)
+                continue
+            out.extend(ChoiceEvent(index, e) for e in merge_deltas(run))
+            run, index = [event.event], event.index
+        else:
+            out.extend(ChoiceEvent(index, e) for e in merge_deltas(run))
+            run, index = [], -1
+            out.append(event)
+    out.extend(ChoiceEvent(index, e) for e in merge_deltas(run))
+    return out
+
+
 class ChunkEncoder:
-    """Maps events to ``chat.completion.chunk`` payloads (dicts ready for JSON)."""
+    """Maps events to ``chat.completion.chunk`` payloads (dicts ready for JSON). ``n``: the choices the stream
+    has (each gets its own first chunk)."""
 
     def __init__(self, request_id: str, model: str, *, include_reasoning: bool = True,
                  include_usage: bool = False, created: Optional[int] = None,
-                 applied: Optional[AppliedReasoning] = None) -> None:
+                 applied: Optional[AppliedReasoning] = None, n: int = 1) -> None:
         self.request_id = request_id
         self.model = model
         self.include_reasoning = include_reasoning
@@ -192,6 +235,9 @@ class ChunkEncoder:
         self._usage: Optional[Usage] = None
         self._applied = applied
         self._truncated = False
+        self.n = n
+        self._index = 0  # the choice whose event is being encoded
+        self._several = False  # a ChoiceEvent was seen: the untagged finish only closes the stream
 
     def _chunk(self, delta: dict[str, Any], finish_reason: Optional[str] = None,
                usage: Any = None, choices: bool = True, logprobs: Any = None) -> dict[str, Any]:
@@ -200,15 +246,19 @@ class ChunkEncoder:
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
+            "choices": [{"index": self._index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
             if choices else [],
         }
         if self.include_usage:
             body["usage"] = usage
         return body
 
-    def first(self) -> dict[str, Any]:
-        return self._chunk({"role": "assistant", "content": ""})
+    def first(self, index: int = 0) -> dict[str, Any]:
+        """Choice ``index``'s first chunk: the role."""
+        self._index = index
+        chunk = self._chunk({"role": "assistant", "content": ""})
+        self._index = 0
+        return chunk
 
     def encode_all(self, events: Iterable[Event]) -> list[dict[str, Any]]:
         """The chunks of ``events`` (one write's): each ``Logprobs`` rides on the chunk just before it when that
@@ -217,6 +267,10 @@ class ChunkEncoder:
         for event in events:
             if type(event) is Logprobs:
                 self._attach(out, event)
+            elif type(event) is ChoiceEvent and type(event.event) is Logprobs:
+                self._index = event.index
+                self._attach(out, event.event)
+                self._index = 0
             else:
                 out.extend(self.encode(event))
         return out
@@ -226,7 +280,8 @@ class ChunkEncoder:
             return
         entries = logprob_entries(event.tokens)
         choice = chunks[-1]["choices"][0] if chunks and chunks[-1]["choices"] else None
-        if choice is None or choice["finish_reason"] is not None or not (choice["delta"] or choice["logprobs"]):
+        if choice is None or choice["finish_reason"] is not None or not (choice["delta"] or choice["logprobs"]) \
+                or choice["index"] != self._index:
             chunks.append(self._chunk({}, logprobs={"content": entries}))
         elif choice["logprobs"] is None:
             choice["logprobs"] = {"content": entries}
@@ -234,6 +289,8 @@ class ChunkEncoder:
             choice["logprobs"]["content"].extend(entries)
 
     def encode(self, event: Event) -> list[dict[str, Any]]:
+        if type(event) is ChoiceEvent:
+            return self._encode_choice(event)
         if isinstance(event, ReasoningDelta):
             if not self.include_reasoning or not event.text:
                 return []
@@ -258,6 +315,8 @@ class ChunkEncoder:
             self._attach(out, event)
             return out
         if isinstance(event, Finish):
+            if self._several:
+                return self._close_choices()
             out = [self._chunk({}, finish_reason=event.reason)]
             if self._applied is not None:
                 out[0]["unimodel_reasoning"] = self._applied.report(
@@ -267,3 +326,27 @@ class ChunkEncoder:
                 out.append(self._chunk({}, usage=info.model_dump() if info else None, choices=False))
             return out
         return []
+
+    def _encode_choice(self, event: ChoiceEvent) -> list[dict[str, Any]]:
+        """One choice's event: its chunks with its index; its finish is only its own finish chunk."""
+        self._several = True
+        index, self._index = self._index, event.index
+        try:
+            inner = event.event
+            if isinstance(inner, Finish):
+                return [self._chunk({}, finish_reason=inner.reason)]
+            return self.encode(inner)
+        finally:
+            self._index = index
+
+    def _close_choices(self) -> list[dict[str, Any]]:
+        """The end of a stream of several choices (each has had its finish chunk): the usage chunk when asked
+        for, and the reasoning report, on a chunk with no choices."""
+        info = usage_info(self._usage) if self.include_usage else None
+        chunk = self._chunk({}, usage=info.model_dump() if info else None, choices=False)
+        if self._applied is not None:
+            chunk["unimodel_reasoning"] = self._applied.report(
+                self._usage.reasoning_tokens if self._usage is not None else None, self._truncated)
+        elif not self.include_usage:
+            return []
+        return [chunk]

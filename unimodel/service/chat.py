@@ -22,6 +22,7 @@ from unimodel.engines.base import Engine
 from unimodel.errors import ClientClosedError, UnimodelError
 from unimodel.formats.reasoning import AppliedReasoning
 from unimodel.protocol.events import (
+    ChoiceEvent,
     ContentDelta,
     Event,
     Finish,
@@ -196,6 +197,10 @@ class ChatService:
     @staticmethod
     def _track(call: Call, event: Event) -> None:
         ctx = call.ctx
+        if type(event) is ChoiceEvent:  # one of several choices: counted alike; the untagged finish ends them
+            event = event.event
+            if type(event) is Finish:
+                return
         if isinstance(event, (ContentDelta, ToolCallStart)):
             if ctx.first_answer_at is None:
                 ctx.first_answer_at = time.perf_counter()

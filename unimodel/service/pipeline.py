@@ -15,8 +15,9 @@ A :class:`Stage` is a small class with three optional hooks:
   a cancellation waits for it), so an ``exit`` that awaits needs no shield of its own.
 
 Stages are built once at start-up (``unimodel/compose.py``) in the order of the architecture page: auth →
-limits.requests → parse → route → validate → limits → images → idempotency → resilience. Written by hand: it is
-a few dozen lines, and a middleware library would tie it to HTTP, which the service layer does not know.
+limits.requests → parse → route → validate → limits → images → idempotency → upstream_share → choices →
+resilience. Written by hand: it is a few dozen lines, and a middleware library would tie it to HTTP, which the
+service layer does not know.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ class ApiShape:
         return ChatStreamWriter(ChunkEncoder(request.completion_id, request.served_model,
                                              include_reasoning=request.include_reasoning,
                                              include_usage=bool(wire and wire.wants_usage_in_stream),
-                                             applied=call.ctx.reasoning, created=call.created))
+                                             applied=call.ctx.reasoning, created=call.created,
+                                             n=request.n))
 
     def error_body(self, error: UnimodelError) -> dict[str, Any]:
         return error.to_dict()
@@ -110,7 +111,10 @@ class ChatStreamWriter:
         self.encoder = encoder
 
     def opening(self, events: Sequence[Event]) -> bytes:
-        return frame(self.encoder.first()) + self.write(events)
+        encoder = self.encoder
+        first = frame(encoder.first()) if encoder.n == 1 else b"".join(frame(encoder.first(i))
+                                                                        for i in range(encoder.n))
+        return first + self.write(events)
 
     def write(self, events: Sequence[Event]) -> bytes:
         return b"".join([frame(c) for c in self.encoder.encode_all(events)])  # logprobs ride on their delta

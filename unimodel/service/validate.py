@@ -22,6 +22,9 @@ per request: an engine builds its list on each call, and an upstream's only chan
 few seconds). A name not in the remembered list, or an engine serving none yet, asks again at once, so a model
 discovered since is served without waiting; a changed context length is seen within the second.
 
+``n`` (choices) above the server's ``--max-n`` is a 400 naming ``n``; it reaches the engine request, where the
+choices stage (``gateway/choices.py``) fans it out.
+
 Unknown top-level fields are dropped (logged at debug), or refused with a 400 naming the field when the
 operator sets ``unknown_fields: reject``; fields named in ``upstream_extra_fields`` are kept, as-is, for an
 upstream.
@@ -44,7 +47,7 @@ from unimodel.errors import (
 )
 from unimodel.formats.reasoning import AppliedReasoning, ModelReasoning, ReasoningPolicy
 from unimodel.formats.registry import get_format
-from unimodel.protocol.openai import ChatCompletionRequest, ModelCard, NamedToolChoice
+from unimodel.protocol.openai import MAX_N, ChatCompletionRequest, ModelCard, NamedToolChoice
 from unimodel.service.pipeline import Call, Stage
 
 log = logging.getLogger("unimodel.validate")
@@ -95,6 +98,7 @@ def _validated(
     unknown_fields: UnknownFields,
     upstream_extra_fields: Collection[str],
     priority: int | None = None,
+    max_n: int = MAX_N,
 ) -> tuple[GenerationRequest, AppliedReasoning]:
     """The engine's request and the reasoning applied to it (with the level it is charged at)."""
     extra = _extra_fields(wire, unknown_fields, upstream_extra_fields)
@@ -113,6 +117,9 @@ def _validated(
             param="max_tokens",
         )
     continue_final = raw is None and _continue_final_message(wire)
+    if wire.n > max_n:
+        raise InvalidRequestError(f"n ({wire.n}) is more than this server allows (at most {max_n} choices).",
+                                  param="n")
     return GenerationRequest(
         completion_id=completion_id or new_completion_id(),
         served_model=card.id,
@@ -141,6 +148,7 @@ def _validated(
         streamed=bool(wire.stream),
         raw_prompt=raw,
         priority=priority,
+        n=wire.n,
     ), applied
 
 
@@ -222,8 +230,10 @@ class ValidateStage(Stage):
                  reasoning_for: Callable[[str], ModelReasoning] = lambda _: DEFAULT_REASONING,
                  default_max_tokens: int | None = None, *, unknown_fields: UnknownFields = "drop",
                  upstream_extra_fields: Collection[str] = (), models_ttl_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic, allow_priority: bool = False) -> None:
+                 clock: Callable[[], float] = time.monotonic, allow_priority: bool = False,
+                 max_n: int = 8) -> None:
         self.models = models
+        self.max_n = max_n
         self.reasoning_for = reasoning_for
         self.default_max_tokens = default_max_tokens
         self.unknown_fields: UnknownFields = unknown_fields
@@ -259,7 +269,8 @@ class ValidateStage(Stage):
         request, applied = _validated(
             wire, models, self.reasoning_for, call.ctx.completion_id, default_max_tokens,
             unknown_fields=self.unknown_fields, upstream_extra_fields=self.upstream_extra_fields,
-            priority=allowed_priority(wire.priority, call.ctx.caller.priority, self.allow_priority))
+            priority=allowed_priority(wire.priority, call.ctx.caller.priority, self.allow_priority),
+            max_n=self.max_n)
         call.engine_request = request
         call.ctx.model = request.served_model
         call.ctx.reasoning = applied  # with the level it is charged at (the limits stage reads it)

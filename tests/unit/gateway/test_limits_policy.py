@@ -88,6 +88,20 @@ def test_reservation_covers_the_prompt_defaults_are_clamped_and_an_explicit_exce
     assert err.value.param == "max_tokens"
 
 
+def test_n_choices_reserve_n_answers_and_the_prompt_once() -> None:
+    defaults = LimitDefaults(tpm=1000, token_reservation=50)
+    plan = tokens("k", Caller(), None, req(max_tokens=100, n=3), defaults, prompt=10)
+    assert plan is not None and plan.buckets[0].cost == 10 + 3 * 100
+    plan = tokens("k", Caller(), None, req(default_max_tokens=30, n=2), defaults, prompt=10)
+    assert plan is not None and plan.buckets[0].cost == 10 + 2 * 30
+    plan = tokens("k", Caller(), None, req(n=4), defaults, prompt=10)
+    assert plan is not None and plan.buckets[0].cost == 10 + 4 * 50
+    # n cannot buy n times a key's tokens: max_tokens fits the bucket, max_tokens × n does not
+    with pytest.raises(InvalidRequestError) as err:
+        tokens("k", Caller(), None, req(max_tokens=400, n=3), defaults)
+    assert err.value.param == "max_tokens" and "400 × 3 = 1200" in err.value.message and " or n" in err.value.message
+
+
 def test_the_prompt_is_estimated_only_when_a_token_limit_applies() -> None:
     def never() -> int:
         raise AssertionError("estimated without a token limit")

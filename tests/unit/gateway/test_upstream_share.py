@@ -9,6 +9,7 @@ import pytest
 
 from unimodel.compose import compose
 from unimodel.config import Settings
+from unimodel.engines.base import GenerationRequest
 from unimodel.errors import UpstreamShareError
 from unimodel.gateway.upstream_share import UpstreamShareStage, per_key_share
 from unimodel.service.context import RequestContext
@@ -46,6 +47,27 @@ def test_a_key_holds_at_most_its_share_and_gives_it_back_once() -> None:
     asyncio.run(go())
 
 
+def test_a_request_with_n_choices_holds_n_connections_at_most_the_share() -> None:
+    async def go() -> None:
+        stage = UpstreamShareStage(per_key=4)
+        three, one, eight = call("a"), call("a"), call("a")
+        three.engine_request = GenerationRequest(completion_id="c", served_model="m", messages=[], n=3)
+        eight.engine_request = GenerationRequest(completion_id="c", served_model="m", messages=[], n=8)
+        await stage.enter(three)
+        assert stage.held("a") == 3
+        await stage.enter(one)
+        with pytest.raises(UpstreamShareError):
+            await stage.enter(eight)
+        await stage.exit(three, None)
+        await stage.exit(one, None)
+        await stage.enter(eight)  # more choices than the share: the whole share, never refused for ever
+        assert stage.held("a") == 4
+        await stage.exit(eight, None)
+        assert stage.held("a") == 0
+
+    asyncio.run(go())
+
+
 @pytest.mark.parametrize(("pool", "share", "per_key"), [(4, 0.5, 2), (256, 0.5, 128), (3, 0.5, 1), (1, 0.1, 1),
                                                         (10, 0.25, 2)])
 def test_the_share_rounds_down_to_at_least_one(pool: int, share: float, per_key: int) -> None:
@@ -61,12 +83,11 @@ KEYS = ["sk-share-one-0123456789", "sk-share-two-0123456789"]
     ({}, False),  # no keys: every caller is the same anonymous one
     ({"api_keys": KEYS, "upstream_key_share": 1.0}, False),
 ])
-def test_the_stage_stands_just_before_resilience_in_front_of_an_upstream(settings: dict[str, object],
-                                                                        present: bool) -> None:
+def test_the_stage_stands_just_before_choices_and_resilience(settings: dict[str, object], present: bool) -> None:
     s = Settings(engine="upstream", upstream="http://127.0.0.1:9/v1", upstream_max_connections=8, **settings)
     names = [stage.name for stage in compose(s).stages]
     assert ("upstream_share" in names) is present
     if present:
-        assert names[-2:] == ["upstream_share", "resilience"]
+        assert names[-3:] == ["upstream_share", "choices", "resilience"]
         [stage] = [st for st in compose(s).stages if isinstance(st, UpstreamShareStage)]
         assert stage.per_key == 4

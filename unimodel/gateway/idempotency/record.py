@@ -3,9 +3,11 @@
 A stored response is the request body's fingerprint, the original request id and ``created`` time (so a
 replay carries the same completion id and timestamp), and the neutral generation events
 (``protocol/events.py``, with the ``Flush`` write boundaries), not the rendered bytes: a replay goes through
-the same encoder as the original, streamed or not, and makes the same chunks. Events are written as short JSON arrays (``["c", "text"]``) by hand rather than pickled
-(the bytes may live in a shared Redis, and unpickling what a store hands back would run its code) or dumped
-with a generic dataclass codec (the events are few and fixed; a tag per class keeps the record small).
+the same encoder as the original, streamed or not, and makes the same chunks. Events are written as short JSON
+arrays (``["c", "text"]``; an event of one of several choices as ``["i", index, [its own array]]``) by hand
+rather than pickled (the bytes may live in a shared Redis, and unpickling what a store hands back would run its
+code) or dumped with a generic dataclass codec (the events are few and fixed; a tag per class keeps the record
+small).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unimodel.protocol.events import (
+    ChoiceEvent,
     ContentDelta,
     Event,
     FLUSH,
@@ -70,6 +73,8 @@ def _encode_event(e: Event) -> list[Any]:
         return ["f", e.reason]
     if isinstance(e, Flush):  # where the original's writes ended, so a replay is written alike
         return ["w"]
+    if isinstance(e, ChoiceEvent):  # one of several choices' events: its index, then the event's own array
+        return ["i", e.index, _encode_event(e.event)]
     raise TypeError(f"not a generation event: {type(e).__name__}")
 
 
@@ -98,11 +103,25 @@ _DECODERS: dict[str, Any] = {
     "b": lambda a: ThinkingBudgetReached(int(a[0])),
     "f": lambda a: Finish(str(a[0])),  # type: ignore[arg-type]
     "w": lambda a: FLUSH,
+    "i": lambda a: _choice(a),
 }
+
+
+def _choice(args: list[Any]) -> ChoiceEvent:
+    inner = _decode_event(args[1])
+    if isinstance(inner, (ChoiceEvent, Flush, Usage)):
+        raise TypeError("a choice's event is never another choice's, a flush or a usage")
+    return ChoiceEvent(int(args[0]), inner)
+
+
+def _decode_event(item: list[Any]) -> Event:
+    return _DECODERS[item[0]](item[1:])  # type: ignore[no-any-return]
 
 
 def event_size(e: Event) -> int:
     """An upper-ish estimate of the bytes ``e`` adds to a record, without encoding it."""
+    if type(e) is ChoiceEvent:
+        return 8 + event_size(e.event)
     text = getattr(e, "text", None)
     if isinstance(e, Logprobs):  # each entry: its token and its alternatives, each with its bytes and a number
         return EVENT_OVERHEAD + sum(EVENT_OVERHEAD + len(t.token) * 6
@@ -121,7 +140,7 @@ def decode(data: bytes) -> StoredResponse:
         body = json.loads(data)
         if body.get("v") != 1:
             raise RecordError(f"unknown record version {body.get('v')!r}")
-        events = tuple(_DECODERS[item[0]](item[1:]) for item in body["e"])
+        events = tuple(_decode_event(item) for item in body["e"])
         return StoredResponse(str(body["f"]), str(body["id"]), int(body["t"]), events)
     except RecordError:
         raise

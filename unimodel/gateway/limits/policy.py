@@ -19,7 +19,8 @@ slot) needs nothing of the body, so it is taken before the body is read or parse
 user's and the high-reasoning requests, and every token limit) needs the validated request.
 
 Token buckets take a reservation at admission: an estimate of the prompt (``service/usage_estimate.py``) plus
-the request's ``max_tokens``, else the server's ``default_max_tokens``, else ``--limits-token-reservation``,
+the request's ``max_tokens``, else the server's ``default_max_tokens``, else ``--limits-token-reservation``
+(times ``n``, the choices it asks for: each writes its own answer, the prompt counts once),
 clamped to the bucket's size (a request estimated beyond a bucket needs it full; an explicit ``max_tokens``
 larger than a bucket is a 400: no wait would ever let it in). The stage settles it with the usage when the
 request ends. A key's own limit of 0 refuses that kind of request outright (a 429 without ``Retry-After``,
@@ -168,9 +169,12 @@ def token_plan(key_name: Optional[str], caller: Caller, user: Optional[str], req
         if limit is None:
             continue
         if explicit and output > limit:
+            asked = f"max_tokens ({output})" if request.n == 1 else \
+                f"max_tokens × n ({request.max_tokens} × {request.n} = {output})"
             raise InvalidRequestError(
-                f"max_tokens ({output}) is more than key '{name}' may use: its limit is {limit} tokens per "
+                f"{asked} is more than key '{name}' may use: its limit is {limit} tokens per "
                 f"{per_window(defaults.window_s)}{_OF[scope]}; send a smaller max_tokens"
+                + (" or n" if request.n > 1 else "")
                 + (" or a lower reasoning_effort" if scope == "high reasoning" else "") + ".", param="max_tokens")
         # an estimate beyond the bucket waits for a full one; the real usage settles the rest as a debt
         buckets.append(Bucket(bucket_id, "tokens", scope, limit, min(prompt + output, limit)))
@@ -191,12 +195,13 @@ def _tag(name: str) -> str:
 
 
 def _reservation(request: "GenerationRequest", defaults: LimitDefaults) -> tuple[int, bool]:
-    """Output tokens to reserve, and whether the client asked for that many itself."""
+    """Output tokens to reserve (for every one of its ``n`` choices), and whether the client asked for that many
+    itself."""
     if request.max_tokens is not None:
-        return request.max_tokens, True
+        return request.max_tokens * request.n, True
     if request.default_max_tokens is not None:
-        return request.default_max_tokens, False
-    return defaults.token_reservation, False
+        return request.default_max_tokens * request.n, False
+    return defaults.token_reservation * request.n, False
 
 
 def per_window(window_s: float) -> str:
