@@ -62,6 +62,7 @@ from unimodel.engines.upstream_text import (
 )
 from unimodel.errors import (
     ServiceUnavailableError,
+    UnimodelError,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeoutError,
@@ -338,18 +339,8 @@ class UpstreamEngine(Engine):
                     resp.release()  # back to the pool
                 else:
                     resp.close()  # the consumer left or the stream failed: cut it, the upstream stops its work
-        # the client gets our words; where the upstream is and what went wrong on the wire go to our log
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-            name = _timeout_name(exc)
-            log.warning("upstream %s timed out: %s (%s)", self.display_url, name, _shown(exc))
-            raise UpstreamTimeoutError(f"the upstream did not answer in time ({name})") from exc
-        except aiohttp.ClientConnectorError as exc:
-            log.warning("cannot connect to the upstream at %s: %s", self.display_url, _shown(exc))
-            raise UpstreamConnectionError("cannot connect to the upstream") from exc
-        except aiohttp.ClientError as exc:
-            log.warning("the connection to upstream %s failed: %s: %s", self.display_url, type(exc).__name__,
-                        _shown(exc))
-            raise UpstreamError("the upstream connection failed") from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._wire_error(exc) from exc
         for event in decoder.close():
             yield event
 
@@ -396,19 +387,27 @@ class UpstreamEngine(Engine):
                     return None
                 if status >= 400:
                     raise response_error(status, resp.headers, raw, resp.charset)
-        except (aiohttp.ServerTimeoutError, asyncio.TimeoutError) as exc:
-            raise UpstreamTimeoutError(f"the upstream did not answer {path} in time ({_timeout_name(exc)})") from exc
-        except aiohttp.ClientConnectorError as exc:
-            log.warning("cannot connect to the upstream at %s: %s", self.display_url, _shown(exc))
-            raise UpstreamConnectionError("cannot connect to the upstream") from exc
-        except aiohttp.ClientError as exc:
-            log.warning("the connection to upstream %s failed: %s: %s", self.display_url, type(exc).__name__,
-                        _shown(exc))
-            raise UpstreamError("the upstream connection failed") from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._wire_error(exc, path) from exc
         try:
             return json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise UpstreamError(f"the upstream's {path} answered with a body that is not JSON") from exc
+
+    def _wire_error(self, exc: BaseException, path: str = "") -> UnimodelError:
+        """Our error for a failure on the wire to the upstream: the client gets our words; where the upstream is
+        and what went wrong go to our log."""
+        where = f" {path}" if path else ""
+        if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+            name = _timeout_name(exc)
+            log.warning("upstream %s timed out%s: %s (%s)", self.display_url, where, name, _shown(exc))
+            return UpstreamTimeoutError(f"the upstream did not answer{where} in time ({name})")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            log.warning("cannot connect to the upstream at %s: %s", self.display_url, _shown(exc))
+            return UpstreamConnectionError("cannot connect to the upstream")
+        log.warning("the connection to upstream %s failed: %s: %s", self.display_url, type(exc).__name__,
+                    _shown(exc))
+        return UpstreamError("the upstream connection failed")
 
 
 def _no_such_endpoint(status: int, raw: bytes) -> bool:
