@@ -311,9 +311,17 @@ def make_private(path: Path) -> None:
     per file): so the database file is made here, empty and ``0600``, when it is missing (SQLite takes an
     empty file as a new database), and group and other bits are taken off it and off side files an older
     version or a crash left. Files of another user are left alone (``chmod`` is theirs to do); a directory
-    that does not exist yet is the migration's to make (``0700``)."""
+    that does not exist yet is the migration's to make (``0700``).
+
+    An existing database is never opened here: closing any descriptor of a file drops every POSIX lock the
+    process holds on it, the locks of its open SQLite connections included (SQLite's "how to corrupt a
+    database", 2.2), and another process may then write beside a transaction of ours. Two stores on one
+    file in one process (the request log and the stored responses) connect often, so the file is only ever
+    created here (``O_EXCL``), never reopened."""
     try:
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600))
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600))
+    except FileExistsError:
+        pass
     except OSError:
         return  # no directory yet, or not ours: SQLite's own error says which when it opens it
     for name in (str(path), *(f"{path}{suffix}" for suffix in SIDE_FILES)):

@@ -160,3 +160,31 @@ def test_database_urls(tmp_path: Path) -> None:
     assert default_data_dir(tmp_path / "d") == tmp_path / "d"
     shown = LogStore("postgresql+psycopg://u:secret@127.0.0.1/db").display_url
     assert shown == "postgresql+psycopg://u:***@127.0.0.1/db"
+
+
+def test_making_a_database_private_never_drops_the_locks_of_our_open_connections(tmp_path: Path) -> None:
+    """POSIX drops every lock a process holds on a file when it closes any descriptor of it: reopening the
+    database to make it private let another process write beside our own transaction (a corrupt database when
+    the request log and the stored responses shared one file). While we hold a write lock, another process
+    must still be told the database is locked."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from unimodel.telemetry.store import make_private
+
+    db = tmp_path / "requests.db"
+    make_private(db)  # a new file: made here, owner-only
+    assert db.stat().st_mode & 0o777 == 0o600
+    ours = sqlite3.connect(db, isolation_level=None)
+    ours.execute("CREATE TABLE t (x INTEGER)")
+    ours.execute("BEGIN IMMEDIATE")  # our write lock
+    ours.execute("INSERT INTO t VALUES (1)")
+    make_private(db)  # what every new connection of either store does first
+    other = subprocess.run(
+        [sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=0, "
+         "isolation_level=None); c.execute('BEGIN IMMEDIATE'); print('wrote')", str(db)],
+        capture_output=True, text=True, timeout=60)
+    ours.execute("COMMIT")
+    ours.close()
+    assert "database is locked" in other.stderr and "wrote" not in other.stdout, (other.stdout, other.stderr)
