@@ -108,6 +108,7 @@ async def _warm_up_then_measure(phase: Phase, workload: Workload, model: str, pl
 async def run_closed(target: Target, workload: Workload, model: str, plan: LoadPlan, state: RunState) -> None:
     """``plan.concurrency`` workers, each with its own connection, each sending back to back."""
     clients = [make_client(target) for _ in range(plan.concurrency)]
+    workers: list[asyncio.Task[None]] = []
 
     async def phase(requests: _Requests, sink: Optional[RunState]) -> None:
         async def worker(client: httpx.AsyncClient) -> None:
@@ -120,11 +121,18 @@ async def run_closed(target: Target, workload: Workload, model: str, plan: LoadP
                     sink.in_flight -= 1
                     sink.add(record)
 
-        await asyncio.gather(*(worker(c) for c in clients))
+        workers[:] = [asyncio.create_task(worker(c)) for c in clients]
+        await asyncio.gather(*workers)
 
     try:
         await _warm_up_then_measure(phase, workload, model, plan, state)
     finally:
+        # a cancelled gather (Ctrl-C) returns before its workers have unwound: wait for them before their
+        # clients close, or a client closes under a request still being cancelled
+        for task in workers:
+            task.cancel()
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
         await _close_all(clients)
 
 
