@@ -47,9 +47,9 @@ from starlette.types import Message, Receive, Scope, Send
 from unimodel.errors import ClientClosedError, UnimodelError
 from unimodel.gateway.resilience.deadline import REQUEST_DEADLINE
 from unimodel.protocol.jsonbytes import dumps
+from unimodel.server.routes.calls import new_call
 from unimodel.server.writes import raise_on_failed_writes
 from unimodel.service.chat import ChatService, PreparedChat
-from unimodel.service.context import RequestContext, client_request_id_from, new_request_id
 from unimodel.service.pipeline import Call
 from unimodel.service.shape import CHAT, ApiShape
 
@@ -72,7 +72,7 @@ class ApiEndpoint:
         task = asyncio.current_task()
         assert task is not None
         watcher = _DisconnectWatcher(receive, task)
-        call = _new_call(scope, _Body(receive, watcher))
+        call = new_call(scope, _Body(receive, watcher))
         call.shape = self.shape
         try:
             await _answer(service, call, send, watcher)
@@ -155,18 +155,6 @@ async def _send_body(send: Send, status: int, body: bytes, headers: dict[str, st
 
 def _encode_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-
-
-def _new_call(scope: Scope, body: "_Body") -> Call:
-    """The pipeline's view of an HTTP request: its headers, and its body read only when a stage asks. A repeated
-    header keeps its last value here; a second ``Authorization`` never gets this far (the app's
-    ``SingleAuthorizationMiddleware`` refuses it, for every route alike)."""
-    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-    state = scope.get("state", {})  # the ids RequestIdMiddleware set: ours, and the client's apart
-    rid = state.get("request_id") or new_request_id()
-    client_rid = state.get("client_request_id") if "request_id" in state else client_request_id_from(
-        headers.get("x-request-id"))
-    return Call(RequestContext(rid, client_rid), headers, body)
 
 
 class _Body:

@@ -13,8 +13,7 @@ from unimodel.engines.engine_set import EngineSet
 from unimodel.protocol.openai import ModelList
 from unimodel.server.access import StateAccess
 from unimodel.server.drain import Drain
-from unimodel.service.context import RequestContext
-from unimodel.service.pipeline import Call, Pipeline
+from unimodel.server.routes.calls import authenticated
 
 router = APIRouter()
 log = logging.getLogger("unimodel.server")
@@ -22,12 +21,7 @@ log = logging.getLogger("unimodel.server")
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
-    pipeline: Pipeline = request.app.state.models_pipeline
-    state = request.scope.get("state", {})
-    call = Call(RequestContext(state.get("request_id", ""), state.get("client_request_id")), request.headers,
-                request.body)
-    entered = await pipeline.enter(call)  # the same auth stage as chat requests
-    await pipeline.exit(call, entered, None)
+    await authenticated(request, request.app.state.models_pipeline)  # the same auth stage as chat requests
     return JSONResponse(ModelList(data=request.app.state.engine.models()).model_dump(mode="json"))
 
 

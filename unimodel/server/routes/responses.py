@@ -15,20 +15,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from unimodel.errors import InvalidRequestError
-from unimodel.service.context import RequestContext
-from unimodel.service.pipeline import Call, Pipeline
+from unimodel.server.routes.calls import authenticated
 from unimodel.shapes.responses.stored import DEFAULT_LIST_LIMIT, StoredResponses
 
 router = APIRouter()
 
 
 async def _owner(request: Request) -> str:
-    pipeline: Pipeline = request.app.state.responses_pipeline
-    state = request.scope.get("state", {})
-    call = Call(RequestContext(state.get("request_id", ""), state.get("client_request_id")), request.headers,
-                request.body)
-    entered = await pipeline.enter(call)
-    await pipeline.exit(call, entered, None)
+    call = await authenticated(request, request.app.state.responses_pipeline)
     return call.ctx.key_name or "anonymous"
 
 

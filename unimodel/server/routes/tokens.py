@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from unimodel.engines.base import PromptCount
 from unimodel.errors import UnimodelError
-from unimodel.service.context import RequestContext, client_request_id_from, new_request_id
+from unimodel.server.routes.calls import new_call
 from unimodel.service.pipeline import Call
 from unimodel.service.shape import ApiShape
 from unimodel.service.tokens import TokenService
@@ -58,7 +58,7 @@ class TokenEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
-        call = _new_call(request)
+        call = new_call(scope, request.body)
         call.shape = self.shape
         service: TokenService = scope["app"].state.tokens
         try:
@@ -69,14 +69,6 @@ class TokenEndpoint:
         else:
             response = JSONResponse(body, headers=call.response_headers)
         await response(scope, receive, send)
-
-
-def _new_call(request: Request) -> Call:
-    state = request.scope.get("state", {})  # the ids RequestIdMiddleware set
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    rid: Optional[str] = state.get("request_id")
-    client_rid = state.get("client_request_id") if rid else client_request_id_from(headers.get("x-request-id"))
-    return Call(RequestContext(rid or new_request_id(), client_rid), headers, request.body)
 
 
 def endpoints(default_model: Callable[[], Optional[str]]) -> list[tuple[str, TokenEndpoint]]:
