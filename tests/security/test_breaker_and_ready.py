@@ -34,7 +34,7 @@ from tests.support.scripted_upstream import Script, ScriptedUpstream
 from tests.support.serve_process import wait_ready
 from unimodel.compose import build_engine
 from unimodel.config import Settings
-from unimodel.gateway.resilience.breaker import NO_PROBE, CircuitBreaker
+from unimodel.engines.breaker import NO_PROBE, CircuitBreaker
 from unimodel.server.drain import Drain
 
 MODEL = "m"

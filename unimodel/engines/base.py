@@ -106,6 +106,13 @@ class GenerationRequest:
     connect_timeout_s: Optional[float] = None  # a route's own connect timeout; engines without one ignore it
     streamed: bool = True
     priority: Optional[int] = None  # vLLM's request priority, where the caller may set it (upstreams only)
+    # how an upstream pool (engines/pool/) schedules it: who asked (the key's name; a saturated pool shares its
+    # capacity fairly between tenants), its priority class as a rank (lower ranks are admitted first when the
+    # pool is saturated), and the session a pool keeps on one replica (a prompt_cache_key, the completion id of
+    # the answer this request continues, or the end user); engines without a pool ignore them
+    tenant: Optional[str] = None
+    priority_rank: int = 0
+    affinity: Optional[str] = None
     raw_prompt: Optional[RawPrompt] = None
     n: int = 1
 

@@ -46,7 +46,7 @@ from unimodel.errors import (
     UpstreamTimeoutError,
 )
 from unimodel.formats.registry import get_format
-from unimodel.gateway.resilience.retry import Verdict, classify
+from unimodel.engines.verdicts import Verdict, classify
 from unimodel.protocol.events import ContentDelta, Event, Finish, Flush, ThinkingBudgetReached, Usage
 from unimodel.service.assemble import ChunkEncoder, CompletionBuilder
 

@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 from unimodel.engines.base import GenerationRequest
 from unimodel.errors import CircuitOpenError, UnimodelError, UpstreamTimeoutError
-from unimodel.gateway.resilience.breaker import NO_PROBE, Permit
+from unimodel.engines.breaker import NO_PROBE, Permit
 from unimodel.gateway.resilience.deadline import (
     PRECISE_DEADLINES,
     REQUEST_DEADLINE,
@@ -40,7 +40,7 @@ from unimodel.gateway.resilience.deadline import (
     StreamDeadline,
     next_before,
 )
-from unimodel.gateway.resilience.retry import Backoff, Verdict, classify
+from unimodel.engines.verdicts import Backoff, Verdict, classify
 from unimodel.gateway.resilience.upstreams import Upstream, UpstreamPool
 from unimodel.protocol.events import Event, close_events
 from unimodel.service.context import RouteChoice

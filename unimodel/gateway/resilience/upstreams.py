@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from unimodel.engines.base import Engine
-from unimodel.gateway.resilience.breaker import CircuitBreaker
+from unimodel.engines.breaker import CircuitBreaker
 
 log = logging.getLogger("unimodel.resilience")
 

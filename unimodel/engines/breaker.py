@@ -28,7 +28,7 @@ is small (each request tries the upstream once more, then its fallback); the cos
 tenant's 503. A tenant holding ``min_callers`` keys can still open it on a healthy upstream: keys are the
 operator's to hand out, and ``min_callers`` is theirs to raise.
 
-What counts is decided by the caller (:mod:`.retry`): only upstream failures, never a client's error or a
+What counts is decided by the caller (:mod:`.verdicts`): only upstream failures, never a client's error or a
 client that left. Written by hand: the state machine is a few dozen lines, its clock has to be injectable for
 tests, and it runs on the event loop only (no locks); the libraries (pybreaker, aiobreaker) wrap calls, where
 we need to settle a verdict at the first streamed event, and none counts callers.

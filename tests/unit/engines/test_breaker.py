@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from unimodel.gateway.resilience.breaker import NO_PROBE, CircuitBreaker
+from unimodel.engines.breaker import NO_PROBE, CircuitBreaker
 
 
 class Clock:

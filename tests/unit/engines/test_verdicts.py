@@ -22,7 +22,7 @@ from unimodel.errors import (
     UpstreamStatusError,
     UpstreamTimeoutError,
 )
-from unimodel.gateway.resilience.retry import Backoff, Verdict, classify
+from unimodel.engines.verdicts import Backoff, Verdict, classify
 
 
 def caused(exc: BaseException, cause: BaseException) -> BaseException:
