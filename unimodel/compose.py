@@ -16,22 +16,26 @@ body limit, the Host names and origins browsers may use).
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
 from unimodel.config import Settings
-from unimodel.config_values import host_pattern, shell_words
+from unimodel.config_values import DISCOVERY_SCHEMES, host_pattern, shell_words
 from unimodel.engines.base import Engine
 from unimodel.engines.engine_set import EngineSet
 from unimodel.engines.factory import (
     LocalOptions,
+    PoolOptions,
     UpstreamOptions,
     VllmOptions,
     local_engine,
+    pool_engine,
     upstream_engine,
     vllm_engine,
 )
+from unimodel.engines.pool.discovery import Discovery, KubernetesAccess, parse_upstream
 from unimodel.errors import ConfigError
 from unimodel.formats.reasoning import ModelReasoning
 from unimodel.formats.registry import get_format
@@ -53,6 +57,7 @@ from unimodel.gateway.upstream_share import UpstreamShareStage, per_key_share
 from unimodel.service.observer import AccessLog, Observer
 from unimodel.service.parse import ParseStage
 from unimodel.service.pipeline import Stage
+from unimodel.service.priority import PriorityClasses
 from unimodel.service.usage_estimate import UsageEstimator
 from unimodel.service.validate import ValidateStage
 from unimodel.secret_files import read_secrets
@@ -158,13 +163,45 @@ def upstream_options(settings: Settings) -> UpstreamOptions:
         read_timeout_s=settings.upstream_read_timeout_s, max_connections=settings.upstream_max_connections)
 
 
+def is_pool(settings: Settings) -> bool:
+    """Several upstreams, or one named by a lookup, make a pool (a single URL stays a plain upstream engine)."""
+    urls = settings.upstream
+    return settings.engine == "upstream" and (len(urls) > 1 or any(u.startswith(DISCOVERY_SCHEMES) for u in urls))
+
+
+def pool_options(settings: Settings) -> PoolOptions:
+    return PoolOptions(
+        policy=settings.pool_policy, scrape_interval_s=settings.pool_scrape_interval_s,
+        discovery_interval_s=settings.pool_discovery_interval_s, max_waiting=settings.pool_max_waiting,
+        max_kv_usage=settings.pool_max_kv_usage, max_inflight=settings.pool_max_inflight,
+        queue_size=settings.pool_queue_size, queue_timeout_s=settings.pool_queue_timeout_s,
+        tries=settings.pool_tries, breaker_failures=settings.breaker_failures,
+        breaker_window_s=settings.breaker_window_s, breaker_cooldown_s=settings.breaker_cooldown_s,
+        breaker_min_callers=settings.breaker_min_callers)
+
+
+def discoveries(settings: Settings) -> list[Discovery]:
+    """Each ``--upstream`` as the lookup of its replicas (a Kubernetes one reads the pod's service account)."""
+    nameservers = None
+    if settings.pool_dns_server:
+        host, _, port = settings.pool_dns_server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"--pool-dns-server is HOST:PORT, e.g. 10.96.0.10:53, not {settings.pool_dns_server!r}")
+        nameservers = [(host.strip("[]"), int(port))]
+    kubernetes = KubernetesAccess.from_environment(os.environ)
+    return [parse_upstream(spec, kubernetes=kubernetes, nameservers=nameservers) for spec in settings.upstream]
+
+
 def build_engine(settings: Settings) -> Engine:
     """The primary engine, of the kind ``--engine`` names."""
     if settings.engine == "upstream":
         if not settings.upstream:
             raise ConfigError("--engine upstream needs --upstream URL (e.g. http://gpu-box:8000/v1)")
-        return upstream_engine(upstream_options(settings), settings.upstream,
-                               served_model_name=settings.served_model_name or settings.model,
+        served = settings.served_model_name or settings.model
+        if is_pool(settings):
+            return pool_engine(pool_options(settings), upstream_options(settings), discoveries(settings),
+                               served_model_name=served, upstream_model=settings.model)
+        return upstream_engine(upstream_options(settings), settings.upstream[0], served_model_name=served,
                                upstream_model=settings.model)
     if settings.engine == "local":
         if not settings.model:
@@ -222,7 +259,9 @@ def build_stages(settings: Settings, engines: EngineSet) -> list[Stage]:
         RouteStage(settings.route_policies, image_policy=images, reasoning_for=reasoning),
         ValidateStage(engines.primary.models, reasoning, settings.default_max_tokens,
                       unknown_fields=settings.unknown_fields, upstream_extra_fields=settings.upstream_extra_fields,
-                      allow_priority=settings.allow_priority, max_n=settings.max_n),
+                      allow_priority=settings.allow_priority, max_n=settings.max_n,
+                      priority_classes=PriorityClasses(dict(settings.priority_classes), settings.default_priority_class,
+                                                       forward=settings.pool_forward_priority)),
         *limits,  # users, high reasoning, tokens: before any image is fetched or decoded
         ImagePolicyStage(images),
         *idempotency_stages(settings),

@@ -6,17 +6,34 @@ Precedence (highest first): CLI flags > ``UNIMODEL_*`` environment variables > t
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from unimodel.config_values import _http_url, host_pattern, origin_pattern, read_config_file, shell_words
+from unimodel.config_values import (
+    DISCOVERY_SCHEMES,
+    _http_url,
+    host_pattern,
+    origin_pattern,
+    pool_file_values,
+    read_config_file,
+    shell_words,
+)
 from unimodel.errors import ConfigError
 from unimodel.formats.reasoning import ReasoningPolicy
-from unimodel.gateway.policy import KeyPolicy, RoutePolicy, check_key_names, resolve_routes
+from unimodel.gateway.policy import (
+    DEFAULT_PRIORITY_CLASS,
+    DEFAULT_PRIORITY_CLASSES,
+    KeyPolicy,
+    RoutePolicy,
+    check_key_names,
+    check_priority_classes,
+    resolve_routes,
+)
 from unimodel.images.decode import ImageLimits
 from unimodel.protocol.effort import Effort
 from unimodel.secret_files import read_secret, read_secrets
@@ -185,6 +202,15 @@ class Settings(BaseSettings):
     allow_priority: bool = Field(default=False, json_schema_extra=_cli("gateway"), description=(
         "Forward a request's priority (vLLM's priority scheduling) from callers whose key sets no priority "
         "range (plain --api-key keys, no keys); off, it is dropped."))
+    # priority classes (service/priority.py): a request names one in X-Unimodel-Priority, else gets its key's or
+    # the default; an upstream pool admits lower ranks first when saturated, and may forward the rank to vLLM
+    priority_classes: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_PRIORITY_CLASSES), json_schema_extra=_cli("gateway"), description=(
+            "Priority classes a request may name in the X-Unimodel-Priority header, each with its rank (lower goes "
+            'first), e.g. {"interactive": 0, "batch": 10} (the default).'))
+    default_priority_class: str = Field(default=DEFAULT_PRIORITY_CLASS, json_schema_extra=_cli("gateway"),
+                                        description=(
+        "The class of a request that names none, when its key has no priority_class of its own."))
     max_json_depth: int = Field(default=64, ge=8, le=512, json_schema_extra=_cli("gateway"),
                                 description="Deepest JSON nesting a request may have.")
     max_n: int = Field(default=8, ge=1, le=128, json_schema_extra=_cli("gateway"),
@@ -408,8 +434,10 @@ class Settings(BaseSettings):
         return v
 
     # upstream engine
-    upstream: Optional[str] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
-        "Base URL of an OpenAI-compatible server, e.g. http://gpu:8000/v1."))
+    upstream: Annotated[list[str], NoDecode] = Field(default_factory=list, json_schema_extra=_cli("upstream"),
+                                                     description=(
+        "Base URL of an OpenAI-compatible server, e.g. http://gpu:8000/v1; repeat it, or give dns://NAME:PORT/v1, "
+        "dns+srv://_SRV._tcp.NAME/v1 or k8s://NAMESPACE/SERVICE:PORT/v1, for a pool of replicas."))
     upstream_api_key: Optional[str] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
         "Bearer key sent to the upstream (prefer --upstream-api-key-file: a flag shows in the process list)."))
     upstream_api_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
@@ -426,6 +454,34 @@ class Settings(BaseSettings):
     upstream_key_share: float = Field(default=0.5, gt=0, le=1, json_schema_extra=_cli("upstream"), description=(
         "With two or more API keys, the share of --upstream-max-connections one key may hold at once (at least "
         "one connection); past it 429 upstream_share_exceeded. 1: no cap."))
+    # the upstream pool (several --upstream, or a discovery spec): engines/pool/
+    pool_policy: Literal["balanced", "round-robin"] = Field(default="balanced", json_schema_extra=_cli("upstream"),
+                                                             description=(
+        "How a pool picks a replica: by queue, KV use and prompt-prefix affinity, or in turn."))
+    pool_scrape_interval_s: float = Field(default=1.0, ge=0.1, le=60, json_schema_extra=_cli("upstream"),
+                                          description=(
+        "Seconds between reads of each replica's /metrics; older than two reads counts as saturated."))
+    pool_discovery_interval_s: float = Field(default=5.0, ge=0.5, le=3600, json_schema_extra=_cli("upstream"),
+                                             description="Seconds between lookups of DNS and Kubernetes replicas.")
+    pool_max_waiting: int = Field(default=8, ge=1, le=100_000, json_schema_extra=_cli("upstream"), description=(
+        "Requests in a replica's own queue at which it counts as saturated (vLLM's num_requests_waiting)."))
+    pool_max_kv_usage: float = Field(default=0.95, gt=0, le=1, json_schema_extra=_cli("upstream"), description=(
+        "The share of a replica's KV cache in use at which it counts as saturated."))
+    pool_max_inflight: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("upstream"), description=(
+        "Requests of this gateway in flight on one replica at which it counts as saturated (default: no cap)."))
+    pool_queue_size: int = Field(default=1024, ge=0, le=1_000_000, json_schema_extra=_cli("upstream"),
+                                 description=(
+        "Requests that may wait at the gateway while every replica is saturated; beyond, 503 queue_full."))
+    pool_queue_timeout_s: float = Field(default=30.0, gt=0, le=3600, json_schema_extra=_cli("upstream"),
+                                        description=(
+        "Seconds a request may wait for a replica with room; then 503 pool_saturated."))
+    pool_tries: int = Field(default=3, ge=1, le=16, json_schema_extra=_cli("upstream"), description=(
+        "Replicas one request tries before its first token when a replica fails."))
+    pool_dns_server: Optional[str] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
+        "HOST:PORT of the DNS server for dns:// and dns+srv:// upstreams (default: the system's)."))
+    pool_forward_priority: bool = Field(default=False, json_schema_extra=_cli("upstream"), description=(
+        "Send each request's priority class rank as vLLM's priority, unless the client sent a priority it may "
+        "send (vLLM must run with --scheduling-policy priority)."))
 
     # resilience (the last pipeline stage): timeouts, retries before the first event, a circuit breaker per
     # upstream, fallback and canary upstreams (each an upstream engine with the primary's settings)
@@ -482,10 +538,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"an upstream name is 1 to 64 letters, digits, '-', '_' or '.': {name!r}")
         return v
 
-    @field_validator("upstream")
+    @field_validator("upstream", mode="before")
     @classmethod
-    def _upstream_url(cls, v: Optional[str]) -> Optional[str]:
-        return None if v is None else _http_url(v)
+    def _upstream_urls(cls, v: Any) -> Any:
+        """One URL (a flag, ``UNIMODEL_UPSTREAM``, the file's ``upstream:``) or several (repeated flags, a list, or
+        an environment value separated by commas or spaces); http(s) URLs and the pool's discovery specs."""
+        if v is None:
+            return []
+        if isinstance(v, str):
+            v = v.strip()
+            v = json.loads(v) if v.startswith("[") else [u for u in v.replace(",", " ").split() if u]
+        if isinstance(v, list):
+            return [u if isinstance(u, str) and u.startswith(DISCOVERY_SCHEMES) else
+                    _http_url(u) if isinstance(u, str) else u for u in v]
+        return v
 
     @model_validator(mode="after")
     def _read_secret_files(self) -> "Settings":
@@ -511,10 +577,19 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _priority_classes(self) -> "Settings":
+        """The classes, the default class and every key's classes agree (gateway/policy.py says how)."""
+        try:
+            check_priority_classes(self.priority_classes, self.default_priority_class, self.keys)
+        except ValueError as exc:
+            raise ConfigError(f"invalid priority classes: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
     def _one_upstream_credential(self) -> "Settings":
         """An upstream URL with credentials (``http://user:pass@gpu/v1``: HTTP Basic) and a bearer key for it
         would be two ``Authorization`` headers: aiohttp refuses every request, so it is refused here."""
-        sent = [(u, self.upstream_api_key) for u in (self.upstream, *self.fallback_upstreams, self.canary_upstream)]
+        sent = [(u, self.upstream_api_key) for u in (*self.upstream, *self.fallback_upstreams, self.canary_upstream)]
         sent += [(spec.url, spec.api_key or self.upstream_api_key) for spec in self.upstreams.values()]
         for url, key in sent:
             parts = urlsplit(url or "")
@@ -542,6 +617,11 @@ class Settings(BaseSettings):
         if config_file is not None:
             raw = read_config_file(config_file).values
             file_values = {k.replace("-", "_"): v for k, v in raw.items()}
+            if "pool" in file_values:  # pool: {upstreams: [...], policy: ...} is upstream and the pool_* settings
+                for key, value in pool_file_values(file_values.pop("pool")).items():
+                    if key in file_values:
+                        raise ConfigError(f"the config file gives {key} twice: at the top and in pool:")
+                    file_values[key] = value
         flags = {k: v for k, v in cli.items() if v is not None and v != []}
         try:
             # env beats the file, flags beat env: pass the file's values only where neither env nor flag set one

@@ -64,6 +64,23 @@ def shell_words(v: str) -> list[str]:
     return words
 
 
+#: the ``--upstream`` forms that name a pool's replicas by a lookup (``engines/pool/discovery.py`` reads them)
+DISCOVERY_SCHEMES = ("dns://", "dns+srv://", "k8s://")
+
+
+def pool_file_values(pool: Any) -> dict[str, Any]:
+    """The config file's ``pool:`` mapping as the flat settings it stands for: ``upstreams`` is ``upstream``
+    (the replicas), every other key ``pool_<key>`` (``policy`` → ``pool_policy``)."""
+    if not isinstance(pool, dict):
+        raise ConfigError("the config file's pool: must be a mapping, e.g. pool: {upstreams: [http://a:8000/v1, "
+                          "http://b:8000/v1], policy: balanced}")
+    out: dict[str, Any] = {}
+    for key, value in pool.items():
+        name = str(key).replace("-", "_")
+        out["upstream" if name == "upstreams" else f"pool_{name}"] = value
+    return out
+
+
 def _http_url(v: str) -> str:
     if not v.startswith(("http://", "https://")):
         raise ValueError("must be an http:// or https:// URL, e.g. http://gpu-box:8000/v1")

@@ -127,6 +127,12 @@ class PreviousResponseNotFoundError(InvalidRequestError):
     code = "previous_response_not_found"
 
 
+class PriorityClassNotFoundError(InvalidRequestError):
+    """``X-Unimodel-Priority`` names no priority class of this server (a class the key may not use is a 403)."""
+
+    code = "priority_class_not_found"
+
+
 class AuthenticationError(UnimodelError):
     status_code = 401
     error_type = "authentication_error"
@@ -290,6 +296,12 @@ class ServiceUnavailableError(UnimodelError):
 
 class OverloadedError(ServiceUnavailableError):
     code = "queue_full"
+
+
+class PoolSaturatedError(OverloadedError):
+    """Every replica of the upstream pool stayed saturated for as long as a request may wait at the gateway."""
+
+    code = "pool_saturated"
 
 
 class CircuitOpenError(ServiceUnavailableError):

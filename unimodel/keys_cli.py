@@ -23,7 +23,15 @@ from pydantic import ValidationError
 from unimodel.config_values import read_config_file
 from unimodel.errors import ConfigError
 from unimodel.gateway.keyhash import hash_key, key_prefix, new_key, parse_hash
-from unimodel.gateway.policy import KeyPolicy, RoutePolicy, check_key_names, resolve_routes
+from unimodel.gateway.policy import (
+    DEFAULT_PRIORITY_CLASS,
+    DEFAULT_PRIORITY_CLASSES,
+    KeyPolicy,
+    RoutePolicy,
+    check_key_names,
+    check_priority_classes,
+    resolve_routes,
+)
 
 ERROR_PREFIX = "unimodel: error: "
 
@@ -31,7 +39,7 @@ keys_app = typer.Typer(name="keys", help="Named API keys: create one, list them,
                        no_args_is_help=True, add_completion=False)
 
 _POLICY_FIELDS = ("routes", "rpm", "tpm", "high_reasoning_rpm", "high_reasoning_tpm", "max_concurrent",
-                  "max_tokens_cap", "allowed_tools")
+                  "max_tokens_cap", "allowed_tools", "priority_class", "priority_classes")
 
 
 def register(app: typer.Typer) -> None:
@@ -61,6 +69,10 @@ def create(
                                                            "all the route allows)."),
     max_concurrent: Optional[int] = typer.Option(None, help="Requests in flight at once."),
     max_tokens_cap: Optional[int] = typer.Option(None, help="Largest max_tokens it may ask for."),
+    priority_class: Optional[str] = typer.Option(None, help="The priority class of its requests that name none "
+                                                            "(default: the server's default class)."),
+    priority_classes: Optional[str] = typer.Option(None, help="Priority classes it may name in "
+                                                              "X-Unimodel-Priority, comma-separated (default: all)."),
     config: Optional[Path] = typer.Option(None, "--config", help="Check the name and routes against this "
                                                                  "config file (nothing is written to it)."),
 ) -> None:
@@ -69,7 +81,8 @@ def create(
     fields: dict[str, Any] = {"name": name, "prefix": key_prefix(secret), "key_hash": hash_key(secret)}
     given = {"routes": _names(routes), "rpm": rpm, "tpm": tpm, "high_reasoning_rpm": high_reasoning_rpm,
              "high_reasoning_tpm": high_reasoning_tpm, "max_concurrent": max_concurrent,
-             "max_tokens_cap": max_tokens_cap, "allowed_tools": _names(allowed_tools)}
+             "max_tokens_cap": max_tokens_cap, "allowed_tools": _names(allowed_tools),
+             "priority_class": priority_class, "priority_classes": _names(priority_classes)}
     fields.update({k: v for k, v in given.items() if v is not None})
     try:
         record = KeyPolicy.model_validate(fields)
@@ -187,6 +200,12 @@ def _check_against(config: Path, record: KeyPolicy) -> None:
     missing = [r for r in record.routes or [] if r not in known]
     if missing:
         _fail(f"the route '{missing[0]}' does not exist in {config} (routes: {', '.join(known)})")
+    classes = data.get("priority_classes") or DEFAULT_PRIORITY_CLASSES
+    default = data.get("default_priority_class") or DEFAULT_PRIORITY_CLASS
+    try:
+        check_priority_classes(classes, default, [record])
+    except (ValueError, TypeError, AttributeError) as exc:
+        _fail(f"{config}: {exc}")
 
 
 def _yaml_item(fields: dict[str, Any]) -> str:

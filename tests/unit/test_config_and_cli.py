@@ -17,7 +17,7 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setenv("UNIMODEL_PORT", "7002")
     monkeypatch.setenv("UNIMODEL_UPSTREAM", "http://env:1/v1")
     s = Settings.load(cfg, upstream="http://flag:1/v1", host=None)
-    assert s.upstream == "http://flag:1/v1"  # flag beats env and file
+    assert s.upstream == ["http://flag:1/v1"]  # flag beats env and file
     assert s.port == 7002  # env beats file
     assert s.host == "0.0.0.0"  # file beats default
     assert s.served_model_name == "from-file"

@@ -170,6 +170,11 @@ class Engine(abc.ABC):
         ``tokens``), or ``None`` for an engine that keeps no batch of its own (an upstream's is its own)."""
         return None
 
+    def pool_status(self) -> Optional[dict[str, Any]]:
+        """An upstream pool's replicas, queue and choices (for ``/ready``, the metrics and the admin API), or
+        ``None`` for an engine that is no pool."""
+        return None
+
     @abc.abstractmethod
     def models(self) -> list[ModelCard]:
         """The served model names (the first is the default)."""

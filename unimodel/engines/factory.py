@@ -15,22 +15,28 @@ import os
 import shlex
 import shutil
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+import aiohttp
 
 from unimodel.engines.base import Engine
-from unimodel.engines.options import LocalOptions, UpstreamOptions, VllmOptions
+from unimodel.engines.options import LocalOptions, PoolOptions, UpstreamOptions, VllmOptions
 from unimodel.engines.upstream import UpstreamEngine
 from unimodel.errors import ConfigError
 
-__all__ = ["LocalOptions", "UpstreamOptions", "VllmOptions", "check_vllm_command", "local_engine",
-           "upstream_engine", "vllm_engine"]
+if TYPE_CHECKING:
+    from unimodel.engines.pool.discovery import Discovery
+
+__all__ = ["LocalOptions", "PoolOptions", "UpstreamOptions", "VllmOptions", "check_vllm_command", "local_engine",
+           "pool_engine", "upstream_engine", "vllm_engine"]
 
 def upstream_engine(options: UpstreamOptions, url: str, *, served_model_name: Optional[str] = None,
-                    upstream_model: Optional[str] = None, api_key: Optional[str] = None) -> UpstreamEngine:
+                    upstream_model: Optional[str] = None, api_key: Optional[str] = None,
+                    session: Optional[aiohttp.ClientSession] = None) -> UpstreamEngine:
     """An upstream engine at ``url`` with the shared options; ``api_key`` overrides theirs (a named upstream's
-    own key)."""
+    own key); ``session``: one it shares (a pool's replicas), else its own."""
     return UpstreamEngine(
         url,
         served_model_name=served_model_name,
@@ -42,7 +48,34 @@ def upstream_engine(options: UpstreamOptions, url: str, *, served_model_name: Op
         connect_timeout_s=options.connect_timeout_s,
         read_timeout_s=options.read_timeout_s,
         max_connections=options.max_connections,
+        session=session,
     )
+
+
+def pool_engine(pool: PoolOptions, upstream: UpstreamOptions, discoveries: Sequence[Discovery], *,
+                served_model_name: Optional[str] = None, upstream_model: Optional[str] = None) -> Engine:
+    """An upstream pool over the replicas ``discoveries`` find: each replica an upstream engine with the shared
+    upstream options, all on one session of ``upstream.max_connections`` connections, each with its own
+    circuit breaker."""
+    from unimodel.engines.breaker import CircuitBreaker
+    from unimodel.engines.pool.engine import PoolEngine
+    from unimodel.engines.upstream import upstream_session
+
+    def make_replica(url: str, session: aiohttp.ClientSession) -> UpstreamEngine:
+        return upstream_engine(upstream, url, served_model_name=served_model_name, upstream_model=upstream_model,
+                               session=session)
+
+    def make_breaker(name: str, health: Callable[[], Awaitable[bool]]) -> CircuitBreaker:
+        return CircuitBreaker(f"replica {name}", failures=pool.breaker_failures, window_s=pool.breaker_window_s,
+                              cooldown_s=pool.breaker_cooldown_s, min_callers=pool.breaker_min_callers,
+                              health=health)
+
+    connect, read = upstream.connect_timeout_s, upstream.read_timeout_s
+    timeout = aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect, sock_read=read)
+    return PoolEngine(discoveries, replace(pool, connect_timeout_s=connect),
+                      make_replica=make_replica, make_breaker=make_breaker,  # replicas may be https: trust ready
+                      new_session=lambda: upstream_session(upstream.max_connections, timeout, https=True),
+                      served_model_name=served_model_name or upstream_model)
 
 
 def local_engine(options: LocalOptions) -> Engine:
@@ -88,8 +121,20 @@ def vllm_engine(options: VllmOptions, upstream: UpstreamOptions) -> Engine:
     else:
         planned, env = _gpu_command(options, command, served, port), None
     argv = planned[:len(command)] + merge_args(planned[len(command):], options.args)
-    return VllmEngine(argv, port=port, served_model_name=served, env=env,
+    return VllmEngine(argv, port=port, served_model_name=served, env=env, stop_grace_s=_stop_grace_s(argv),
                       upstream=upstream_engine(upstream, f"http://127.0.0.1:{port}/v1", served_model_name=served))
+
+
+#: seconds vLLM gets after its drain to free its GPUs and exit before the supervisor kills it
+VLLM_TEARDOWN_S = 30.0
+
+
+def _stop_grace_s(argv: Sequence[str]) -> float:
+    """How long the supervisor waits after SIGTERM before SIGKILL: vLLM's own ``--shutdown-timeout`` (the plan's,
+    or a ``--vllm-arg`` override's), in which its in-flight requests finish, plus its teardown."""
+    from unimodel.plan.launch import shutdown_timeout_in
+
+    return shutdown_timeout_in(argv) + VLLM_TEARDOWN_S
 
 
 def _checkpoint_for_vllm(options: VllmOptions) -> str:

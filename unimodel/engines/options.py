@@ -30,6 +30,31 @@ class UpstreamOptions:
 
 
 @dataclass(frozen=True)
+class PoolOptions:
+    """An upstream pool (``engines/pool/``): how it chooses among its replicas, when a replica counts as
+    saturated, how long requests may wait at the gateway when all are, and each replica's circuit breaker."""
+
+    policy: Literal["balanced", "round-robin"] = "balanced"
+    scrape_interval_s: float = 1.0
+    discovery_interval_s: float = 5.0
+    connect_timeout_s: float = 5.0
+    max_waiting: int = 8
+    max_kv_usage: float = 0.95
+    max_inflight: Optional[int] = None
+    queue_size: int = 1024
+    queue_timeout_s: float = 30.0
+    tries: int = 3
+    prefix_block_bytes: int = 256
+    prefix_max_blocks: int = 256
+    prefix_cache_blocks: int = 16384
+    sessions: int = 100_000
+    breaker_failures: int = 5
+    breaker_window_s: float = 30.0
+    breaker_cooldown_s: float = 30.0
+    breaker_min_callers: int = 2
+
+
+@dataclass(frozen=True)
 class LocalOptions:
     """The embedded engine: which checkpoint, where it runs, and its batch and memory bounds."""
 

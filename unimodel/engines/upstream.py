@@ -157,12 +157,7 @@ class UpstreamEngine(Engine):
             self._session = None
 
     def _new_session(self) -> aiohttp.ClientSession:
-        """The engine's own session (see the module docstring for why each setting)."""
-        https = self.base_url.lower().startswith("https:")
-        tls: ssl.SSLContext | bool = client_context(trust_env=True) if https else True
-        connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=KEEPALIVE_S, ssl=tls)
-        return aiohttp.ClientSession(connector=connector, timeout=self._timeout, trust_env=False,
-                                     cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
+        return upstream_session(self._max_connections, self._timeout, https=self.base_url.lower().startswith("https:"))
 
     def is_ready(self) -> bool:
         return self._ready
@@ -348,6 +343,11 @@ class UpstreamEngine(Engine):
     # ---- tokens --------------------------------------------------------------------------------------
 
     @property
+    def auth_headers(self) -> dict[str, str]:
+        """The headers that carry the upstream's key (none without one), for other calls to the same server."""
+        return self._headers
+
+    @property
     def root_url(self) -> str:
         """Where the upstream's own endpoints live (vLLM's ``/tokenize``): the base URL without its ``/v1``."""
         return self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
@@ -431,6 +431,15 @@ def _continued(spent: Usage, more: Usage) -> Usage:
                  completion_tokens=spent.completion_tokens + more.completion_tokens,
                  reasoning_tokens=spent.reasoning_tokens + more.reasoning_tokens,
                  estimated=spent.estimated or more.estimated, cached_tokens=spent.cached_tokens)
+
+
+def upstream_session(max_connections: int, timeout: aiohttp.ClientTimeout, *, https: bool) -> aiohttp.ClientSession:
+    """A session to talk to upstreams (see the module docstring for why each setting): an engine's own, or the
+    one an upstream pool's replicas share (``https``: the system's trust, for replicas behind TLS)."""
+    tls: ssl.SSLContext | bool = client_context(trust_env=True) if https else True
+    connector = aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=KEEPALIVE_S, ssl=tls)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, trust_env=False,
+                                 cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
 
 
 def _timeouts(connect_s: float, read_s: float) -> aiohttp.ClientTimeout:

@@ -9,7 +9,7 @@ settings with it and refuse a bad file at start-up with the setting's path; the 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 from unimodel.gateway.keyhash import KEY_PREFIX, PREFIX_CHARS, parse_hash
 from unimodel.protocol.effort import Effort, effort_rank
 from unimodel.service.context import Caller
+# re-exported for the settings, which import no module of the service
+from unimodel.service.priority import DEFAULT_PRIORITY_CLASS as DEFAULT_PRIORITY_CLASS
+from unimodel.service.priority import DEFAULT_PRIORITY_CLASSES as DEFAULT_PRIORITY_CLASSES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -34,6 +37,8 @@ class _Strict(BaseModel):
 
 
 INT64 = 2**63
+#: the most priority classes a server (and so a key) may have
+MAX_PRIORITY_CLASSES = 64
 
 
 class PriorityRange(_Strict):
@@ -54,7 +59,10 @@ class KeyPolicy(_Strict):
     """One named key: its hash (never the key), and what it may do (``None``: the server's default, or no
     limit). ``rpm``/``tpm`` and the high-reasoning pair are read by the limits stage; ``routes`` and
     ``allowed_tools`` (``None``: all) and ``max_tokens_cap`` by the route stage; ``priority`` (the request
-    priorities it may send to an upstream; ``None``: as ``--allow-priority`` says) by the validate stage."""
+    priorities it may send to an upstream; ``None``: as ``--allow-priority`` says), ``priority_class`` (the class
+    its requests get when they name none; ``None``: the server's ``default_priority_class``) and
+    ``priority_classes`` (those it may name in ``X-Unimodel-Priority``; ``None``: all) by the validate stage.
+    That the classes exist is the settings' check (they know the server's classes)."""
 
     name: Name
     key_hash: str
@@ -68,6 +76,8 @@ class KeyPolicy(_Strict):
     max_tokens_cap: Optional[int] = Field(default=None, ge=1)
     allowed_tools: Optional[list[ToolName]] = None
     priority: Optional[PriorityRange] = None
+    priority_class: Optional[Name] = None
+    priority_classes: Optional[list[Name]] = Field(default=None, min_length=1, max_length=MAX_PRIORITY_CLASSES)
     revoked: bool = False
 
     @field_validator("key_hash")
@@ -76,13 +86,22 @@ class KeyPolicy(_Strict):
         parse_hash(v)
         return v.strip()
 
+    @model_validator(mode="after")
+    def _own_class_allowed(self) -> "KeyPolicy":
+        classes = self.priority_classes
+        if self.priority_class is not None and classes is not None and self.priority_class not in classes:
+            raise ValueError(f"priority_class '{self.priority_class}' is not among its priority_classes")
+        return self
+
     def caller(self) -> Caller:
         return Caller(
             name=self.name, routes=None if self.routes is None else frozenset(self.routes), rpm=self.rpm,
             tpm=self.tpm, high_reasoning_rpm=self.high_reasoning_rpm, high_reasoning_tpm=self.high_reasoning_tpm,
             max_concurrent=self.max_concurrent, max_tokens_cap=self.max_tokens_cap,
             allowed_tools=None if self.allowed_tools is None else frozenset(self.allowed_tools),
-            priority=None if self.priority is None else (self.priority.min, self.priority.max))
+            priority=None if self.priority is None else (self.priority.min, self.priority.max),
+            priority_class=self.priority_class,
+            priority_classes=None if self.priority_classes is None else frozenset(self.priority_classes))
 
 
 def check_key_names(keys: list[KeyPolicy]) -> None:
@@ -95,6 +114,34 @@ def check_key_names(keys: list[KeyPolicy]) -> None:
         if key.name in seen:
             raise ValueError(f"two keys are named '{key.name}'")
         seen.add(key.name)
+
+
+def check_priority_classes(classes: Mapping[str, int], default: str, keys: Sequence[KeyPolicy]) -> None:
+    """The server's priority classes are named like keys and routes, at most :data:`MAX_PRIORITY_CLASSES`, each
+    ranked within vLLM's 64-bit ``priority``; the default class is one of them; every key names only classes that
+    exist, and may use the class its requests get when they name none. ``ValueError`` says what is wrong."""
+    if not classes:
+        raise ValueError("priority_classes needs at least one class")
+    if len(classes) > MAX_PRIORITY_CLASSES:
+        raise ValueError(f"at most {MAX_PRIORITY_CLASSES} priority classes")
+    for name, rank in classes.items():
+        if not _valid_name(name):
+            raise ValueError(f"the priority class name '{name[:64]}' must be letters, digits and ._- (at most 64)")
+        if not -INT64 <= rank < INT64:
+            raise ValueError(f"the priority class '{name}' has a rank outside vLLM's 64-bit priority")
+    known = ", ".join(classes)
+    if default not in classes:
+        raise ValueError(f"default_priority_class '{default[:64]}' is not a priority class (classes: {known})")
+    for key in keys:
+        named = [key.priority_class] if key.priority_class is not None else []
+        missing = [c for c in [*named, *(key.priority_classes or ())] if c not in classes]
+        if missing:
+            raise ValueError(f"the key '{key.name}' names the priority class '{missing[0]}', which does not exist "
+                             f"(classes: {known})")
+        own = key.priority_class or default
+        if key.priority_classes is not None and own not in key.priority_classes:
+            raise ValueError(f"the key '{key.name}' may not use '{own}', the class its requests get by default: set "
+                             "its priority_class to one of its priority_classes")
 
 
 class RouteTimeouts(_Strict):

@@ -20,7 +20,7 @@ DEFAULT_MAX_TOKENS = 16
 SHARED_FIELDS = frozenset({
     "model", "stream", "stream_options", "max_tokens", "temperature", "top_p", "stop", "seed", "presence_penalty",
     "frequency_penalty", "logit_bias", "user", "route", "top_k", "min_p", "repetition_penalty", "min_tokens",
-    "ignore_eos", "stop_token_ids", "include_stop_str_in_output"})
+    "ignore_eos", "stop_token_ids", "include_stop_str_in_output", "prompt_cache_key"})
 
 #: the completions API's own fields (typed in :class:`CompletionFields`)
 OWN_FIELDS = frozenset({"prompt", "echo", "logprobs", "suffix", "n", "best_of", "add_special_tokens"})

@@ -169,6 +169,9 @@ class ChatCompletionRequest(BaseModel):
     #: raw prompt, and ``messages`` hold it as one user message for the stages that read messages (the route's
     #: rules, the limits' estimate, the request log); the validate stage makes it the engine's ``raw_prompt``
     _raw_prompt: Optional[RawPrompt] = PrivateAttr(default=None)
+    #: set only by a shape (the Responses API's ``previous_response_id``): the completion id of the answer this
+    #: request continues, the session an upstream pool keeps on one replica (``service/priority.py``)
+    _continues: Optional[str] = PrivateAttr(default=None)
 
     model: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
@@ -188,6 +191,8 @@ class ChatCompletionRequest(BaseModel):
     frequency_penalty: Optional[float] = Field(default=None, ge=-2.0, le=2.0)
     logit_bias: Optional[dict[str, float]] = Field(default=None, max_length=MAX_LOGIT_BIAS)
     user: Optional[str] = Field(default=None, max_length=MAX_NAME_CHARS)
+    # OpenAI's cache routing hint: requests that share it share a session (an upstream pool keeps it on one replica)
+    prompt_cache_key: Optional[str] = Field(default=None, max_length=MAX_NAME_CHARS)
     tools: Optional[list[Tool]] = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: Optional[ToolChoice] = None
     parallel_tool_calls: Optional[bool] = None
@@ -253,6 +258,15 @@ class ChatCompletionRequest(BaseModel):
     @property
     def raw_prompt(self) -> Optional[RawPrompt]:
         return self._raw_prompt
+
+    @property
+    def continues(self) -> Optional[str]:
+        return self._continues
+
+    def continuing(self, completion_id: str) -> "ChatCompletionRequest":
+        """This request, marked as continuing the answer ``completion_id`` (a shape's call; returns itself)."""
+        self._continues = completion_id[:MAX_NAME_CHARS]
+        return self
 
     @classmethod
     def for_raw_prompt(cls, prompt: RawPrompt, data: dict[str, Any]) -> "ChatCompletionRequest":

@@ -35,6 +35,7 @@ from unimodel.server.middleware import (
 from unimodel.server.routes import chat, meta, tokens
 from unimodel.server.routes import dashboard as dashboard_route
 from unimodel.server.routes import metrics as metrics_route
+from unimodel.server.routes import pool as pool_route
 from unimodel.server.routes import responses as responses_route
 from unimodel.service.chat import ChatService
 from unimodel.service.observer import Observer, Observers
@@ -155,6 +156,7 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
     for path, endpoint in tokens.endpoints(lambda: next((card.id for card in engine.models()), None)):
         app.router.add_route(path, endpoint, methods=["POST"], include_in_schema=False)
     app.include_router(meta.router)
+    app.include_router(pool_route.router)  # the upstream pool's admin API (404 without a pool)
     if parts.metrics is not None:
         app.include_router(metrics_route.router)
     app.state.window, app.state.alerts = parts.window, alerts

@@ -262,7 +262,7 @@ class CrossOriginMiddleware:
 
 #: what a page of an allowed origin may send and read (CORSMiddleware's lists)
 CORS_REQUEST_HEADERS = ("authorization", "content-type", "idempotency-key", "x-request-id", "x-unimodel-route",
-                        "x-api-key", "anthropic-version", "anthropic-beta")
+                        "x-unimodel-priority", "x-api-key", "anthropic-version", "anthropic-beta")
 CORS_EXPOSED_HEADERS = ("x-request-id", "x-unimodel-route", "x-unimodel-upstream", "x-unimodel-reasoning",
                         "x-unimodel-token-count", "idempotent-replayed", "retry-after", "retry-after-ms", "x-should-retry",
                         *(f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset")

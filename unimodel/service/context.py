@@ -42,7 +42,9 @@ class Caller:
 
     ``name`` is the key's name (never the key); ``routes``/``allowed_tools`` of ``None`` allow everything.
     ``priority``: the inclusive range of request ``priority`` values the key may send to an upstream (``None``:
-    the server's setting decides).
+    the server's setting decides). ``priority_class``: the priority class its requests get when they name none
+    (``None``: the server's default class); ``priority_classes``: the classes it may name in
+    ``X-Unimodel-Priority`` (``None``: all of the server's).
     """
 
     name: str = "anonymous"
@@ -55,6 +57,8 @@ class Caller:
     max_tokens_cap: Optional[int] = None
     allowed_tools: Optional[frozenset[str]] = None
     priority: Optional[tuple[int, int]] = None
+    priority_class: Optional[str] = None
+    priority_classes: Optional[frozenset[str]] = None
 
 
 ANONYMOUS = Caller()
@@ -96,13 +100,14 @@ class RequestContext:
     is the HTTP status of a refusal, of a failure mid-stream (the error's status, although the stream had
     already answered 200), or 499 when the client left; 200 otherwise.
     What the stages decided is in typed fields: the caller (auth), the route (route), the applied reasoning
-    (validate; ``thinking_truncated`` when a budget cut it), ``limits`` and ``idempotency`` outcomes, the
-    ``upstream`` that answered and the ``retries`` it took (resilience). ``tool_names``, ``image_count`` and
-    ``output_bytes`` (UTF-8 bytes of text the engine produced: thinking, answer and tool calls; ``reasoning_bytes``
-    of it thinking) are the service's; ``usage`` is the engine's count, or the service's estimate
-    (``estimated``) for a request that ended without one after the engine was asked; ``prompt_text``/
-    ``answer_text`` only with the request log's ``--log-prompts`` (raw: the request log redacts them before
-    they touch disk).
+    (validate; ``thinking_truncated`` when a budget cut it), the ``priority_class`` it runs in (validate: the
+    ``X-Unimodel-Priority`` header, else the key's or the server's default), ``limits`` and ``idempotency``
+    outcomes, the ``upstream`` that answered and the ``retries`` it took (resilience). ``tool_names``,
+    ``image_count`` and ``output_bytes`` (UTF-8 bytes of text the engine produced: thinking, answer and tool
+    calls; ``reasoning_bytes`` of it thinking) are the service's; ``usage`` is the engine's count, or the
+    service's estimate (``estimated``) for a request that ended without one after the engine was asked;
+    ``prompt_text``/``answer_text`` only with the request log's ``--log-prompts`` (raw: the request log redacts
+    them before they touch disk).
     """
 
     request_id: str
@@ -113,6 +118,7 @@ class RequestContext:
     caller: Caller = ANONYMOUS
     user: Optional[str] = None
     route: Optional[str] = None
+    priority_class: Optional[str] = None
     model: Optional[str] = None
     stream: bool = False
     first_token_at: Optional[float] = None

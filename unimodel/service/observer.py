@@ -71,6 +71,7 @@ def access_fields(ctx: RequestContext) -> dict[str, Any]:
         "model": ctx.model,
         "key": ctx.key_name,
         "route": ctx.route,
+        "priority": ctx.priority_class,
         "stream": ctx.stream,
         "effort": ctx.effort,
         "finish_reason": ctx.finish_reason,

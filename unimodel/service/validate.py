@@ -14,6 +14,11 @@ keys), any value when the operator allows it (``--allow-priority``, or ``priorit
 ``upstream_extra_fields`` allowlist, as before it was typed); otherwise it is dropped (logged at debug), so a
 client written for vLLM, which sends it, still works.
 
+The request's priority class (the ``X-Unimodel-Priority`` header, else its key's, else the server's default;
+``service/priority.py`` has the rules) goes into the context and becomes ``priority_rank``; with the operator's
+``pool_forward_priority`` its rank is vLLM's ``priority`` too, wherever the client sent no ``priority`` that
+reaches the engine. ``tenant`` is the key's name; ``affinity`` the request's session (``priority.affinity_of``).
+
 Assistant prefill (``prefix`` on the final message, or ``continue_final_message``) is checked here and
 becomes ``GenerationRequest.continue_final_message`` (see :func:`_continue_final_message` for what is refused).
 
@@ -49,6 +54,7 @@ from unimodel.formats.reasoning import AppliedReasoning, ModelReasoning, Reasoni
 from unimodel.formats.registry import get_format
 from unimodel.protocol.openai import MAX_N, ChatCompletionRequest, ModelCard, NamedToolChoice
 from unimodel.service.pipeline import Call, Stage
+from unimodel.service.priority import PriorityClasses, affinity_of, priority_header
 
 log = logging.getLogger("unimodel.validate")
 
@@ -99,6 +105,8 @@ def _validated(
     upstream_extra_fields: Collection[str],
     priority: int | None = None,
     max_n: int = MAX_N,
+    tenant: str | None = None,
+    priority_rank: int = 0,
 ) -> tuple[GenerationRequest, AppliedReasoning]:
     """The engine's request and the reasoning applied to it (with the level it is charged at)."""
     extra = _extra_fields(wire, unknown_fields, upstream_extra_fields)
@@ -148,6 +156,9 @@ def _validated(
         streamed=bool(wire.stream),
         raw_prompt=raw,
         priority=priority,
+        tenant=tenant,
+        priority_rank=priority_rank,
+        affinity=affinity_of(wire),
         n=wire.n,
     ), applied
 
@@ -206,8 +217,11 @@ def allowed_priority(asked: int | None, allowed: tuple[int, int] | None, allow_a
 
 def _extra_fields(wire: ChatCompletionRequest, unknown_fields: UnknownFields,
                   allowed: Collection[str]) -> dict[str, object]:
-    """The allowlisted extras; the rest dropped, or a 400 naming the first when the operator says reject."""
+    """The allowlisted extras; the rest dropped, or a 400 naming the first when the operator says reject.
+    ``prompt_cache_key`` was one before it was typed (for the pool's affinity): allowlisted, it still goes."""
     extras = wire.model_extra or {}
+    if wire.prompt_cache_key is not None and "prompt_cache_key" in allowed:
+        extras = {**extras, "prompt_cache_key": wire.prompt_cache_key}
     if not extras:
         return {}
     kept = {k: v for k, v in extras.items() if k in allowed}
@@ -231,8 +245,9 @@ class ValidateStage(Stage):
                  default_max_tokens: int | None = None, *, unknown_fields: UnknownFields = "drop",
                  upstream_extra_fields: Collection[str] = (), models_ttl_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, allow_priority: bool = False,
-                 max_n: int = 8) -> None:
+                 max_n: int = 8, priority_classes: PriorityClasses | None = None) -> None:
         self.models = models
+        self.priority_classes = priority_classes or PriorityClasses()
         self.max_n = max_n
         self.reasoning_for = reasoning_for
         self.default_max_tokens = default_max_tokens
@@ -266,11 +281,16 @@ class ValidateStage(Stage):
         cap = call.route.max_tokens_cap if call.route is not None else None  # a route's or a key's cap
         if cap is not None:
             default_max_tokens = cap if default_max_tokens is None else min(default_max_tokens, cap)
+        classes = self.priority_classes
+        priority_class = call.ctx.priority_class = classes.choose(call.ctx.caller, priority_header(call.headers))
+        rank = classes.ranks[priority_class]
+        priority = allowed_priority(wire.priority, call.ctx.caller.priority, self.allow_priority)
+        if priority is None and classes.forward:
+            priority = rank
         request, applied = _validated(
             wire, models, self.reasoning_for, call.ctx.completion_id, default_max_tokens,
             unknown_fields=self.unknown_fields, upstream_extra_fields=self.upstream_extra_fields,
-            priority=allowed_priority(wire.priority, call.ctx.caller.priority, self.allow_priority),
-            max_n=self.max_n)
+            priority=priority, max_n=self.max_n, tenant=call.ctx.key_name, priority_rank=rank)
         call.engine_request = request
         call.ctx.model = request.served_model
         call.ctx.reasoning = applied  # with the level it is charged at (the limits stage reads it)

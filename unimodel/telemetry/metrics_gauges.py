@@ -12,6 +12,8 @@ section is logged and left out, so a scrape never fails:
   ``unimodel_engine_max_sequences``, ``unimodel_engine_batch_occupancy`` (running / max, 0 to 1),
   ``unimodel_engine_decode_steps_total`` and ``unimodel_engine_generated_tokens_total`` (``rate()`` of it is
   the engine's tokens/s). These are what an autoscaler scales on (``deploy/``);
+* an upstream pool's replicas, queue and choices (``metrics_pool.py``; ``unimodel_pool_saturation`` is what
+  KEDA scales the vLLM replicas on);
 * the resilience stage's ``status()``: per upstream, ``unimodel_upstream_breaker_state`` (one series per state,
   1 for the current one: ``closed``, ``open``, ``half_open``, ``disabled``), ``unimodel_upstream_breaker_failures``
   (the current run), ``unimodel_upstream_breaker_opened_total`` and ``unimodel_upstream_up`` (the primary: the
@@ -32,7 +34,8 @@ from typing import TYPE_CHECKING, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from unimodel.gateway.resilience.upstreams import PRIMARY  # the resilience stage's name for our own engine
+from unimodel.gateway.resilience.upstreams import PRIMARY
+from unimodel.telemetry.metrics_pool import pool_metrics  # the resilience stage's name for our own engine
 
 if TYPE_CHECKING:
     from unimodel.engines.base import Engine
@@ -56,7 +59,7 @@ class ServingCollector:
         self._failed: set[str] = set()
 
     def collect(self) -> Iterator[Metric]:
-        for section in (self._service, self._event_loop, self._engine, self._upstreams, self._limits,
+        for section in (self._service, self._event_loop, self._engine, self._pool, self._upstreams, self._limits,
                         self._request_log):
             try:
                 families = list(section())
@@ -101,6 +104,11 @@ class ServingCollector:
                                   value=stats["steps"])
         yield CounterMetricFamily("unimodel_engine_generated_tokens", "Tokens the local engine generated "
                                   "(rate() is its tokens/s).", value=stats["tokens"])
+
+    def _pool(self) -> Iterator[Metric]:
+        status = self.engine.pool_status()
+        if status is not None:
+            yield from pool_metrics(status)
 
     def _upstreams(self) -> Iterator[Metric]:
         stage = self.stages.get("resilience")

@@ -66,6 +66,9 @@ async def ready(request: Request) -> JSONResponse:
         body["down"] = down  # the engine set's names: primary, fallback-N, canary, the config file's upstreams
     if "primary" not in down:
         body["models"] = [m.id for m in primary.models()]
+    pool = primary.pool_status()
+    if pool is not None:  # an upstream pool: its replicas, their load and its queue
+        body["pool"] = pool
     return JSONResponse({**body, **app.state.chat.pipeline.status()}, status_code=code, headers=headers)
 
 

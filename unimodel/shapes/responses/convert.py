@@ -78,6 +78,7 @@ def chat_payload(request: ResponsesRequest, history: Sequence[Any] = (), open_se
         "thinking_budget": request.thinking_budget,
         "route": request.route,
         "seed": request.seed,
+        "prompt_cache_key": request.prompt_cache_key,
     }
     if request.stream:
         payload["stream_options"] = {"include_usage": True}

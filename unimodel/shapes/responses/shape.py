@@ -119,6 +119,8 @@ class ResponsesShape(ApiShape):
             chat = ChatCompletionRequest.model_validate(payload)
         except ValidationError as exc:
             raise validation_to_error(exc) from None
+        if request.previous_response_id is not None:  # found (history): the answer it continues is a session
+            chat.continuing("chatcmpl-" + request.previous_response_id.removeprefix("resp_"))
         if self.stores(request):
             assert self.store is not None
             items = [*(call.pop(_STORED_INPUT) or ()), *_input_json(data.get("input"))]
