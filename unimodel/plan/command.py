@@ -10,6 +10,11 @@ and the plan says how to point unimodel at it. ``--vllm-command`` changes what s
 where that command takes it). ``--gpu cpu`` prints the command of vLLM's CPU build instead (``plan/cpu.py``):
 nothing sized, no GPU flags, its environment in front, ``python -m vllm.entrypoints.openai.api_server``
 unless ``--vllm-command`` says otherwise (the CPU wheel's ``vllm`` script does not start).
+
+``--nodes N --layout replicas|dp-ep|tp-pp`` prints the per-node commands of a deployment over N nodes of
+``--gpus`` GPUs each and the gateway's pool config for them (``plan/multinode.py``); ``--nodes 1`` (the
+default) is the one-node plan. Every planned vLLM command carries ``--shutdown-timeout`` (``--shutdown-timeout
+S``, 30 s by default): on SIGTERM vLLM lets its in-flight requests finish for that long.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import typer
 
 from unimodel.plan.cpu import DEFAULT_CPU_KV_GIB, CpuPlan, is_cpu, make_cpu_plan
 from unimodel.plan.launch import (
-    DEFAULT_VLLM_COMMAND, REMOTE_HOST, REMOTE_SGLANG_PORT, REMOTE_VLLM_PORT, VLLM_MODULE_COMMAND,
+    DEFAULT_SHUTDOWN_TIMEOUT_S, DEFAULT_VLLM_COMMAND, REMOTE_HOST, REMOTE_SGLANG_PORT, REMOTE_VLLM_PORT,
+    VLLM_MODULE_COMMAND,
 )
+from unimodel.plan.multinode import LAYOUTS, MultiNodePlan, make_multinode_plan
 from unimodel.plan.planner import make_plan
 from unimodel.plan.report import Plan, render
 
@@ -68,6 +75,15 @@ def register(app: typer.Typer) -> None:
                                                                 "(VLLM_CPU_KVCACHE_SPACE)."),
         compare_four: bool = typer.Option(False, "--compare-four",
                                           help="Also price four single-purpose servers sized the same way."),
+        nodes: int = typer.Option(1, help="Nodes of --gpus GPUs each (1: the one-node plan)."),
+        layout: str = typer.Option("replicas", help=f"With --nodes 2 or more: {' | '.join(LAYOUTS)} (independent "
+                                                    "servers; one data+expert-parallel engine; tensor x pipeline "
+                                                    "parallel over Ray)."),
+        node_address: Optional[list[str]] = typer.Option(
+            None, help="A node's address, in node order (repeatable); the others stay NODEk_ADDR placeholders."),
+        shutdown_timeout: int = typer.Option(
+            DEFAULT_SHUTDOWN_TIMEOUT_S, help="vLLM's --shutdown-timeout: seconds in-flight requests get to finish "
+                                             "on SIGTERM (0: vLLM aborts them)."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     ) -> None:
         """Size the hardware from the model's config.json, price it, and print the vLLM/SGLang command (with
@@ -75,8 +91,23 @@ def register(app: typer.Typer) -> None:
         if not 1 <= port <= 65535:
             _fail(f"--port must be in 1..65535, not {port}")
         command = _command(vllm_command, VLLM_MODULE_COMMAND if is_cpu(gpu) else DEFAULT_VLLM_COMMAND)
-        result: Plan | CpuPlan
-        if is_cpu(gpu):
+        result: Plan | CpuPlan | MultiNodePlan
+        if nodes != 1 or layout != "replicas" or node_address:
+            if is_cpu(gpu):
+                _fail("--nodes, --layout and --node-address do not apply to --gpu cpu (one CPU host)")
+            if compare_four:
+                _fail("--compare-four prices one node; leave out --nodes, --layout and --node-address")
+            try:
+                result = make_multinode_plan(
+                    nodes, layout, tuple(node_address or ()), model=model, gpu=gpu, gpus=gpus, weights=weights,
+                    kv_cache=kv_cache, max_model_len=max_model_len, utilization=gpu_memory_utilization,
+                    concurrency=concurrency, price_per_gpu_hour=price_per_gpu_hour, port=port, host=REMOTE_HOST,
+                    sglang_port=REMOTE_SGLANG_PORT, reserve_bytes=None if reserve_gb is None else int(reserve_gb * 1e9),
+                    max_num_seqs=max_num_seqs, attention_backend=attention_backend, vllm_command=command,
+                    shutdown_timeout=shutdown_timeout)
+            except ValueError as exc:  # SpecError included
+                _fail(str(exc))
+        elif is_cpu(gpu):
             for flag, value in (("--gpu-memory-utilization", gpu_memory_utilization), ("--reserve-gb", reserve_gb),
                                 ("--attention-backend", attention_backend), ("--concurrency", concurrency),
                                 ("--price-per-gpu-hour", price_per_gpu_hour),
@@ -86,13 +117,14 @@ def register(app: typer.Typer) -> None:
                     _fail(f"{flag} does not apply to --gpu cpu (vLLM's CPU build: nothing is sized)")
             try:
                 result = make_cpu_plan(model, max_model_len=max_model_len, kv_gib=cpu_kv_gib, host=REMOTE_HOST,
-                                       port=port, command=command, max_num_seqs=max_num_seqs)
+                                       port=port, command=command, max_num_seqs=max_num_seqs,
+                                       shutdown_timeout=shutdown_timeout)
             except ValueError as exc:
                 _fail(str(exc))
         else:
             result = _gpu_plan(model, gpu, gpus, weights, kv_cache, max_model_len, gpu_memory_utilization,
                                concurrency, price_per_gpu_hour, compare_four, port, reserve_gb, max_num_seqs,
-                               attention_backend, command)
+                               attention_backend, command, shutdown_timeout)
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2))
         else:
@@ -116,14 +148,16 @@ def _command(given: Optional[str], default: tuple[str, ...]) -> tuple[str, ...]:
 def _gpu_plan(model: str, gpu: str, gpus: int, weights: str, kv_cache: str, max_model_len: Optional[int],
               gpu_memory_utilization: Optional[float], concurrency: Optional[int],
               price_per_gpu_hour: Optional[float], compare_four: bool, port: int, reserve_gb: Optional[float],
-              max_num_seqs: Optional[int], attention_backend: Optional[str], command: tuple[str, ...]) -> Plan:
+              max_num_seqs: Optional[int], attention_backend: Optional[str], command: tuple[str, ...],
+              shutdown_timeout: int) -> Plan:
     try:
         return make_plan(model, gpu, gpus, weights, kv_cache, max_model_len,  # type: ignore[arg-type]
                          utilization=gpu_memory_utilization, concurrency=concurrency,
                          price_per_gpu_hour=price_per_gpu_hour, compare_four=compare_four,
                          port=port, host=REMOTE_HOST, sglang_port=REMOTE_SGLANG_PORT,
                          reserve_bytes=None if reserve_gb is None else int(reserve_gb * 1e9),
-                         max_num_seqs=max_num_seqs, attention_backend=attention_backend, vllm_command=command)
+                         max_num_seqs=max_num_seqs, attention_backend=attention_backend, vllm_command=command,
+                         shutdown_timeout=shutdown_timeout)
     except ValueError as exc:  # SpecError included
         _fail(str(exc))
 

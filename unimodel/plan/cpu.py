@@ -29,7 +29,10 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from unimodel.plan.launch import GATEWAY_FLAGS, VLLM_MODULE_COMMAND, checkpoint_for, mistral_flags, model_args
+from unimodel.plan.launch import (
+    DEFAULT_SHUTDOWN_TIMEOUT_S, VLLM_MODULE_COMMAND, check_shutdown_timeout, checkpoint_for, mistral_flags,
+    model_args, serving_flags,
+)
 
 #: the ``--vllm-gpu`` / ``unimodel plan --gpu`` value that means vLLM's CPU build
 CPU_TARGET = "cpu"
@@ -85,14 +88,15 @@ def cpu_env(kv_gib: int) -> dict[str, str]:
 
 def cpu_vllm_argv(model: str, *, max_model_len: int, served_model_name: Optional[str] = None,
                   host: str = "127.0.0.1", port: int = 8000, command: Sequence[str] = VLLM_MODULE_COMMAND,
-                  max_num_seqs: Optional[int] = None) -> list[str]:
+                  max_num_seqs: Optional[int] = None,
+                  shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT_S) -> list[str]:
     """The argv that starts vLLM's CPU build: no GPU flag, BF16, the Mistral flags as on a GPU."""
     argv = model_args(command, checkpoint_for(model, "bf16")) + mistral_flags(model)
     argv += ["--dtype", "bfloat16", "--max-model-len", str(max_model_len)]
     if max_num_seqs:
         argv += ["--max-num-seqs", str(max_num_seqs)]
-    return argv + [*GATEWAY_FLAGS, "--served-model-name", served_model_name or model, "--host", host,
-                   "--port", str(port)]
+    return argv + [*serving_flags(shutdown_timeout), "--served-model-name", served_model_name or model,
+                   "--host", host, "--port", str(port)]
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,10 @@ class CpuPlan:
 
 def make_cpu_plan(model: str, *, max_model_len: Optional[int] = None, kv_gib: int = DEFAULT_CPU_KV_GIB,
                   served_model_name: Optional[str] = None, host: str = "127.0.0.1", port: int = 8000,
-                  command: Sequence[str] = VLLM_MODULE_COMMAND, max_num_seqs: Optional[int] = None) -> CpuPlan:
+                  command: Sequence[str] = VLLM_MODULE_COMMAND, max_num_seqs: Optional[int] = None,
+                  shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT_S) -> CpuPlan:
     """Raises ``ValueError`` with one clear line for bad input."""
+    check_shutdown_timeout(shutdown_timeout)
     if max_model_len is not None and max_model_len < 1:
         raise ValueError(f"--max-model-len must be a positive number of tokens, not {max_model_len}")
     if kv_gib < 1:
@@ -190,7 +196,8 @@ def make_cpu_plan(model: str, *, max_model_len: Optional[int] = None, kv_gib: in
     elif command == VLLM_MODULE_COMMAND:
         notes.append(_SCRIPT_NOTE + ", as this command does")
     return CpuPlan(model=model, vllm=cpu_vllm_argv(model, max_model_len=length, served_model_name=served_model_name,
-                                                   host=host, port=port, command=command, max_num_seqs=max_num_seqs),
+                                                   host=host, port=port, command=command, max_num_seqs=max_num_seqs,
+                                                   shutdown_timeout=shutdown_timeout),
                    env=cpu_env(kv_gib), max_model_len=length, kv_gib=kv_gib, notes=tuple(notes),
                    served_model_name=served_model_name or model, host=host, port=port, command=command)
 

@@ -134,6 +134,36 @@ def model_args(command: Sequence[str], checkpoint: str) -> list[str]:
 #: request log and the metrics
 GATEWAY_FLAGS = ("--enable-prompt-tokens-details",)
 
+#: seconds vLLM lets in-flight requests finish on SIGTERM (its ``--shutdown-timeout``; vLLM's own default, 0,
+#: aborts them at once); the gateway's ``--shutdown-grace-s`` gives its own in-flight requests as long
+DEFAULT_SHUTDOWN_TIMEOUT_S = 30
+#: the most ``unimodel plan --shutdown-timeout`` takes (an hour: longer is a typo, not a drain)
+MAX_SHUTDOWN_TIMEOUT_S = 3600
+
+
+def check_shutdown_timeout(seconds: int) -> None:
+    """vLLM's ``--shutdown-timeout`` is whole seconds, 0 or more (``ValueError`` otherwise)."""
+    if not 0 <= seconds <= MAX_SHUTDOWN_TIMEOUT_S:
+        raise ValueError(f"--shutdown-timeout must be whole seconds in 0..{MAX_SHUTDOWN_TIMEOUT_S}, not {seconds}")
+
+
+def serving_flags(shutdown_timeout: int) -> list[str]:
+    """What every planned vLLM command carries for the gateway: the cached-token counts, and a drain on SIGTERM
+    (vLLM 0.32: ``--shutdown-timeout S`` waits up to S seconds for running requests, then aborts the rest)."""
+    return [*GATEWAY_FLAGS, "--shutdown-timeout", str(shutdown_timeout)]
+
+
+def shutdown_timeout_in(argv: Sequence[str]) -> int:
+    """The ``--shutdown-timeout`` an argv gives vLLM (the last one wins, as in argparse), or vLLM's default, 0.
+    A value that is not a whole number counts as 0: vLLM refuses it at start anyway."""
+    found = "0"
+    for i, arg in enumerate(argv):
+        if arg == "--shutdown-timeout" and i + 1 < len(argv):
+            found = argv[i + 1]
+        elif arg.startswith("--shutdown-timeout="):
+            found = arg.partition("=")[2]
+    return int(found) if found.isdigit() else 0
+
 
 def mistral_flags(model: str) -> list[str]:
     """Mistral's format, tool-call parser and (for the models that think) reasoning parser; [] for others."""
@@ -164,7 +194,8 @@ def thinks(model: str) -> bool:
 def vllm_argv(spec: ModelSpec, sizing: Sizing, model: str, *, served_model_name: Optional[str] = None,
               host: str = "127.0.0.1", port: int = 8000, attention_backend: Optional[str] = None,
               max_num_batched_tokens: Optional[int] = None,
-              command: Sequence[str] = DEFAULT_VLLM_COMMAND) -> list[str]:
+              command: Sequence[str] = DEFAULT_VLLM_COMMAND,
+              shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT_S) -> list[str]:
     argv = model_args(command, checkpoint_for(model, sizing.weights)) + mistral_flags(model)
     argv += ["--tensor-parallel-size", str(sizing.gpus), "--max-model-len", str(sizing.max_model_len),
              "--gpu-memory-utilization", str(sizing.utilization), "--kv-cache-dtype",
@@ -178,7 +209,8 @@ def vllm_argv(spec: ModelSpec, sizing: Sizing, model: str, *, served_model_name:
         argv += ["--max-num-batched-tokens", str(max_num_batched_tokens)]
     if sizing.max_num_seqs:
         argv += ["--max-num-seqs", str(sizing.max_num_seqs)]
-    argv += [*GATEWAY_FLAGS, "--served-model-name", served_model_name or model, "--host", host, "--port", str(port)]
+    argv += [*serving_flags(shutdown_timeout), "--served-model-name", served_model_name or model, "--host", host,
+             "--port", str(port)]
     return argv
 
 

@@ -12,8 +12,8 @@ from typing import Optional
 from unimodel.plan.builtin import FOUR_SERVERS
 from unimodel.plan.catalog import GPU, find_gpu, gpu_from_nvidia_name
 from unimodel.plan.launch import (
-    CHECKPOINTS, DEFAULT_VLLM_COMMAND, VLLM_DEFAULT_UTILIZATION, attention_backend_notes, quantization_flag,
-    recipe_for, sglang_argv, vllm_argv,
+    CHECKPOINTS, DEFAULT_SHUTDOWN_TIMEOUT_S, DEFAULT_VLLM_COMMAND, VLLM_DEFAULT_UTILIZATION,
+    attention_backend_notes, check_shutdown_timeout, quantization_flag, recipe_for, sglang_argv, vllm_argv,
 )
 from unimodel.plan.memory import KV_CACHE, RESERVE_BYTES, WEIGHTS
 from unimodel.plan.report import FourServerRow, Plan
@@ -107,7 +107,8 @@ def make_plan(model: str = "mistral-small-4", gpu: str = "h200", gpus: int = 2, 
               served_model_name: Optional[str] = None, port: int = 8000, *, host: str = "127.0.0.1",
               reserve_bytes: Optional[int] = None, max_num_seqs: Optional[int] = None,
               attention_backend: Optional[str] = None, sglang_port: int = 30000,
-              vllm_command: Sequence[str] = DEFAULT_VLLM_COMMAND) -> Plan:
+              vllm_command: Sequence[str] = DEFAULT_VLLM_COMMAND,
+              shutdown_timeout: int = DEFAULT_SHUTDOWN_TIMEOUT_S) -> Plan:
     """Raises ``ValueError`` (``SpecError`` among them) with one clear line for bad input.
 
     Unset launch settings come from vLLM's recipe for the model where there is one (Small 4:
@@ -115,7 +116,10 @@ def make_plan(model: str = "mistral-small-4", gpu: str = "h200", gpus: int = 2, 
     defaults. ``host``/``port`` are where the vLLM command listens: loopback for the supervisor of
     ``serve --engine vllm``; ``unimodel plan`` prints it for a separate GPU host. ``vllm_command`` starts the
     vLLM command (``vllm serve``; the model goes where it takes it, see ``launch.model_args``).
+    ``shutdown_timeout`` is vLLM's ``--shutdown-timeout``: the seconds in-flight requests get on SIGTERM (every
+    planned command drains for that long, the one ``serve --engine vllm`` supervises included).
     """
+    check_shutdown_timeout(shutdown_timeout)
     _check(gpus, max_model_len, utilization, concurrency, price_per_gpu_hour, weights, kv_cache, reserve_bytes,
            max_num_seqs)
     card = find_gpu(gpu)
@@ -135,7 +139,7 @@ def make_plan(model: str = "mistral-small-4", gpu: str = "h200", gpus: int = 2, 
                 vllm=vllm_argv(spec, sizing, model, served_model_name=served_model_name, host=host, port=port,
                                attention_backend=attention_backend,
                                max_num_batched_tokens=recipe.max_num_batched_tokens if recipe else None,
-                               command=vllm_command),
+                               command=vllm_command, shutdown_timeout=shutdown_timeout),
                 sglang=sglang_argv(spec, sizing, model, served_model_name=served_model_name, host=host,
                                    port=sglang_port),
                 four=four, four_target_sequences=target,

@@ -78,7 +78,7 @@ def test_the_cpu_command_of_the_end_to_end_test(monkeypatch: pytest.MonkeyPatch,
     engine = launched(monkeypatch, "--model", str(model), "--vllm-gpu", "cpu", "--vllm-command",
                       module_command(vllm_python), "--max-model-len", "1024", "--vllm-port", "18124")
     assert engine.argv == [str(vllm_python), "-m", MODULE, "--model", str(model), "--dtype", "bfloat16",
-                           "--max-model-len", "1024", "--enable-prompt-tokens-details",
+                           "--max-model-len", "1024", "--enable-prompt-tokens-details", "--shutdown-timeout", "30",
                            "--served-model-name", str(model), "--host", "127.0.0.1", "--port", "18124"]
     assert engine.env == {"VLLM_CPU_KVCACHE_SPACE": "1"}
     assert engine.upstream.base_url == "http://127.0.0.1:18124/v1"
@@ -170,6 +170,20 @@ def test_vllm_arg_overrides_still_merge(monkeypatch: pytest.MonkeyPatch, cpuinfo
     gpu = launched(monkeypatch, "--vllm-gpu", "h200", "--vllm-gpus", "2", "--vllm-command",
                    module_command(vllm_python), "--vllm-arg=--max-num-seqs=64", "--vllm-arg=--enforce-eager")
     assert flag(gpu.argv, "--max-num-seqs") == "64" and "--enforce-eager" in gpu.argv
+
+
+def test_the_supervised_vllm_drains_and_is_given_the_time_to(monkeypatch: pytest.MonkeyPatch,
+                                                              cpuinfo: Callable[[str], Path],
+                                                              vllm_python: Path) -> None:
+    """The plan's --shutdown-timeout reaches the supervised vLLM (GPU and CPU), and the supervisor waits that
+    long plus vLLM's teardown before SIGKILL, an override included."""
+    gpu = launched(monkeypatch, "--vllm-gpu", "h200", "--vllm-gpus", "2", "--vllm-command", module_command(vllm_python))
+    cpu = launched(monkeypatch, "--model", "m", "--vllm-gpu", "cpu", "--vllm-command", module_command(vllm_python))
+    for engine in (gpu, cpu):
+        assert flag(engine.argv, "--shutdown-timeout") == "30" and engine.stop_grace_s == 60.0
+    longer = launched(monkeypatch, "--vllm-gpu", "h200", "--vllm-gpus", "2", "--vllm-command",
+                      module_command(vllm_python), "--vllm-arg=--shutdown-timeout=90")
+    assert flag(longer.argv, "--shutdown-timeout") == "90" and longer.stop_grace_s == 120.0
 
 
 def test_the_command_must_exist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, vllm_python: Path) -> None:

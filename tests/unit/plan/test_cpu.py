@@ -49,7 +49,8 @@ def test_a_gpu_plan_honours_the_command() -> None:
 def test_the_cpu_command() -> None:
     plan = make_cpu_plan("/models/m", max_model_len=1024, kv_gib=2, served_model_name="m", port=8123)
     assert plan.vllm == ["python", "-m", MODULE, "--model", "/models/m", "--dtype", "bfloat16",
-                         "--max-model-len", "1024", "--enable-prompt-tokens-details", "--served-model-name", "m",
+                         "--max-model-len", "1024", "--enable-prompt-tokens-details", "--shutdown-timeout", "30",
+                         "--served-model-name", "m",
                          "--host", "127.0.0.1", "--port", "8123"]
     assert dict(plan.env) == {"VLLM_CPU_KVCACHE_SPACE": "2"}
     assert plan.shell_command == "VLLM_CPU_KVCACHE_SPACE=2 " + shlex.join(plan.vllm)
