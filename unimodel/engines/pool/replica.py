@@ -5,8 +5,9 @@ flight finish) or ``gone`` (discovery no longer lists it: the same, and it is cl
 It is usable when active, its upstream answers its probe (``GET /models``) and its breaker is not open.
 
 Its load comes from its ``/metrics``, read every ``scrape_interval_s``. Between two reads the gateway adds what it
-did itself: a request sent since the last read counts as running (or as waiting, when the replica already had
-a queue), one that ended as gone. Metrics older than two reads count as saturated: a replica that stopped
+did itself: a request sent since the last read counts as held, one that ended as gone; what it holds beyond
+the slots it was last seen full at counts as waiting (so a burst between two reads does not all land on one
+replica's queue). Metrics older than two reads count as saturated: a replica that stopped
 answering its metrics is taken to be too busy to answer them, not idle (llm-d's rule). A replica whose
 ``/metrics`` answers 404 (no vLLM: llama.cpp without ``--metrics``, a hosted API) is judged by the gateway's own
 count of requests in flight alone.
@@ -59,6 +60,7 @@ class Replica:
     no_metrics: bool = False  # its /metrics answered 404: judged by our own counts alone
     sent_since_scrape: int = 0
     ended_since_scrape: int = 0
+    slots: int = 0  # the most requests it was seen running while others waited (0: not seen full yet)
     served: int = 0  # requests sent to it, all told
     scrape_failures: int = 0
     started: Optional[asyncio.Task[None]] = field(default=None, repr=False)
@@ -78,11 +80,16 @@ class Replica:
         return self.load is None or now - self.load.at > stale_s
 
     def waiting(self) -> float:
-        """Requests in its queue now, as best we know: the last read, plus ours sent since when it had a queue."""
+        """Requests in its queue now, as best we know. Once a read has shown it full (requests waiting beside
+        the ones running), the most it was seen running is taken as its slots, and whatever it holds beyond
+        them (the last read, plus ours sent since, less ours ended since) waits. Before that, ours sent since
+        the last read count as waiting only when it already had a queue."""
         load = self.load
         if self.no_metrics or load is None:
             return 0.0
         queued = load.waiting or 0.0
+        if self.slots:
+            return max(0.0, self.busy() - self.slots)
         if queued > 0:
             queued += self.sent_since_scrape - self.ended_since_scrape
         return max(0.0, queued)
@@ -93,7 +100,7 @@ class Replica:
         if self.no_metrics or load is None or not load.known:
             return float(self.inflight)
         held = (load.running or 0.0) + (load.waiting or 0.0) + self.sent_since_scrape - self.ended_since_scrape
-        return max(0.0, held)
+        return max(float(self.inflight), held)  # never fewer than ours: a read may miss ones sent as it was made
 
     def kv_usage(self) -> float:
         load = self.load
@@ -152,7 +159,9 @@ class Replica:
                 log.info("reading the metrics of replica %s failed (%s)", self.name,
                          exc if isinstance(exc, _ScrapeFailed) else type(exc).__name__)
             return
-        self.load = parse_vllm_metrics(page, clock())
+        self.load = load = parse_vllm_metrics(page, clock())
+        if load.waiting and load.running:  # full: what runs is what it can run (its max-num-seqs, or its KV)
+            self.slots = max(self.slots, int(load.running))
         self.sent_since_scrape = self.ended_since_scrape = 0
         self.scrape_failures = 0
 
