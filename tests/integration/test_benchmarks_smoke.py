@@ -23,6 +23,7 @@ SCRIPTS = [
     ("reasoning_effort.py", "think p50"),
     ("bench_vs_guidellm.py", "figure (median of rounds)"),
     ("soak.py", "after warm-up"),
+    ("pool.py", "goodput"),
 ]
 
 
@@ -44,3 +45,6 @@ def test_the_script_runs_in_smoke_mode_and_prints_its_table(script: str, header:
         rows = [line.split() for line in out.splitlines() if line.startswith("unexpected errors")]
         assert len(rows) == 2 and all(row[2] == "0" for row in rows), out[-4000:]
         assert "UNEXPECTED" not in out, out[-4000:]
+    if script == "pool.py":  # every (workload, policy) row ran its requests without an error
+        rows = [line.split() for line in out.splitlines() if line.startswith(("multi-turn", "no-reuse"))]
+        assert len(rows) == 4 and all(row[3] == "0" for row in rows), out[-4000:]

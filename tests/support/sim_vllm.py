@@ -320,19 +320,22 @@ class SimVllm:
 
 
 def _config(argv: Optional[list[str]] = None) -> tuple[SimConfig, int, int, Optional[int]]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--port", type=int, default=0)
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap.add_argument("--port", type=int, default=0, help="0: a free port (the ready line says which)")
     ap.add_argument("--default-max-tokens", type=int, default=16)
     ap.add_argument("--fail-after", type=int, default=None, help="die (cut every stream, exit 3) after this many "
                     "answer tokens in all")
-    defaults = SimConfig()
-    for f in fields(SimConfig):
-        flag = "--" + ("served-model-name" if f.name == "model" else f.name.replace("_", "-"))
-        kind = {"int": int, "float": float}.get(type(getattr(defaults, f.name)).__name__, str)
-        if f.name == "max_num_queued_reqs":
-            kind = int
-        ap.add_argument(flag, dest=f.name, type=kind, default=getattr(defaults, f.name),
-                        **({"choices": ["fcfs", "priority"]} if f.name == "scheduling_policy" else {}))
+    d = SimConfig()
+    ap.add_argument("--served-model-name", dest="model", default=d.model)
+    ap.add_argument("--max-model-len", type=int, default=d.max_model_len)
+    ap.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=d.max_num_batched_tokens)
+    ap.add_argument("--max-num-queued-reqs", type=int, default=d.max_num_queued_reqs)
+    ap.add_argument("--scheduling-policy", choices=["fcfs", "priority"], default=d.scheduling_policy)
+    ap.add_argument("--block-size", type=int, default=d.block_size)
+    ap.add_argument("--num-blocks", type=int, default=d.num_blocks)
+    ap.add_argument("--prefill-ms-per-token", type=float, default=d.prefill_ms_per_token)
+    ap.add_argument("--decode-ms", type=float, default=d.decode_ms, help="one scheduler step (all running advance)")
     args = vars(ap.parse_args(argv))
     port, max_tokens, fail_after = args.pop("port"), args.pop("default_max_tokens"), args.pop("fail_after")
     return SimConfig(**args), port, max_tokens, fail_after

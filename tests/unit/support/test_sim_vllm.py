@@ -47,7 +47,7 @@ async def metrics(session: aiohttp.ClientSession, sim: SimVllm) -> dict[str, flo
     """The unlabelled-by-reason vLLM samples of /metrics (parsed by prometheus_client's own parser)."""
     async with session.get(f"http://127.0.0.1:{sim.port}/metrics") as response:
         text = await response.text()
-    out = {}
+    out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name.startswith("vllm:") and sample.labels.get("model_name") == "sim-model":
@@ -101,6 +101,16 @@ async def test_requests_past_max_num_seqs_wait_and_show_in_metrics(session: aioh
         seen = await metrics(session, sim)
         assert seen["vllm:num_requests_running"] == 0 and seen["vllm:kv_cache_usage_perc"] == 0
         assert seen["vllm:time_to_first_token_seconds_count"] == 5
+
+
+async def test_past_max_num_queued_reqs_it_answers_503_as_vllm(session: aiohttp.ClientSession) -> None:
+    async with SimVllm(SimConfig(max_num_queued_reqs=1, decode_ms=20)) as sim:
+        first = asyncio.create_task(post(session, sim, chat("q", max_tokens=40)))
+        await until(lambda: _value(session, sim, "vllm:num_requests_running", 1))
+        async with session.post(sim.base_url + "/chat/completions", json=chat("r")) as response:
+            assert response.status == 503
+            assert (await response.json())["error"]["type"] == "Service Unavailable"
+        await asyncio.wait_for(first, 30)
 
 
 async def test_priority_scheduling_admits_the_lower_value_first(session: aiohttp.ClientSession) -> None:
