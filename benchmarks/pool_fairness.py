@@ -17,7 +17,7 @@ The bound the gateway states: with fair queuing the light key's p95 TTFT stays w
 request's service time plus the replicas' own queue (``--pool-max-waiting``), whatever the heavy key's
 concurrency; without it, it grows with the heavy key's concurrency. Printed, never asserted.
 
-    python benchmarks/pool_fairness.py [--heavy 48] [--light-requests 40] [--max-num-seqs 4] [--decode-ms 8]
+    python benchmarks/pool_fairness.py [--heavy 48] [--light-requests 40] [--max-num-seqs 4] [--decode-ms 8] [--smoke]
 """
 
 from __future__ import annotations
@@ -101,7 +101,10 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=4, help="slots of each simulated replica")
     ap.add_argument("--decode-ms", type=float, default=8.0)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--smoke", action="store_true", help="a few requests (the same table), for CI")
     args = ap.parse_args()
+    if args.smoke:
+        args.heavy, args.light_requests = 8, 3
     sim = ["--served-model-name", MODEL, "--max-num-seqs", str(args.max_num_seqs), "--decode-ms",
            str(args.decode_ms)]
     rows = []

@@ -24,6 +24,7 @@ SCRIPTS = [
     ("bench_vs_guidellm.py", "figure (median of rounds)"),
     ("soak.py", "after warm-up"),
     ("pool.py", "goodput"),
+    ("pool_fairness.py", "p95 / alone"),
 ]
 
 
