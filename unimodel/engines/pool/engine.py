@@ -1,17 +1,12 @@
 """The upstream pool: many replicas of one model behind one engine, each request sent to the best of them.
 
 The pool is an :class:`~unimodel.engines.base.Engine` like any other (the resilience stage above it sees one
-upstream, ``primary``). Inside, it keeps one :class:`~unimodel.engines.upstream.UpstreamEngine` per replica, all
-on one aiohttp session (``--upstream-max-connections`` bounds them together), and three loops:
-
-- **discovery** (:mod:`.discovery`): static URLs once; DNS names and Kubernetes services again every
-  ``discovery_interval_s``. A replica that appears is started (probed) and scraped at once; one that is no
-  longer listed takes no new requests and is closed when its last request ends. A lookup that fails keeps the
-  list it had.
-- **metrics**: every replica's ``/metrics`` every ``scrape_interval_s`` (:mod:`.replica`, :mod:`.load`).
-- **admission** (:mod:`.admission`): when every usable replica is saturated, a request waits at the gateway,
-  admitted by priority class and then fairly between tenants each time room appears (a request of ours ends, a
-  new read of the metrics, a replica comes back).
+upstream, ``primary``). Inside, its members (:mod:`.members`) are one :class:`~unimodel.engines.upstream.UpstreamEngine`
+per replica, all on one aiohttp session (``--upstream-max-connections`` bounds them together), found by
+discovery (:mod:`.discovery`) and read every ``scrape_interval_s`` (:mod:`.replica`, :mod:`.load`). When every
+usable replica is saturated, a request waits at the gateway (:mod:`.admission`), admitted by priority class and
+then fairly between tenants each time room appears (a request of ours ends, a new read of the metrics, a
+replica comes back).
 
 A request is sent to the replica :mod:`.choose` picks. Until its first event, a failure of that replica (it
 refused the connection, answered 5xx or 429, timed out) is counted by the replica's own circuit breaker and the
@@ -27,31 +22,26 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Optional
 
 import aiohttp
-import yarl
 
 from unimodel.engines.base import Engine, GenerationRequest, PromptCount
-from unimodel.engines.breaker import CircuitBreaker, Permit
+from unimodel.engines.breaker import Permit
 from unimodel.engines.options import PoolOptions
 from unimodel.engines.pool.admission import AdmissionQueue
 from unimodel.engines.pool.choose import RoundRobin, choose_balanced
-from unimodel.engines.pool.discovery import Discovery, DiscoveryError
-from unimodel.engines.pool.prefix import AffinityTable, PrefixIndex, prompt_blocks
+from unimodel.engines.pool.discovery import Discovery
+from unimodel.engines.pool.members import MakeBreaker, MakeReplica, Members
+from unimodel.engines.pool.prefix import AffinityTable, prompt_blocks
 from unimodel.engines.pool.replica import Replica, Saturation
-from unimodel.engines.upstream import UpstreamEngine
 from unimodel.engines.verdicts import Verdict, classify
 from unimodel.errors import ServiceUnavailableError, UnimodelError
 from unimodel.protocol.events import Event, close_events
 from unimodel.protocol.openai import ModelCard
 
 log = logging.getLogger("unimodel.pool")
-
-MakeReplica = Callable[[str, aiohttp.ClientSession], UpstreamEngine]
-MakeBreaker = Callable[[str, Callable[[], Awaitable[bool]]], CircuitBreaker]
-
 
 class PoolEngine(Engine):
     kind = "pool"
@@ -60,55 +50,30 @@ class PoolEngine(Engine):
                  make_breaker: MakeBreaker, new_session: Callable[[], aiohttp.ClientSession],
                  served_model_name: Optional[str] = None, rng: Optional[random.Random] = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        if not discoveries:
-            raise ValueError("a pool needs at least one upstream")
         self.options = options
         self.limits = Saturation(options.max_waiting, options.max_kv_usage, options.max_inflight,
                                  stale_s=2.0 * options.scrape_interval_s)
-        self._discoveries = list(discoveries)
-        self._listed: list[set[str]] = [set() for _ in self._discoveries]  # each discovery's last good answer
-        self._make_replica = make_replica
-        self._make_breaker = make_breaker
-        self._new_session = new_session
         self._served = served_model_name
         self._rng = rng or random.Random()
         self._clock = clock
-        self._session: Optional[aiohttp.ClientSession] = None
-        self.replicas: dict[str, Replica] = {}  # by URL
-        self._names: dict[str, str] = {}  # name → URL
         self._queue = AdmissionQueue(options.queue_size, options.queue_timeout_s)
         self._sessions = AffinityTable(options.sessions)
         self._round_robin = RoundRobin()
-        self._tasks: list[asyncio.Task[None]] = []
+        self.members = Members(discoveries, options, make_replica=make_replica, make_breaker=make_breaker,
+                               new_session=new_session, clock=clock, changed=self._pump,
+                               left=self._sessions.forget)
+        self.replicas = self.members.replicas  # by URL (the same dict: members adds and removes)
+        self._names = self.members.names
         self.choices: dict[str, int] = {"prefix": 0, "session": 0, "load": 0, "only": 0, "round_robin": 0,
                                         "queued": 0, "failover": 0}
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._session = self._new_session()
-        await self._discover()
-        if not self.replicas:
-            log.warning("the upstream pool starts with no replica (discovery found none yet); /ready says 503 "
-                        "until one appears")
-        self._tasks.append(asyncio.create_task(self._scrape_loop(), name="pool-metrics"))
-        if any(d.dynamic for d in self._discoveries):
-            self._tasks.append(asyncio.create_task(self._discovery_loop(), name="pool-discovery"))
+        await self.members.start()
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks.clear()
-        for replica in list(self.replicas.values()):
-            await self._close_replica(replica)
-        self.replicas.clear()
-        self._names.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.members.aclose()
 
     def is_ready(self) -> bool:
         return any(r.usable() for r in self.replicas.values())
@@ -127,106 +92,6 @@ class PoolEngine(Engine):
                 if models:
                     return models
         return [ModelCard(id=self._served)] if self._served else []
-
-    # ---- discovery -------------------------------------------------------------------------------------
-
-    async def _discover(self) -> None:
-        assert self._session is not None
-        for i, discovery in enumerate(self._discoveries):
-            if self._listed[i] and not discovery.dynamic:
-                continue  # a static URL is looked up once
-            try:
-                self._listed[i] = set(await discovery.resolve(self._session))
-            except DiscoveryError as exc:
-                log.warning("looking up the replicas of %s failed (%s); keeping the %d it listed before",
-                            discovery.spec, exc, len(self._listed[i]))
-        wanted = set().union(*self._listed)
-        for url in sorted(wanted - self.replicas.keys()):
-            self._add(url)
-        for url, replica in list(self.replicas.items()):
-            listed = url in wanted
-            if listed != replica.listed:
-                replica.listed = listed
-                log.info("replica %s %s the pool", replica.name, "is back in" if listed else "left")
-            if not listed and replica.inflight == 0:
-                await self._remove(replica)
-        self._pump()
-
-    def _add(self, url: str) -> None:
-        assert self._session is not None
-        engine = self._make_replica(url, self._session)
-        name = _replica_name(url, self._names)
-        replica = Replica(name, url, engine, self._make_breaker(name, engine.check_health),
-                          PrefixIndex(self.options.prefix_cache_blocks))
-        self.replicas[url] = replica
-        self._names[name] = url
-        replica.started = asyncio.create_task(self._start_replica(replica), name=f"pool-start-{name}")
-        log.info("replica %s joined the pool", name)
-
-    async def _start_replica(self, replica: Replica) -> None:
-        try:
-            await replica.engine.start()  # probes it (bounded by the connect timeout), then keeps probing
-            await replica.scrape(self._session_now(), self._scrape_timeout(), self._clock)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("starting replica %s failed", replica.name)
-        self._pump()
-
-    async def _remove(self, replica: Replica) -> None:
-        self.replicas.pop(replica.url, None)
-        self._names.pop(replica.name, None)
-        self._sessions.forget(replica.name)
-        await self._close_replica(replica)
-
-    async def _close_replica(self, replica: Replica) -> None:
-        if replica.closed:
-            return
-        replica.closed = True
-        if replica.started is not None and not replica.started.done():
-            replica.started.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await replica.started
-        try:
-            await replica.engine.aclose()
-            await replica.breaker.aclose()
-        except Exception:
-            log.exception("closing replica %s failed", replica.name)
-
-    async def _discovery_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.discovery_interval_s)
-            try:
-                await self._discover()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never a dead loop: the pool would freeze on the list it had
-                log.exception("the pool's discovery loop failed; it goes on")
-
-    # ---- metrics ---------------------------------------------------------------------------------------
-
-    def _session_now(self) -> aiohttp.ClientSession:
-        assert self._session is not None, "the pool is not started"
-        return self._session
-
-    def _scrape_timeout(self) -> aiohttp.ClientTimeout:
-        limit = max(0.25, 2.0 * self.options.scrape_interval_s)
-        return aiohttp.ClientTimeout(total=limit, connect=min(limit, self.options.connect_timeout_s))
-
-    async def _scrape_loop(self) -> None:
-        interval = self.options.scrape_interval_s
-        while True:
-            began = self._clock()
-            try:
-                live = [r for r in self.replicas.values() if not r.closed]
-                await asyncio.gather(*(r.scrape(self._session_now(), self._scrape_timeout(), self._clock)
-                                       for r in live))
-                self._pump()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("the pool's metrics loop failed; it goes on")
-            await asyncio.sleep(max(0.0, interval - (self._clock() - began)))
 
     # ---- choosing --------------------------------------------------------------------------------------
 
@@ -295,7 +160,7 @@ class PoolEngine(Engine):
     def _ended(self, replica: Replica) -> None:
         replica.ended()
         if not replica.listed and replica.inflight == 0 and not replica.closed:
-            asyncio.get_running_loop().create_task(self._remove(replica))
+            self.members.remove_soon(replica)
         self._pump()
 
     # ---- generation ------------------------------------------------------------------------------------
@@ -416,21 +281,6 @@ class PoolEngine(Engine):
             "choices": dict(self.choices),
         }
 
-
-def _replica_name(url: str, taken: dict[str, str]) -> str:
-    """host:port, plus the path when it is not ``/v1``; a suffix when two replicas would share one."""
-    parsed = yarl.URL(url)
-    host = parsed.host or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    name = f"{host}:{parsed.port}" if parsed.port else host
-    path = parsed.path.rstrip("/")
-    if path and path != "/v1":
-        name += path
-    base, n = name, 2
-    while name in taken:
-        name, n = f"{base}#{n}", n + 1
-    return name
 
 
 def _describe(exc: BaseException) -> str:
