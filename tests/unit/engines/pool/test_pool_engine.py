@@ -20,7 +20,7 @@ from unimodel.engines.options import PoolOptions, UpstreamOptions
 from unimodel.engines.pool.discovery import Discovery, StaticDiscovery
 from unimodel.engines.pool.engine import PoolEngine
 from unimodel.errors import UnimodelError
-from unimodel.protocol.events import ContentDelta, Finish
+from unimodel.protocol.events import ContentDelta
 from unimodel.protocol.openai import Message
 from tests.support.sim_vllm import SimVllm
 from tests.support.sim_vllm_engine import SimConfig
