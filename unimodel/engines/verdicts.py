@@ -28,6 +28,7 @@ from typing import Optional
 
 import aiohttp
 
+from unimodel.engines.breaker import CircuitBreaker, Permit
 from unimodel.errors import (
     OverloadedError,
     RateLimitError,
@@ -88,6 +89,20 @@ def classify(exc: BaseException) -> Verdict:
     if isinstance(exc, UnimodelError) and 400 <= exc.status_code < 500:
         return Verdict.CLIENT
     return Verdict.FAILOVER
+
+
+def judged(breaker: CircuitBreaker, permit: Permit, exc: Exception, caller: str) -> Verdict:
+    """Tell ``breaker`` what a failure before the first event says about its upstream, and return the verdict:
+    the request's own fault is a success of the upstream's (it answered), a failure that counts is counted
+    against ``caller``, anything else gives the permit back without a verdict."""
+    verdict = classify(exc)
+    if verdict is Verdict.CLIENT:
+        breaker.success(permit)
+    elif verdict.counts_as_failure:
+        breaker.failure(permit, caller)
+    else:
+        breaker.release(permit)
+    return verdict
 
 
 class Backoff:

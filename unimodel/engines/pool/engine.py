@@ -36,7 +36,7 @@ from unimodel.engines.pool.discovery import Discovery
 from unimodel.engines.pool.members import MakeBreaker, MakeReplica, Members
 from unimodel.engines.pool.prefix import AffinityTable, prompt_blocks
 from unimodel.engines.pool.replica import Replica, Saturation
-from unimodel.engines.verdicts import Verdict, classify
+from unimodel.engines.verdicts import Verdict, classify, judged
 from unimodel.errors import ServiceUnavailableError, UnimodelError
 from unimodel.protocol.events import Event, close_events
 from unimodel.protocol.openai import ModelCard
@@ -196,14 +196,8 @@ class PoolEngine(Engine):
                 if not isinstance(exc, Exception):  # the client left: no verdict on the replica
                     replica.breaker.release(permit)
                     raise
-                verdict = classify(exc)
-                if verdict is Verdict.CLIENT:
-                    replica.breaker.success(permit)
+                if judged(replica.breaker, permit, exc, caller) is Verdict.CLIENT:  # its answer, no other's
                     raise
-                if verdict.counts_as_failure:
-                    replica.breaker.failure(permit, caller)
-                else:
-                    replica.breaker.release(permit)
                 if not isinstance(exc, UnimodelError):
                     log.error("replica %s failed unexpectedly", replica.name, exc_info=exc)
                 log.info("request %s: replica %s failed before its first token (%s)%s", request.completion_id,

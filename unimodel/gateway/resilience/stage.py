@@ -40,7 +40,7 @@ from unimodel.gateway.resilience.deadline import (
     StreamDeadline,
     next_before,
 )
-from unimodel.engines.verdicts import Backoff, Verdict, classify
+from unimodel.engines.verdicts import Backoff, Verdict, classify, judged
 from unimodel.gateway.resilience.upstreams import Upstream, UpstreamPool
 from unimodel.protocol.events import Event, close_events
 from unimodel.service.context import RouteChoice
@@ -260,14 +260,9 @@ class ResilienceStage(Stage):
             if _is_total_timeout(exc):  # out of time altogether: nothing left to try
                 upstream.breaker.failure(permit, caller)
                 raise
-            verdict = classify(exc)
+            verdict = judged(upstream.breaker, permit, exc, caller)
             if verdict is Verdict.CLIENT:  # the request's own fault: never retried; the upstream did answer
-                upstream.breaker.success(permit)
                 raise
-            if verdict.counts_as_failure:
-                upstream.breaker.failure(permit, caller)
-            else:
-                upstream.breaker.release(permit)
             if not isinstance(exc, UnimodelError):
                 log.error("upstream %s failed unexpectedly", upstream.name, exc_info=exc)
             raise _GiveUp(exc, retry=verdict.may_retry) from exc
