@@ -1,10 +1,11 @@
 """``unimodel logs`` and ``unimodel logs stats``: parse flags, query the request log, print. Nothing else.
 
-``unimodel logs [--db URL] [--since 1h] [--route R] [--key NAME] [--limit N] [--json]`` prints the newest
-rows as a rich table, or one JSON object per line (for ``jq``). ``unimodel logs stats`` prints requests,
-errors by type, tokens by effort, p50/p95 latency and TTFT, and a cost estimate (``--gpu``/``--gpus``, the
-plan's prices). The database is ``--db``, else the server's ``--log-db``/``UNIMODEL_LOG_DB``/``--config``,
-else ``requests.db`` in the data dir. Errors end with one line on stderr: exit 2 for bad input, 1 when the log
+``unimodel logs [--db URL] [--since 1h] [--route R] [--key NAME] [--limit N] [--wide] [--json]`` prints the
+newest rows as a rich table that fits the terminal's width (``--wide``: every column whole), or one JSON object
+per line (for ``jq``). ``unimodel logs stats`` prints requests, errors by type, tokens by effort, p50/p95
+latency and TTFT, and a cost estimate only for hardware the operator named (``--gpu``/``--gpus`` at the plan's
+prices, ``--price-per-gpu-hour``, or ``--price-per-hour`` for the whole machine). The database is ``--db``,
+else the server's ``--log-db``/``UNIMODEL_LOG_DB``/``--config``, else ``requests.db`` in the data dir. Errors end with one line on stderr: exit 2 for bad input, 1 when the log
 cannot be read.
 """
 
@@ -21,8 +22,8 @@ from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
 from unimodel.printable import json_text, mask_urls_in, printable
-from unimodel.telemetry.listing import rows_table
-from unimodel.telemetry.stats import STATS_COLUMNS, compute_stats
+from unimodel.telemetry.listing import rows_view
+from unimodel.telemetry.stats import COST_HINT, STATS_COLUMNS, Pricing, compute_stats
 from unimodel.telemetry.store import LogStore, LogStoreError, database_url, default_data_dir
 
 ERROR_PREFIX = "unimodel: error: "
@@ -105,6 +106,8 @@ def logs(
     route: Optional[str] = _ROUTE,
     key: Optional[str] = _KEY,
     limit: int = typer.Option(50, min=1, help="Most rows to print, newest first."),
+    wide: bool = typer.Option(False, "--wide", help="Every column and whole values (full request ids); one "
+                                                    "block per request when the table is wider than the terminal."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line, every column."),
     config: Optional[Path] = _CONFIG,
     data_dir: Optional[Path] = _DATA_DIR,
@@ -118,7 +121,12 @@ def logs(
         for row in rows:
             typer.echo(json_text(json.dumps(row, ensure_ascii=False, default=str)))
         return
-    Console().print(rows_table(rows, title=f"{len(rows)} requests, newest first"))
+    if not rows:
+        typer.echo("no requests match" if since or route or key else "no requests in the log yet")
+        return
+    console = Console()
+    console.print(rows_view(rows, width=console.width, wide=wide,
+                            title=f"{len(rows)} requests, newest first, times in UTC"))
 
 
 @logs_app.command()
@@ -127,25 +135,51 @@ def stats(
     since: Optional[str] = _SINCE,
     route: Optional[str] = _ROUTE,
     key: Optional[str] = _KEY,
-    gpu: str = typer.Option("h200", help="The GPU serving the model, for the cost estimate (the plan's catalog)."),
-    gpus: int = typer.Option(2, min=1, help="How many of them."),
+    gpu: Optional[str] = typer.Option(None, help="The GPU serving the model, for a cost estimate at the plan's "
+                                                 "catalog price (default: no cost estimate)."),
+    gpus: Optional[int] = typer.Option(None, min=1, help="How many GPUs (default: 1)."),
     price_per_gpu_hour: Optional[float] = typer.Option(None, min=0, help="USD per GPU-hour (default: the "
-                                                                         "catalog's)."),
+                                                                         "catalog's price for --gpu)."),
+    price_per_hour: Optional[float] = typer.Option(None, min=0, help="USD per hour for the whole machine (a CPU "
+                                                                     "box, a VM), instead of GPUs."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object."),
     config: Optional[Path] = _CONFIG,
     data_dir: Optional[Path] = _DATA_DIR,
 ) -> None:
-    """Requests, errors by type, tokens by effort, p50/p95 latency and TTFT, and a cost estimate."""
+    """Requests, errors by type, tokens by effort, p50/p95 latency and TTFT, and a cost estimate when the
+    hardware or its price is given."""
+    pricing = _pricing(gpu, gpus, price_per_gpu_hour, price_per_hour)
+    when = parse_since(since)
+    rows = _query(_open_store(db, config, data_dir), since=when, route=route, key=key, columns=STATS_COLUMNS)
+    result = compute_stats(rows, pricing)
+    if as_json:
+        typer.echo(json_text(json.dumps(result.to_dict(), ensure_ascii=False)))
+        return
+    console = Console()
+    console.print(result)
+    if pricing is None:
+        console.print(COST_HINT, markup=False, highlight=False)
+
+
+def _pricing(gpu: Optional[str], gpus: Optional[int], price_per_gpu_hour: Optional[float],
+             price_per_hour: Optional[float]) -> Optional[Pricing]:
+    """The hardware the flags name; ``None`` when they name none (then no cost is printed: a default GPU's
+    price for a server that may run on a CPU would be made up)."""
     from unimodel.plan.catalog import find_gpu
 
+    if price_per_hour is not None:
+        if gpu is not None or gpus is not None or price_per_gpu_hour is not None:
+            _fail("--price-per-hour prices the whole machine: give it alone, or --gpu/--gpus/--price-per-gpu-hour")
+        return Pricing(price_per_hour)
+    if gpu is None:
+        if price_per_gpu_hour is not None:
+            return Pricing.per_gpu(None, gpus or 1, price_per_gpu_hour)
+        if gpus is not None:
+            _fail("--gpus needs --gpu KIND (the plan's catalog price) or --price-per-gpu-hour USD")
+        return None
     try:
         card = find_gpu(gpu)
     except ValueError as exc:
         _fail(str(exc))
-    when = parse_since(since)
-    rows = _query(_open_store(db, config, data_dir), since=when, route=route, key=key, columns=STATS_COLUMNS)
-    result = compute_stats(rows, card, gpus, price_per_gpu_hour)
-    if as_json:
-        typer.echo(json_text(json.dumps(result.to_dict(), ensure_ascii=False)))
-        return
-    Console().print(result)
+    price = card.price_per_hour if price_per_gpu_hour is None else price_per_gpu_hour
+    return Pricing.per_gpu(card.key, gpus or 1, price)

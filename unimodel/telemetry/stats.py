@@ -3,11 +3,13 @@
 :func:`compute_stats` folds rows (as :meth:`LogStore.rows` returns them) into a :class:`LogStats`, which
 renders itself with rich and turns into JSON with :meth:`LogStats.to_dict`.
 
-The cost estimate prices the hardware the plan chose (``unimodel plan``'s GPU catalog: GPUs × price per
-GPU-hour) against the throughput the log measured: ``window`` runs from the first request's arrival to the
-last one's end, ``tokens_per_s`` is the completion tokens served in it per second, and the cost per million
-tokens is what the hardware costs for the time it takes to serve a million tokens at that rate. An idle
-server makes tokens expensive; that is the point of measuring it.
+The cost estimate prices the hardware the operator named (a :class:`Pricing`: GPUs × price per GPU-hour, the
+price from ``unimodel plan``'s catalog unless given, or one price per hour for the whole machine) against the
+throughput the log measured: ``window`` runs from the first request's arrival to the last one's end,
+``tokens_per_s`` is the completion tokens served in it per second, and the cost per million tokens is what the
+hardware costs for the time it takes to serve a million tokens at that rate. An idle server makes tokens
+expensive; that is the point of measuring it. Without a :class:`Pricing` there is no cost at all: a price for
+hardware nobody named (a CPU demo priced as two H200s) would be made up; :data:`COST_HINT` says how to get one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from typing import Any, Optional
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 
-from unimodel.plan.catalog import GPU
 from unimodel.telemetry.listing import cell
 
 STATS_COLUMNS = ("created_at", "status", "error_type", "reasoning_effort", "prompt_tokens", "reasoning_tokens",
@@ -48,17 +49,40 @@ class EffortTokens:
     estimated: int = 0  # requests whose counts are estimates
 
 
+#: what ``logs stats`` prints instead of a cost when no hardware or price was given
+COST_HINT = "no cost estimate: add --gpu h100 --gpus 2, or --price-per-hour USD"
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """The hardware the operator named: ``gpus`` × ``gpu`` at ``price_per_gpu_hour``, or, with no GPU named,
+    the whole machine at ``hourly_usd``."""
+
+    hourly_usd: float
+    gpu: Optional[str] = None
+    gpus: Optional[int] = None
+    price_per_gpu_hour: Optional[float] = None
+
+    @classmethod
+    def per_gpu(cls, gpu: Optional[str], gpus: int, price_per_gpu_hour: float) -> Pricing:
+        return cls(gpus * price_per_gpu_hour, gpu, gpus, price_per_gpu_hour)
+
+    def describe(self) -> str:
+        """``2 × h100 at $2.54/GPU-hour``, or ``$0.40/hour`` for a whole machine."""
+        if self.gpus is None or self.price_per_gpu_hour is None:
+            return f"${self.hourly_usd:,.2f}/hour"
+        return f"{self.gpus} × {self.gpu or 'GPU'} at ${self.price_per_gpu_hour:,.2f}/GPU-hour"
+
+
 @dataclass
 class Cost:
-    gpu: str
-    gpus: int
-    price_per_gpu_hour: float
+    pricing: Pricing
     window_s: float
     tokens_per_s: float
 
     @property
     def hourly_usd(self) -> float:
-        return self.gpus * self.price_per_gpu_hour
+        return self.pricing.hourly_usd
 
     @property
     def window_usd(self) -> float:
@@ -92,8 +116,8 @@ class LogStats:
             "first": self.first, "last": self.last, "cost": None,
         }
         if self.cost is not None:
-            c = self.cost
-            out["cost"] = {"gpu": c.gpu, "gpus": c.gpus, "price_per_gpu_hour": c.price_per_gpu_hour,
+            c, p = self.cost, self.cost.pricing
+            out["cost"] = {"gpu": p.gpu, "gpus": p.gpus, "price_per_gpu_hour": p.price_per_gpu_hour,
                            "window_s": round(c.window_s, 3), "tokens_per_s": round(c.tokens_per_s, 3),
                            "hourly_usd": round(c.hourly_usd, 4), "window_usd": round(c.window_usd, 6),
                            "usd_per_million_tokens": None if c.usd_per_million_tokens is None
@@ -120,9 +144,8 @@ class LogStats:
                 errors.add_row(cell(name), str(n))
             yield errors
         tokens = Table(title="Tokens by reasoning effort", title_justify="left")
-        for name in ("reasoning_effort", "requests", "prompt_tokens", "reasoning_tokens", "completion_tokens",
-                     "estimated"):
-            tokens.add_column(name, justify="left" if name == "reasoning_effort" else "right")
+        for name in ("effort", "requests", "prompt", "reasoning", "completion", "estimated"):  # fits 80 columns
+            tokens.add_column(name, justify="left" if name == "effort" else "right", no_wrap=True)
         for effort, t in sorted(self.tokens_by_effort.items()):
             tokens.add_row(cell(effort), str(t.requests), f"{t.prompt_tokens:,}", f"{t.reasoning_tokens:,}",
                            f"{t.completion_tokens:,}", str(t.estimated))
@@ -132,7 +155,7 @@ class LogStats:
             cost = Table(title="Cost estimate", show_header=False, title_justify="left")
             cost.add_column(style="bold")
             cost.add_column(justify="right")
-            cost.add_row("hardware", f"{c.gpus} × {c.gpu} at ${c.price_per_gpu_hour:.2f}/GPU-hour")
+            cost.add_row("hardware", cell(c.pricing.describe()))
             cost.add_row("window", f"{c.window_s:,.1f} s")
             cost.add_row("measured throughput", f"{c.tokens_per_s:,.1f} completion tokens/s")
             cost.add_row("cost of the window", f"${c.window_usd:,.4f}")
@@ -153,9 +176,8 @@ def _round(value: Optional[float]) -> Optional[float]:
     return None if value is None else round(value, 3)
 
 
-def compute_stats(rows: Iterable[Mapping[str, Any]], gpu: Optional[GPU] = None, gpus: int = 1,
-                  price_per_gpu_hour: Optional[float] = None) -> LogStats:
-    """Fold rows into :class:`LogStats`; with ``gpu`` the cost estimate too (price: the catalog's unless given).
+def compute_stats(rows: Iterable[Mapping[str, Any]], pricing: Optional[Pricing] = None) -> LogStats:
+    """Fold rows into :class:`LogStats`; with ``pricing`` (the hardware the operator named) the cost too.
 
     Latency and time-to-token percentiles are over the requests that succeeded (status 200)."""
     stats = LogStats()
@@ -194,8 +216,7 @@ def compute_stats(rows: Iterable[Mapping[str, Any]], gpu: Optional[GPU] = None, 
     stats.latency_ms, stats.ttft_ms, stats.ttfa_ms = _p50_p95(latency), _p50_p95(ttft), _p50_p95(ttfa)
     if start is not None and end is not None:
         stats.first, stats.last = start.isoformat(), end.isoformat()
-        if gpu is not None:
+        if pricing is not None:
             window_s = max((end - start).total_seconds(), 1e-3)
-            price = gpu.price_per_hour if price_per_gpu_hour is None else price_per_gpu_hour
-            stats.cost = Cost(gpu.key, gpus, price, window_s, completion / window_s)
+            stats.cost = Cost(pricing, window_s, completion / window_s)
     return stats
