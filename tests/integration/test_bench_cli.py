@@ -72,7 +72,8 @@ def test_cli_against_unimodel_in_front_of_the_scripted_upstream(upstream: Script
     assert [run["label"] for run in data["runs"]] == ["effort=none c=2", "effort=high c=2"]
     summary = data["summary"]
     assert summary["completed"] + summary["errors"] == 12 and summary["errors"] == 0
-    assert len(upstream.requests) - before == 12 + 2  # what the upstream saw: 6 a run, and a warm-up each
+    # what the upstream saw: 6 a run, a warm-up each, and the test request before the run (chat: one kind)
+    assert len(upstream.requests) - before == 12 + 2 + 1
     none, high = (run["summary"] for run in data["runs"])
     assert none["tokens"]["reasoning_total"] == 0 and high["tokens"]["reasoning_total"] > 0
     assert high["tokens"]["reasoning_source"] == "usage" and high["ttfa"]["p50"] > high["ttft"]["p50"]
@@ -80,8 +81,10 @@ def test_cli_against_unimodel_in_front_of_the_scripted_upstream(upstream: Script
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 12
     report = (tmp_path / "report.md").read_text()
     assert "effort=none c=2" in report and "effort=high c=2" in report
-    for png in PLOTS:
-        assert (tmp_path / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert (tmp_path / "latency_cdf.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    for png in PLOTS[1:]:  # one concurrency per effort: the runs table, not one-dot charts
+        assert not (tmp_path / png).exists()
+        assert f"`{png}` not drawn: one load level" in report
     assert "effort=high c=2" in output  # the results table
 
 
@@ -91,13 +94,18 @@ def test_cli_with_a_key_a_jsonl_workload_and_an_open_loop(upstream: ScriptedUpst
                                               "max_tokens": 16}) for i in range(3)) + "\n")
     settings = Settings(engine="upstream", upstream=upstream.base_url, api_keys=["sk-bench"])
     with LiveServer(settings, build_engine(settings)) as server:
+        stopped, output0 = bench("--url", server.base_url, "--model", "thinker", "--workload", str(requests),
+                                 "--requests", "3", "--out", str(tmp_path / "stopped"))
         refused, output = bench("--url", server.base_url, "--model", "thinker", "--workload", str(requests),
-                                "--requests", "3", "--out", str(tmp_path / "no-key"))
+                                "--requests", "3", "--no-preflight", "--out", str(tmp_path / "no-key"))
         code, output2 = bench("--url", server.base_url, "--model", "thinker", "--workload", str(requests),
                               "--api-key", "sk-bench", "--rate", "20", "--requests", "5",
                               "--out", str(tmp_path / "key"))
+    assert stopped == 1 and "give --api-key KEY" in output0 and not (tmp_path / "stopped").exists()
     assert refused == 1, output  # nothing completed
-    assert check_schema(tmp_path / "no-key")["summary"]["errors_by_type"] == {"http_401": 3}
+    data = check_schema(tmp_path / "no-key")
+    assert data["summary"]["errors_by_type"] == {"http_401": 3}
+    assert [(e["kind"], e["count"]) for e in data["errors"]] == [("http_401 invalid_api_key", 3)]
     assert code == 0, output2
     data = check_schema(tmp_path / "key")
     assert data["config"]["mode"] == "open" and data["summary"]["completed"] == 5
@@ -110,7 +118,9 @@ def test_cli_straight_at_the_scripted_upstream(upstream: ScriptedUpstream, tmp_p
     assert code == 0, output
     data = check_schema(tmp_path)
     assert [run["concurrency"] for run in data["runs"]] in ([1], [1, 2])
-    assert len(upstream.requests) - before == data["summary"]["completed"] + data["summary"]["errors"]
+    sent = data["summary"]["completed"] + data["summary"]["errors"]
+    assert len(upstream.requests) - before == sent + 4  # and the test request of each of mixed's four kinds
+    assert [s["kind"] for s in data["config"]["shape"]] == ["chat", "reasoning", "vision", "tools"]
 
 
 def test_cli_usage_errors(tmp_path: Path) -> None:
@@ -145,7 +155,8 @@ def test_ctrl_c_writes_what_was_measured(upstream: ScriptedUpstream, tmp_path: P
     proc = subprocess.Popen([sys.executable, "-c", "import runpy, signal; signal.signal(signal.SIGINT, "
                              "signal.default_int_handler); runpy.run_module('unimodel.cli', run_name='__main__', "
                              "alter_sys=True)", "bench", "--url", upstream.base_url, "--model",
-                             "slow", "--concurrency", "2", "--requests", "1000", "--out", str(tmp_path)],
+                             "slow", "--concurrency", "2", "--requests", "1000", "--no-preflight",  # counts exact
+                             "--out", str(tmp_path)],
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     try:

@@ -1,13 +1,17 @@
 """``unimodel bench``: parse flags, run the benchmark with live progress, write and print its results.
 
-``register(app)`` adds the command to a typer app (the CLI's, or a test's). Bad flags end with one line on
-stderr and exit code 2. Ctrl-C stops the run and still writes what was measured (exit code 130); a run in
-which no request completed exits 1.
+``register(app)`` adds the command to a typer app (the CLI's, or a test's). Bad flags (a size flag the
+workload cannot honour included) end with one line on stderr and exit code 2. Then a test request of each
+kind the workload sends (:mod:`unimodel.bench.preflight`, unless ``--no-preflight``): if the endpoint refuses
+it, one line on stderr says why and what to fix, exit code 1, and nothing is written. Ctrl-C stops the run and
+still writes what was measured (exit code 130); a run in which no request completed exits 1. Under the
+results table: the errors by kind with a message each, and the plots not drawn with why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -16,9 +20,10 @@ import typer
 from rich.console import Console
 
 from unimodel.bench.client import Target
-from unimodel.bench.console import LiveProgress, results_table
+from unimodel.bench.console import LiveProgress, errors_table, results_table
 from unimodel.bench.loadgen import LoadPlan
 from unimodel.bench.metrics import SLOError, parse_slo
+from unimodel.bench.preflight import PreflightFailed, preflight
 from unimodel.bench.report import build_results, write_outputs
 from unimodel.bench.runner import Bench, BenchSpec, run_bench
 from unimodel.bench.workloads import WorkloadError, WorkloadOptions, build_workload
@@ -45,7 +50,8 @@ def parse_efforts(text: Optional[str]) -> tuple[Optional[str], ...]:
 
 def _check(concurrency: Optional[int], rate: Optional[float], sweep: bool, requests: Optional[int],
            duration: Optional[float], warmup: int, max_concurrency: int, *, timeout: float = 600.0,
-           input_tokens: int = 128, output_tokens: int = 128, max_tokens: Optional[int] = None) -> None:
+           input_tokens: Optional[int] = None, output_tokens: Optional[int] = None,
+           max_tokens: Optional[int] = None) -> None:
     if concurrency is not None and rate is not None:
         _fail("give --concurrency (closed loop) or --rate (open loop), not both")
     if sweep and (rate is not None or concurrency is not None):
@@ -63,6 +69,25 @@ def _check(concurrency: Optional[int], rate: Optional[float], sweep: bool, reque
         _fail(f"--warmup must be 0 or more, not {warmup}")
 
 
+def _by_reason(skipped: dict[str, str]) -> dict[str, list[str]]:
+    reasons: dict[str, list[str]] = {}
+    for name, why in skipped.items():
+        reasons.setdefault(why, []).append(name)
+    return reasons
+
+
+def _preflight(spec: BenchSpec) -> None:
+    """The test request: on failure, its one line on stderr and exit code 1, before anything is written."""
+    try:
+        with Console(stderr=True).status("a test request of each kind before the run (--no-preflight skips it)"):
+            asyncio.run(preflight(spec.target, spec.workload, spec.model, spec.efforts[0]))
+    except PreflightFailed as exc:
+        typer.echo(ERROR_PREFIX + str(exc), err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def bench(
@@ -70,7 +95,8 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(..., help="The model name to send."),
         api_key: Optional[str] = typer.Option(None, help="Sent as Authorization: Bearer KEY."),
         workload: str = typer.Option("chat", help="chat | reasoning | vision | tools | mixed | FILE.jsonl "
-                                                  "(one OpenAI chat request a line)"),
+                                                  "(one OpenAI chat request a line). report.md states what each "
+                                                  "kind of request really sends."),
         concurrency: Optional[int] = typer.Option(None, help="Closed loop: requests in flight, one connection "
                                                              "each (default 1)."),
         rate: Optional[float] = typer.Option(None, help="Open loop: Poisson arrivals, requests per second."),
@@ -86,14 +112,22 @@ def register(app: typer.Typer) -> None:
         slo: Optional[str] = typer.Option(None, help="Goodput limits, e.g. ttft=500ms,e2e=10s (ttft, ttfa, itl, "
                                                      "tpot, e2e)."),
         out: Optional[Path] = typer.Option(None, help="Output folder (default bench-results/<UTC time>)."),
-        input_tokens: int = typer.Option(128, help="chat workload: prompt length, in tokens (about)."),
-        output_tokens: int = typer.Option(128, help="chat workload: max_tokens."),
-        max_tokens: Optional[int] = typer.Option(None, help="max_tokens for every request (overrides the "
-                                                            "workload's)."),
+        input_tokens: Optional[int] = typer.Option(
+            None, help="Prompt length in tokens (about) of the chat workload and of mixed's chat part (default "
+                       "128). reasoning, vision, tools and a FILE.jsonl send their own prompts and refuse it."),
+        output_tokens: Optional[int] = typer.Option(
+            None, help="max_tokens of every built-in workload's requests (defaults: chat 128, reasoning 2048, "
+                       "vision 64, tools 256). A FILE.jsonl refuses it: use --max-tokens."),
+        max_tokens: Optional[int] = typer.Option(None, help="max_tokens for every request, a FILE.jsonl's "
+                                                            "included (not with --output-tokens)."),
         ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Send ignore_eos (vLLM, SGLang, unimodel) so "
                                                                     "every answer is max_tokens long."),
         seed: int = typer.Option(0, help="Seed of the synthetic prompts and of the open loop's arrivals."),
         timeout: float = typer.Option(600.0, help="Read timeout of one request, in seconds."),
+        no_preflight: bool = typer.Option(False, "--no-preflight",
+                                          help="Skip the test request of each kind sent before the run (stopped "
+                                               "at its first token); with it, an endpoint that refuses the "
+                                               "workload stops the bench with the reason in one line."),
     ) -> None:
         """Measure an OpenAI-compatible endpoint: TTFT, time to first answer token, ITL, throughput, goodput."""
         if not url.startswith(("http://", "https://")):
@@ -114,9 +148,11 @@ def register(app: typer.Typer) -> None:
                         max_connections=max_concurrency)
         spec = BenchSpec(target=Target(url, api_key=api_key, timeout_s=timeout), model=model, workload=load,
                          plan=plan, efforts=efforts, sweep=sweep, max_concurrency=max_concurrency, slo=limits)
+        if not no_preflight:
+            _preflight(spec)
         out_dir = out or Path("bench-results") / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         console = Console()
-        if not console.is_terminal:  # a log or a pipe: no 80-column wrapping of the results table
+        if not console.is_terminal and not os.environ.get("COLUMNS"):  # a log or a pipe: no 80-column wrapping
             console = Console(width=160)
         state = Bench(spec)
         interrupted = False
@@ -127,10 +163,12 @@ def register(app: typer.Typer) -> None:
                 interrupted = True
         results = build_results(state, options, interrupted)
         written, skipped = write_outputs(state, results, out_dir)
-        console.print(results_table(results))
-        if skipped:
-            console.print(f"[yellow]{skipped}[/yellow]")
-        console.print("written: " + ", ".join(str(p) for p in written))
+        console.print(results_table(results, console.width))
+        if results.errors:
+            console.print(errors_table(results))
+        for why, names in _by_reason(skipped).items():
+            console.print(f"[yellow]not drawn ({why}): {', '.join(names)}[/yellow]", highlight=False)
+        console.print("written: " + ", ".join(str(p) for p in written), highlight=False)
         if interrupted:
             raise typer.Exit(130)
         if results.summary.completed == 0:

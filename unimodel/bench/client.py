@@ -3,8 +3,10 @@
 :func:`send` posts one body to ``/chat/completions`` and returns a :class:`RequestRecord` whatever happens:
 a failure is recorded with its type (``http_<status>``, ``timeout``, ``connect_error``,
 ``connection_dropped``, ``stream_error`` for an error frame mid-stream, ``incomplete_stream`` for a stream
-that ends without ``[DONE]``, ``invalid_response``, ``transport_error``), never raised. Only cancellation
-(the run being stopped) propagates.
+that ends without ``[DONE]``, ``invalid_response``, ``transport_error``), never raised, with its code (the
+error body's ``code`` or ``type``, or the transport exception's class: ``RequestRecord.error_kind`` is what the
+report groups errors by) and a message. Only cancellation (the run being stopped) propagates. An error body
+is read up to 64 KiB, whatever its size.
 
 What is timed, with ``time.perf_counter()``:
 
@@ -89,6 +91,14 @@ class RequestRecord:
     status: Optional[int] = None
     error: Optional[str] = None  # the error type; None when the request completed
     error_message: Optional[str] = None
+    error_code: Optional[str] = None  # the error body's code (else type), or the transport exception's class
+
+    @property
+    def error_kind(self) -> Optional[str]:
+        """What errors are grouped by: the type and, when known, the code (``http_400 invalid_value``)."""
+        if self.error is None:
+            return None
+        return f"{self.error} {self.error_code}" if self.error_code else self.error
 
     @property
     def ok(self) -> bool:
@@ -120,14 +130,42 @@ class RequestRecord:
         return max(0, self.output_tokens - self.reasoning_tokens)
 
 
-def _error_message(raw: bytes) -> str:
+MAX_ERROR_BODY = 64 * 1024  # bytes of an error answer read (the rest is dropped with the connection)
+MAX_CODE_CHARS = 48
+
+
+def error_detail(raw: bytes) -> tuple[str, Optional[str]]:
+    """An error answer's message and code: OpenAI's ``{"error": {"message", "code", "type"}}`` (the code when it
+    is a word, else the type: vLLM sends ``"code": 404``), FastAPI's ``{"detail": ...}``, else the raw text."""
     try:
-        error = json.loads(raw).get("error")
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        error = body.get("error")
         if isinstance(error, dict):
-            return str(error.get("message", ""))[:300]
-    except (ValueError, AttributeError):
-        pass
-    return raw[:300].decode("utf-8", "replace")
+            code = next((v for v in (error.get("code"), error.get("type")) if isinstance(v, str) and v.strip()), None)
+            return str(error.get("message", ""))[:300], None if code is None else _word(code)
+        if isinstance(error, str):
+            return error[:300], None
+        if "detail" in body:
+            return str(body["detail"])[:300], None
+    return raw[:300].decode("utf-8", "replace"), None
+
+
+def _word(text: str) -> str:
+    """A server's error code as one short printable word (it becomes part of a table's key)."""
+    return "".join(c if c.isprintable() and not c.isspace() else "_" for c in text.strip())[:MAX_CODE_CHARS]
+
+
+async def read_bounded(response: httpx.Response, limit: int = MAX_ERROR_BODY) -> bytes:
+    """At most ``limit`` bytes of a response's body: an error page can be any size."""
+    data = bytearray()
+    async for part in response.aiter_bytes():
+        data += part
+        if len(data) >= limit:
+            break
+    return bytes(data[:limit])
 
 
 def _take_usage(record: RequestRecord, usage: Any) -> None:
@@ -142,15 +180,21 @@ def _take_usage(record: RequestRecord, usage: Any) -> None:
         record.usage_reasoning_tokens = details["reasoning_tokens"]
 
 
-def _take_chunk(record: RequestRecord, frame: dict[str, Any], now: float) -> None:
-    """Fold one ``chat.completion.chunk`` into the record (usage, and the chunk's tokens if it has any)."""
-    if frame.get("usage"):
-        _take_usage(record, frame["usage"])
+def chunk_tokens(frame: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether a ``chat.completion.chunk`` carries a thinking token, and an answer token (content or a call)."""
     thinking = answer = False
     for choice in frame.get("choices") or ():
         delta = choice.get("delta") or {}
         thinking = thinking or bool(delta.get("reasoning") or delta.get("reasoning_content"))
         answer = answer or bool(delta.get("content") or delta.get("tool_calls"))
+    return thinking, answer
+
+
+def _take_chunk(record: RequestRecord, frame: dict[str, Any], now: float) -> None:
+    """Fold one ``chat.completion.chunk`` into the record (usage, and the chunk's tokens if it has any)."""
+    if frame.get("usage"):
+        _take_usage(record, frame["usage"])
+    thinking, answer = chunk_tokens(frame)
     if not (thinking or answer):
         return
     record.chunk_times.append(now)
@@ -173,10 +217,11 @@ def _take_whole_body(record: RequestRecord, raw: bytes, now: float) -> None:
     _take_chunk(record, frame, now)
 
 
-def _failed(record: RequestRecord, error: str, message: str) -> None:
+def _failed(record: RequestRecord, error: str, message: str, exc: Optional[BaseException] = None) -> None:
     if record.end:  # the stream had already ended ([DONE] or an error frame): a failure while draining is moot
         return
     record.error, record.error_message = error, message[:300]
+    record.error_code = type(exc).__name__ if exc is not None else None
 
 
 async def send(client: httpx.AsyncClient, url: str, body: dict[str, Any], *, index: int, kind: str,
@@ -186,15 +231,15 @@ async def send(client: httpx.AsyncClient, url: str, body: dict[str, Any], *, ind
     try:
         await _stream(client, url, body, record)
     except httpx.TimeoutException as exc:
-        _failed(record, "timeout", type(exc).__name__)
+        _failed(record, "timeout", f"no answer within the timeout ({type(exc).__name__})", exc)
     except httpx.ConnectError as exc:
-        _failed(record, "connect_error", str(exc))
+        _failed(record, "connect_error", str(exc) or type(exc).__name__, exc)
     except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-        _failed(record, "connection_dropped", str(exc) or type(exc).__name__)
+        _failed(record, "connection_dropped", str(exc) or type(exc).__name__, exc)
     except httpx.HTTPError as exc:
-        _failed(record, "transport_error", f"{type(exc).__name__}: {exc}")
+        _failed(record, "transport_error", f"{type(exc).__name__}: {exc}", exc)
     except (ValueError, AttributeError, TypeError) as exc:  # JSON that is not a chat completion chunk
-        _failed(record, "invalid_response", str(exc))
+        _failed(record, "invalid_response", str(exc), exc)
     finally:
         if not record.end:
             record.end = time.perf_counter()
@@ -208,7 +253,7 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], rec
         record.status = response.status_code
         if response.status_code >= 400:
             record.error = f"http_{response.status_code}"
-            record.error_message = _error_message(await response.aread())
+            record.error_message, record.error_code = error_detail(await read_bounded(response))
             return
         if not response.headers.get("content-type", "").startswith("text/event-stream"):
             _take_whole_body(record, await response.aread(), time.perf_counter())
@@ -225,7 +270,7 @@ async def _stream(client: httpx.AsyncClient, url: str, body: dict[str, Any], rec
             if isinstance(frame, dict) and frame.get("error"):
                 error = frame["error"]
                 record.error = "stream_error"
-                record.error_message = str(error.get("message") if isinstance(error, dict) else error)[:300]
+                record.error_message, record.error_code = error_detail(json.dumps({"error": error}).encode())
                 record.end = now
                 continue
             _take_chunk(record, frame, now)

@@ -1,11 +1,14 @@
-"""``report.md``: the configuration, then every run side by side (efforts, concurrencies), then errors."""
+"""``report.md``: the configuration (with what each kind of request really asked for), then every run side by
+side (efforts, concurrencies), then the errors by kind with a message each, then the plots and why any is
+missing."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Optional
 
 from unimodel.bench.schema import Distribution, Results, Summary
+from unimodel.bench.shape import describe
 
 
 def _f(x: Optional[float], digits: int = 1) -> str:
@@ -26,7 +29,17 @@ def _row(label: str, s: Summary) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def render_markdown(results: Results, plots: Sequence[str] = ()) -> str:
+def _workload(results: Results, amount: str) -> list[str]:
+    """The workload as sent: one line, or one line per kind for a mix."""
+    c = results.config
+    tail = f"; {amount} a run after {c.warmup} warm-up"
+    if len(c.shape) == 1:
+        return [f"- workload: `{c.workload}`: {describe(c.shape[0])}{tail}"]
+    lines = [f"- workload: `{c.workload}`, interleaved{tail}:"]
+    return lines + [f"  - {s.kind}: {describe(s)}" for s in c.shape]
+
+
+def render_markdown(results: Results, plots: Sequence[str] = (), skipped: Mapping[str, str] = {}) -> str:
     c = results.config
     load = ("sweep (closed loop, 1 stream to saturation)" if c.sweep
             else f"closed loop, concurrency {c.concurrency}" if c.mode == "closed"
@@ -37,8 +50,7 @@ def render_markdown(results: Results, plots: Sequence[str] = ()) -> str:
         "# unimodel bench",
         "",
         f"- endpoint: `{c.url}`, model `{c.model}`",
-        f"- workload: `{c.workload}` (input ~{c.input_tokens} tokens, output {c.max_tokens or c.output_tokens}"
-        f"{', ignore_eos' if c.ignore_eos else ''}), {amount} a run after {c.warmup} warm-up",
+        *_workload(results, amount),
         f"- load: {load}; reasoning effort: {efforts}",
         f"- started {results.started_at}" + (" — **interrupted** (Ctrl-C): what was measured until then"
                                              if results.interrupted else ""),
@@ -62,13 +74,14 @@ def render_markdown(results: Results, plots: Sequence[str] = ()) -> str:
     for name in ("ttft", "ttfa", "itl", "tpot", "e2e"):
         d: Distribution = getattr(results.summary, name)
         lines.append(f"| {name} | {_f(d.p50)} | {_f(d.p90)} | {_f(d.p95)} | {_f(d.p99)} | {_f(d.mean)} | {d.count} |")
-    errors = [(run.label, kind, n, run.error_samples.get(kind, "")) for run in results.runs
-              for kind, n in run.summary.errors_by_type.items()]
-    if errors or results.summary.incomplete:
-        lines += ["", "## Errors", "", "| run | type | count | example |", "|---|---|---|---|"]
-        lines += [f"| {label} | {kind} | {n} | {msg.replace('|', '/')[:120]} |" for label, kind, n, msg in errors]
+    if results.errors or results.summary.incomplete:
+        lines += ["", "## Errors", "", "All runs; the type is the HTTP status and the server's error code, or the "
+                  "transport's failure; the example is the first message of its kind.", "",
+                  "| type | count | example |", "|---|---|---|"]
+        lines += [f"| {g.kind} | {g.count} | {g.sample.replace('|', '/')[:200]} |" for g in results.errors]
         if results.summary.incomplete:
-            lines.append(f"| all | incomplete (in flight when stopped) | {results.summary.incomplete} | |")
-    if plots:
+            lines.append(f"| incomplete (in flight when stopped) | {results.summary.incomplete} | |")
+    if plots or skipped:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+        lines += [f"- `{name}` not drawn: {why}" for name, why in skipped.items()]
     return "\n".join(lines) + "\n"

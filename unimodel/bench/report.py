@@ -2,8 +2,11 @@
 ``records.jsonl`` (one line per measured request), ``report.md`` and the PNG plots.
 
 The top-level ``summary`` pools every measured request of every run, over the runs' summed durations (the
-runs are sequential); each run has its own ``summary`` beside it. Plots need matplotlib (the ``bench``
-extra); without it they are skipped and :func:`write_outputs` says so.
+runs are sequential); each run has its own ``summary`` beside it. ``config.shape`` is what each kind of request
+really asked for (:mod:`unimodel.bench.shape`), ``errors`` the failures grouped by kind
+(:mod:`unimodel.bench.failures`). Plots need matplotlib (the ``bench`` extra, :data:`PLOTS_HINT`); without it
+they are skipped, and a plot without data is not drawn (:mod:`unimodel.bench.plots`): :func:`write_outputs`
+says which and why, and so does the report.
 """
 
 from __future__ import annotations
@@ -14,12 +17,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 from unimodel.bench.client import RequestRecord
+from unimodel.bench.failures import summarise_errors
 from unimodel.bench.loadgen import RunState
 from unimodel.bench.markdown import render_markdown
 from unimodel.bench.metrics import request_values, summarize
 from unimodel.bench.runner import Bench
 from unimodel.bench.schema import BenchConfig, Results, RunResult, Summary
+from unimodel.bench.shape import workload_shape
 from unimodel.bench.workloads import WorkloadOptions
+
+#: the extra of pyproject.toml that brings matplotlib (tests/unit/bench/test_report_rules.py checks the name)
+PLOTS_EXTRA = "bench"
+PLOTS_HINT = f"pip install 'unimodel[{PLOTS_EXTRA}]' (from a checkout: pip install -e '.[{PLOTS_EXTRA}]')"
 
 
 def run_summary(state: RunState, slo: dict[str, float]) -> Summary:
@@ -47,9 +56,11 @@ def build_results(bench: Bench, options: WorkloadOptions, interrupted: bool = Fa
         rate=plan.rate if plan.mode == "open" else None, sweep=spec.sweep, requests=plan.request_limit(),
         duration_s=plan.duration_s, warmup=plan.warmup, efforts=list(spec.efforts),
         slo_ms={k: v * 1e3 for k, v in spec.slo.items()}, seed=plan.seed, input_tokens=options.input_tokens,
-        output_tokens=options.output_tokens, max_tokens=options.max_tokens, ignore_eos=options.ignore_eos)
+        output_tokens=options.output_tokens, max_tokens=options.max_tokens, ignore_eos=options.ignore_eos,
+        shape=workload_shape(spec.workload, pooled))
     return Results(started_at=bench.started_at, interrupted=interrupted, config=config,
-                   summary=summarize(pooled, spec.slo, duration_s=duration, incomplete=incomplete), runs=runs)
+                   summary=summarize(pooled, spec.slo, duration_s=duration, incomplete=incomplete), runs=runs,
+                   errors=summarise_errors(pooled))
 
 
 def record_row(label: str, origin: float, record: RequestRecord) -> dict[str, Any]:
@@ -60,7 +71,8 @@ def record_row(label: str, origin: float, record: RequestRecord) -> dict[str, An
     values = request_values(record) if record.ok else {}
     return {
         "run": label, "index": record.index, "kind": record.kind, "effort": record.effort,
-        "status": record.status, "error": record.error, "error_message": record.error_message,
+        "status": record.status, "error": record.error, "error_code": record.error_code,
+        "error_message": record.error_message,
         "scheduled_ms": ms(record.scheduled), "start_ms": ms(record.start), "end_ms": ms(record.end),
         **{f"{name}_ms": round(1e3 * values[name][0], 3) if name in values else None
            for name in ("ttft", "ttfa", "itl", "tpot", "e2e")},
@@ -70,8 +82,8 @@ def record_row(label: str, origin: float, record: RequestRecord) -> dict[str, An
     }
 
 
-def write_outputs(bench: Bench, results: Results, out_dir: Path) -> tuple[list[Path], Optional[str]]:
-    """Write every output; returns the files written, and why the plots were skipped (None if they were not)."""
+def write_outputs(bench: Bench, results: Results, out_dir: Path) -> tuple[list[Path], dict[str, str]]:
+    """Write every output; returns the files written, and the plots not drawn with why ({} when all were)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     path = out_dir / "results.json"
@@ -84,13 +96,14 @@ def write_outputs(bench: Bench, results: Results, out_dir: Path) -> tuple[list[P
             for record in state.records:
                 fh.write(json.dumps(record_row(state.label, origin, record)) + "\n")
     written.append(path)
-    plots, skipped = [], None
+    plots: list[Path] = []
+    skipped: dict[str, str] = {}
     if importlib.util.find_spec("matplotlib") is None:  # the bench extra's
-        skipped = "plots skipped: matplotlib is not installed (pip install 'unimodel[bench]')"
+        skipped["plots"] = f"matplotlib is not installed: {PLOTS_HINT}"
     else:
         from unimodel.bench.plots import write_plots
 
-        plots = write_plots(bench, results, out_dir)
+        plots, skipped = write_plots(bench, results, out_dir)
     path = out_dir / "report.md"
-    path.write_text(render_markdown(results, [p.name for p in plots]), encoding="utf-8")
+    path.write_text(render_markdown(results, [p.name for p in plots], skipped), encoding="utf-8")
     return written + plots + [path], skipped

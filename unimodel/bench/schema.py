@@ -5,11 +5,16 @@
   "schema_version": 1,
   "tool": "unimodel bench", "started_at": "2026-01-01T12:00:00+00:00", "interrupted": false,
   "config": {"url", "model", "workload", "mode": "closed"|"open", "concurrency", "rate", "sweep",
-             "requests", "duration_s", "warmup", "efforts", "slo_ms", "seed", "input_tokens",
-             "output_tokens", "max_tokens", "ignore_eos"},
+             "requests", "duration_s", "warmup", "efforts", "slo_ms", "seed",
+             "input_tokens", "output_tokens", "max_tokens",   # the flags as given (null: not given)
+             "ignore_eos",
+             "shape": [{"kind", "distinct", "prompt_tokens", "prompt_tokens_reported", "max_tokens_min",
+                        "max_tokens_max", "images", "tools", "ignore_eos"}, ...]},  # per kind, as sent
   "summary": Summary,            # every measured request of every run, pooled
   "runs": [{"label", "effort", "mode", "concurrency", "rate", "summary": Summary,
-            "error_samples": {"http_503": "engine overloaded", ...}}, ...]
+            "error_samples": {"http_503": "engine overloaded", ...}}, ...],
+  "errors": [{"kind": "http_400 invalid_value", "status": 400, "count": 12,
+              "sample": "max_tokens (2048) is above the cap of 512 tokens ..."}, ...]   # most frequent first
 }
 Summary = {
   "completed", "errors", "incomplete",          # requests: answered in full / failed / in flight at Ctrl-C
@@ -23,6 +28,9 @@ Summary = {
 }
 ```
 
+``shape`` is read from the requests the workload really built (``prompt_tokens`` an estimate from their text,
+``prompt_tokens_reported`` the server's mean count when its usage said), not from the flags. An error's
+``kind`` is its type and the server's error code or the transport exception (``connect_error ConnectError``).
 Times are milliseconds; a distribution with no values (e.g. ``ttfa`` when no request answered) has
 ``count: 0`` and null figures. How each figure is defined: :mod:`unimodel.bench.metrics`.
 """
@@ -108,6 +116,29 @@ class RunResult(_Model):
     error_samples: dict[str, str] = {}
 
 
+class KindShape(_Model):
+    """What one kind of request of the workload really asks for (the report's "workload" line)."""
+
+    kind: str
+    distinct: int  # different requests of this kind, cycled
+    prompt_tokens: int  # mean estimate from the text (and tools) sent
+    prompt_tokens_reported: Optional[float] = None  # the server's usage.prompt_tokens, mean, when reported
+    max_tokens_min: Optional[int] = None  # None: the requests send no max_tokens (the server's default)
+    max_tokens_max: Optional[int] = None
+    images: int = 0  # per request
+    tools: int = 0  # function tools offered per request
+    ignore_eos: bool = False
+
+
+class ErrorGroup(_Model):
+    """The failed requests of one kind (type and code), pooled over the runs, with one server message."""
+
+    kind: str
+    status: Optional[int] = None  # the HTTP status, for an HTTP error
+    count: int
+    sample: str = ""
+
+
 class BenchConfig(_Model):
     url: str
     model: str
@@ -122,10 +153,11 @@ class BenchConfig(_Model):
     efforts: list[Optional[str]]
     slo_ms: dict[str, float] = {}
     seed: int = 0
-    input_tokens: int
-    output_tokens: int
+    input_tokens: Optional[int] = None
+    output_tokens: Optional[int] = None
     max_tokens: Optional[int] = None
     ignore_eos: bool = False
+    shape: list[KindShape] = []
 
 
 class Results(_Model):
@@ -136,3 +168,4 @@ class Results(_Model):
     config: BenchConfig
     summary: Summary
     runs: list[RunResult]
+    errors: list[ErrorGroup] = []

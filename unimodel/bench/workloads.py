@@ -6,16 +6,20 @@ cycled through in order; :meth:`Workload.request` makes request ``i`` into the b
 
 Built-ins (:func:`build_workload`):
 
-- ``chat``: synthetic prompts of about ``input_tokens`` tokens (common English words, each one token with the
-  usual BPE tokenizers; every prompt starts differently, so no prefix cache serves two of them) asking for
-  ``output_tokens`` tokens (``max_tokens``; ``ignore_eos`` makes the length exact on servers that know it:
-  vLLM, SGLang, unimodel);
+- ``chat``: synthetic prompts of about ``input_tokens`` tokens (default 128; common English words, each one
+  token with the usual BPE tokenizers; every prompt starts differently, so no prefix cache serves two of them);
 - ``reasoning``: short questions that make a reasoning model think before answering;
 - ``vision``: PNG pictures of a colored shape, drawn here with Pillow (seeded), and a question about them;
 - ``tools``: requests that call for one of four function tools (``tool_choice: auto``);
 - ``mixed``: the four above, interleaved;
 - ``PATH.jsonl``: one OpenAI chat request body per line (``messages`` required; ``model``, ``stream`` and
   ``stream_options`` are set by the run; a run's ``--reasoning-effort`` overrides the line's).
+
+The size flags are applied or refused, never ignored (:func:`check_options`): ``input_tokens`` is the chat
+prompts' length (chat, and the chat part of mixed); any other workload sends its own prompts and refuses it.
+``output_tokens`` is every built-in request's ``max_tokens`` (defaults: :data:`DEFAULT_MAX_TOKENS`); a file's
+requests carry their own, so a file refuses it: ``max_tokens`` overrides every request's, a file's included.
+``ignore_eos`` (exact answer lengths on vLLM, SGLang and unimodel) goes into every request.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ from unimodel.bench import workload_data as data
 BUILTIN = ("chat", "reasoning", "vision", "tools", "mixed")
 SYNTHETIC_PROMPTS = 64  # distinct synthetic chat prompts, cycled
 VISION_IMAGES = 12
-#: max_tokens per kind when --max-tokens is not given (chat uses --output-tokens)
-DEFAULT_MAX_TOKENS = {"reasoning": 2048, "vision": 64, "tools": 256}
+#: max_tokens per kind when neither --output-tokens nor --max-tokens is given
+DEFAULT_MAX_TOKENS = {"chat": 128, "reasoning": 2048, "vision": 64, "tools": 256}
+DEFAULT_INPUT_TOKENS = 128  # the chat prompts' length when --input-tokens is not given
 
 
 class WorkloadError(ValueError):
@@ -44,9 +49,9 @@ class WorkloadError(ValueError):
 
 @dataclass(frozen=True)
 class WorkloadOptions:
-    input_tokens: int = 128
-    output_tokens: int = 128
-    max_tokens: Optional[int] = None  # overrides the per-kind defaults (and --output-tokens) when set
+    input_tokens: Optional[int] = None  # chat prompts; None: DEFAULT_INPUT_TOKENS
+    output_tokens: Optional[int] = None  # the built-ins' max_tokens; None: DEFAULT_MAX_TOKENS per kind
+    max_tokens: Optional[int] = None  # every request's max_tokens, a file's included
     ignore_eos: bool = False
     seed: int = 0
     image_size: int = 256
@@ -80,8 +85,22 @@ class Workload:
         return item.kind, body
 
 
+def check_options(spec: str, options: WorkloadOptions) -> None:
+    """Refuse a size flag the workload cannot honour (one line naming the workload and the flag)."""
+    if options.output_tokens is not None and options.max_tokens is not None:
+        raise WorkloadError("--output-tokens and --max-tokens both set max_tokens: give one of them")
+    name = spec if spec in BUILTIN else f"file {spec}"
+    if options.input_tokens is not None and spec not in ("chat", "mixed"):
+        raise WorkloadError(f"--input-tokens sets the chat prompts' length; the {name} workload sends its own "
+                            "prompts: drop --input-tokens, or use --workload chat")
+    if options.output_tokens is not None and spec not in BUILTIN:
+        raise WorkloadError(f"--output-tokens: the requests of {name} carry their own max_tokens: use "
+                            "--max-tokens to override them")
+
+
 def build_workload(spec: str, options: WorkloadOptions = WorkloadOptions()) -> Workload:
-    """A built-in workload by name, or the requests of a ``.jsonl`` file."""
+    """A built-in workload by name, or the requests of a ``.jsonl`` file (its options checked first)."""
+    check_options(spec, options)
     builders = {"chat": _chat, "reasoning": _reasoning, "vision": _vision, "tools": _tools}
     if spec in builders:
         return Workload(spec, tuple(builders[spec](options)))
@@ -92,19 +111,20 @@ def build_workload(spec: str, options: WorkloadOptions = WorkloadOptions()) -> W
         return Workload(spec, tuple(mixed))
     path = Path(spec)
     if path.suffix == ".jsonl" or path.is_file():
-        return load_jsonl(path)
+        return load_jsonl(path, options)
     raise WorkloadError(f"unknown workload {spec!r}: use {', '.join(BUILTIN)} or a .jsonl file of requests")
 
 
-def load_jsonl(path: Path) -> Workload:
-    """One OpenAI chat request per line; blank lines and lines starting with # are skipped."""
+def load_jsonl(path: Path, options: WorkloadOptions = WorkloadOptions()) -> Workload:
+    """One OpenAI chat request per line; blank lines and lines starting with # are skipped. ``max_tokens``
+    (both fields, where the line has ``max_completion_tokens``) and ``ignore_eos`` are applied when set."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise WorkloadError(f"cannot read workload file {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise WorkloadError(f"{path}:{line}: not UTF-8 text") from exc
+        where = exc.object[:exc.start].count(b"\n") + 1
+        raise WorkloadError(f"{path}:{where}: not UTF-8 text") from exc
     items = []
     for number, line in enumerate(lines, 1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -117,6 +137,11 @@ def load_jsonl(path: Path) -> Workload:
             raise WorkloadError(f"{path}:{number}: a chat request needs a non-empty 'messages' list")
         if not isinstance(body.get("stream_options", {}), (dict, type(None))):
             raise WorkloadError(f"{path}:{number}: 'stream_options' must be an object")
+        if options.max_tokens is not None:
+            body["max_tokens"] = options.max_tokens
+            if "max_completion_tokens" in body:
+                body["max_completion_tokens"] = options.max_tokens
+        body.update(_extra(options))
         items.append(WorkItem("file", body))
     if not items:
         raise WorkloadError(f"{path}: no requests in the file")
@@ -126,7 +151,7 @@ def load_jsonl(path: Path) -> Workload:
 def _max_tokens(kind: str, options: WorkloadOptions) -> int:
     if options.max_tokens is not None:
         return options.max_tokens
-    return options.output_tokens if kind == "chat" else DEFAULT_MAX_TOKENS[kind]
+    return options.output_tokens if options.output_tokens is not None else DEFAULT_MAX_TOKENS[kind]
 
 
 def _extra(options: WorkloadOptions) -> dict[str, Any]:
@@ -142,22 +167,23 @@ def synthetic_prompt(index: int, input_tokens: int, rng: random.Random) -> str:
 
 def _chat(options: WorkloadOptions) -> list[WorkItem]:
     rng = random.Random(options.seed)
-    return [WorkItem("chat", {"messages": [{"role": "user", "content": synthetic_prompt(i, options.input_tokens,
-                                                                                         rng)}],
+    length = options.input_tokens if options.input_tokens is not None else DEFAULT_INPUT_TOKENS
+    return [WorkItem("chat", {"messages": [{"role": "user", "content": synthetic_prompt(i, length, rng)}],
                               "max_tokens": _max_tokens("chat", options), **_extra(options)})
             for i in range(SYNTHETIC_PROMPTS)]
 
 
 def _reasoning(options: WorkloadOptions) -> list[WorkItem]:
     return [WorkItem("reasoning", {"messages": [{"role": "user", "content": q}],
-                                   "max_tokens": _max_tokens("reasoning", options)})
+                                   "max_tokens": _max_tokens("reasoning", options), **_extra(options)})
             for q in data.REASONING_QUESTIONS]
 
 
 def _tools(options: WorkloadOptions) -> list[WorkItem]:
     tools = [json.loads(json.dumps(t)) for t in data.TOOLS]
     return [WorkItem("tools", {"messages": [{"role": "user", "content": p}], "tools": tools,
-                               "tool_choice": "auto", "max_tokens": _max_tokens("tools", options)})
+                               "tool_choice": "auto", "max_tokens": _max_tokens("tools", options),
+                               **_extra(options)})
             for p in data.TOOL_PROMPTS]
 
 
@@ -170,7 +196,7 @@ def _vision(options: WorkloadOptions) -> list[WorkItem]:
         content = [{"type": "text", "text": data.VISION_QUESTION},
                    {"type": "image_url", "image_url": {"url": uri}}]
         items.append(WorkItem("vision", {"messages": [{"role": "user", "content": content}],
-                                         "max_tokens": _max_tokens("vision", options)}))
+                                         "max_tokens": _max_tokens("vision", options), **_extra(options)}))
     return items
 
 

@@ -52,16 +52,17 @@ def test_results_markdown_and_plots_from_records(tmp_path: Path) -> None:
     assert results.runs[0].error_samples == {"http_503": "engine | overloaded"}
     assert results.config.efforts == ["none", "high"] and results.config.slo_ms == {"ttft": 500.0}
     written, skipped = write_outputs(bench, results, tmp_path)
-    assert skipped is None
-    assert {p.name for p in written} == {"results.json", "records.jsonl", "report.md", "latency_cdf.png",
-                                         "throughput_vs_concurrency.png", "ttft_vs_concurrency.png"}
+    one_level = "one load level: its figures are in the runs table"  # each effort ran at c=2 only: a table
+    assert skipped == {"throughput_vs_concurrency.png": one_level, "ttft_vs_concurrency.png": one_level}
+    assert {p.name for p in written} == {"results.json", "records.jsonl", "report.md", "latency_cdf.png"}
     assert Results.model_validate_json((tmp_path / "results.json").read_text()) == results
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 6
     report = (tmp_path / "report.md").read_text()
     assert "| effort=none c=2 | 2 | 1 |" in report and "| effort=high c=2 | 2 | 1 |" in report
-    assert "interrupted" in report and "http_503" in report and "engine / overloaded" in report
-    for png in ("latency_cdf.png", "throughput_vs_concurrency.png", "ttft_vs_concurrency.png"):
-        assert (tmp_path / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert "interrupted" in report and "| http_503 | 2 | engine / overloaded |" in report
+    assert f"`ttft_vs_concurrency.png` not drawn: {one_level}" in report
+    assert (tmp_path / "latency_cdf.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert not (tmp_path / "ttft_vs_concurrency.png").exists()
 
 
 def test_a_run_where_everything_failed_still_reports(tmp_path: Path) -> None:
@@ -73,5 +74,9 @@ def test_a_run_where_everything_failed_still_reports(tmp_path: Path) -> None:
     results = build_results(bench, WorkloadOptions())
     assert results.summary.completed == 0 and results.summary.errors_by_type == {"connect_error": 2}
     assert results.summary.ttft.p50 is None
-    written, _ = write_outputs(bench, results, tmp_path)  # warnings are errors here: empty plots must not warn
-    assert len(written) == 6 and "| connect_error | 2 |" in (tmp_path / "report.md").read_text()
+    written, skipped = write_outputs(bench, results, tmp_path)
+    assert [p.name for p in written] == ["results.json", "records.jsonl", "report.md"]  # no plot without data
+    assert set(skipped.values()) == {"no request completed"} and len(skipped) == 3
+    report = (tmp_path / "report.md").read_text()
+    assert "| connect_error | 2 |" in report and "`latency_cdf.png` not drawn: no request completed" in report
+    assert not list(tmp_path.glob("*.png"))

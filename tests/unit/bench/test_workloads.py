@@ -116,3 +116,45 @@ def test_unknown_workload() -> None:
         build_workload("poems")
     with pytest.raises(WorkloadError, match="cannot read"):
         build_workload("/nonexistent/x.jsonl")
+
+
+# ---- the size flags: applied or refused, never ignored --------------------------------------------------------
+
+def test_output_tokens_is_every_builtin_kinds_max_tokens() -> None:
+    for name in BUILTIN:
+        workload = build_workload(name, WorkloadOptions(output_tokens=40, ignore_eos=True))
+        for i in range(len(workload.items)):
+            _, body = workload.request(i, "m", None)
+            assert body["max_tokens"] == 40 and body["ignore_eos"] is True
+    defaults = {kind: build_workload(kind).request(0, "m", None)[1]["max_tokens"] for kind in DEFAULT_MAX_TOKENS}
+    assert defaults == {"chat": 128, "reasoning": 2048, "vision": 64, "tools": 256}
+
+
+def test_input_tokens_sizes_the_chat_prompts_of_chat_and_mixed() -> None:
+    mixed = build_workload("mixed", WorkloadOptions(input_tokens=40))
+    chat = [body for kind, body in (mixed.request(i, "m", None) for i in range(8)) if kind == "chat"]
+    assert chat and all(30 <= len(b["messages"][0]["content"].split()) <= 40 for b in chat)
+
+
+@pytest.mark.parametrize("name", ["reasoning", "vision", "tools"])
+def test_input_tokens_is_refused_where_the_prompts_are_the_workloads_own(name: str) -> None:
+    with pytest.raises(WorkloadError, match=f"--input-tokens .* the {name} workload sends its own prompts"):
+        build_workload(name, WorkloadOptions(input_tokens=64))
+
+
+def test_a_file_refuses_the_size_flags_but_takes_max_tokens_and_ignore_eos(tmp_path: Path) -> None:
+    path = tmp_path / "requests.jsonl"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+                                "max_completion_tokens": 5}) + "\n")
+    with pytest.raises(WorkloadError, match="--input-tokens .* file .*requests.jsonl"):
+        build_workload(str(path), WorkloadOptions(input_tokens=10))
+    with pytest.raises(WorkloadError, match="--output-tokens: the requests of file .* use --max-tokens"):
+        build_workload(str(path), WorkloadOptions(output_tokens=10))
+    _, body = build_workload(str(path), WorkloadOptions(max_tokens=9, ignore_eos=True)).request(0, "m", None)
+    assert (body["max_tokens"], body["max_completion_tokens"], body["ignore_eos"]) == (9, 9, True)
+    assert build_workload(str(path)).request(0, "m", None)[1]["max_tokens"] == 5  # untouched without the flag
+
+
+def test_output_tokens_and_max_tokens_together_are_refused() -> None:
+    with pytest.raises(WorkloadError, match="give one of them"):
+        build_workload("chat", WorkloadOptions(output_tokens=10, max_tokens=20))
