@@ -295,7 +295,10 @@ class SimVllm:
 
     async def _stream(self, request: web.Request, sim: SimRequest, include_usage: bool) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
-        await response.prepare(request)
+        try:
+            await response.prepare(request)
+        except ConnectionError:
+            return response  # the client left before the answer began: the caller aborts the request
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion.chunk",
                 "created": int(time.time()), "model": self.config.model}
 
