@@ -25,6 +25,7 @@ SCRIPTS = [
     ("soak.py", "after warm-up"),
     ("pool.py", "goodput"),
     ("pool_fairness.py", "p95 / alone"),
+    ("eval_quick_run.py", "s wall"),
 ]
 
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from tests.support.live_server import LiveServer
 from tests.support.scripted_evaluator import MODEL, SHARE, THINK, Answerer, evaluator_upstream
 from tests.support.scripted_upstream import ScriptedUpstream
-from unimodel.config import Settings
 from unimodel.compose import build_engine
+from unimodel.config import Settings
 from unimodel.evals.cli import register
 from unimodel.evals.scoring import wilson_interval
 from unimodel.evals.tasks import SUITE_NAMES, build_suites, generate
@@ -101,7 +101,7 @@ def test_scores_against_the_scripted_upstream_are_exact(evaluator: tuple[Scripte
                               str(tmp_path))
     assert code == 0, out + err
     results = json.loads((tmp_path / "results.json").read_text())
-    assert results["schema"] == "unimodel-eval/1"
+    assert results["schema"] == "unimodel-eval/2"
     assert results["config"]["model"] == MODEL  # found on /v1/models, as --model was not given
     assert results["config"]["compare"] == ["none", "high"]
     check_exact(results, {"none": "none", "low": "low", "high": "high"})
@@ -132,8 +132,9 @@ def test_scores_through_our_server_are_exact(evaluator: tuple[ScriptedUpstream, 
 
 def test_a_run_in_which_every_request_fails_still_reports_and_exits_1(
         evaluator: tuple[ScriptedUpstream, Answerer], tmp_path: Path) -> None:
+    """Suites that need nothing of the endpoint send no preflight request: the run's own requests fail."""
     upstream, _ = evaluator
-    code, out, err = eval_cli("--url", upstream.base_url, "--model", "no-such-model", "--suite", "math,tools",
+    code, out, err = eval_cli("--url", upstream.base_url, "--model", "no-such-model", "--suite", "math,code",
                               "--samples", "2", "--reasoning-effort", "high", "--out", str(tmp_path), "--no-plots")
     assert code == 1, out + err
     results = json.loads((tmp_path / "results.json").read_text())
@@ -143,6 +144,19 @@ def test_a_run_in_which_every_request_fails_still_reports_and_exits_1(
     assert (overall["tasks"], overall["solved"], overall["errors"], overall["accuracy"]) == (4, 0, 4, 0.0)
     assert overall["latency_s"] is None and overall["mean_reasoning_tokens"] is None
     assert "4 of 4 requests failed" in out
+    assert "high: 4 × HTTP 404 NotFoundError (math, code), e.g. HTTP 404: The model `no-such-model` does not " \
+           "exist." in " ".join(out.split())
+
+
+def test_a_suite_whose_check_fails_stops_the_run_before_it_starts(evaluator: tuple[ScriptedUpstream, Answerer],
+                                                                 tmp_path: Path) -> None:
+    upstream, _ = evaluator
+    code, out, err = eval_cli("--url", upstream.base_url, "--model", "no-such-model", "--suite", "math,tools",
+                              "--out", str(tmp_path), "--no-plots")
+    assert code == 2, out + err
+    assert err == ("unimodel: error: could not check that no-such-model can run the tools suite, which needs a model "
+                   "that takes tool definitions (tools): 404: The model `no-such-model` does not exist.\n")
+    assert not (tmp_path / "results.json").exists()
 
 
 def _every_figure(score: dict[str, Any]) -> None:
@@ -154,7 +168,7 @@ def _every_figure(score: dict[str, Any]) -> None:
         assert all(score[key][k] > 0 for k in ("mean", "p50", "p95")), (key, score)
 
 
-@pytest.mark.parametrize("model, suites", [("tiny-random", "math,json,tools,code,vision"),
+@pytest.mark.parametrize("model, suites", [("tiny-random", "math,json,tools,code"),
                                            ("tiny-random-vision", "vision")])
 def test_every_figure_against_the_local_engine(model: str, suites: str, tiny_cache_dir: Path,
                                                tmp_path: Path) -> None:
@@ -166,17 +180,13 @@ def test_every_figure_against_the_local_engine(model: str, suites: str, tiny_cac
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["config"]["model"] == model
     for score in results["scores"]:
-        if score["suite"] == "vision" and model == "tiny-random":  # text-only: refused, counted, reported
-            assert score["errors"] == score["tasks"] == 2 and score["latency_s"] is None
-            continue
         _every_figure(score)
         assert score["accuracy"] <= 0.5  # random weights: (nearly) nothing is solved
-    failed = [t for t in results["tasks"] if t["error"]]
-    if model == "tiny-random":
-        assert {t["suite"] for t in failed} == {"vision"}
-        assert all("text-only" in t["error"] for t in failed)
-        assert "## Errors" in (tmp_path / "report.md").read_text()
-    else:
-        assert not failed
+        assert score["truncated"] == score["tasks"]  # nor does it stop before 16 tokens
+    assert not [t for t in results["tasks"] if t["error"]] and results["errors"] == []
+    assert [c["suite"] for c in results["checks"]] == [s for s in suites.split(",") if s in ("json", "tools", "vision")]
+    assert all(c["ok"] for c in results["checks"])
     assert {c["suite"] for c in results["comparisons"]} == {*suites.split(","), "all"}
-    assert (tmp_path / "accuracy.png").exists() and (tmp_path / "tokens_per_solved.png").exists()
+    assert (tmp_path / "accuracy.png").exists()
+    solved = any(s["solved"] for s in results["scores"])
+    assert (tmp_path / "tokens_per_solved.png").exists() == solved  # no chart of nothing

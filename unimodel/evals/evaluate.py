@@ -1,4 +1,8 @@
-"""One evaluation from start to finish: generate the tasks, run them, score them, compare two efforts."""
+"""One evaluation from start to finish: generate the tasks, run them, score them, compare two efforts.
+
+The preflight checks (``requirements.py``) run before, in the CLI, which decides what a refusal means; their
+outcome is passed in and kept in the report.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Optional
 
 import httpx
 
+from unimodel.evals.requirements import Check
 from unimodel.evals.results import EvalReport
 from unimodel.evals.runner import EvalConfig, TaskResult, run
 from unimodel.evals.sandbox import Limits, network_isolation
@@ -31,7 +36,8 @@ def comparison_pair(efforts: Sequence[str], wanted: Optional[Sequence[str]]) -> 
 async def evaluate(config: EvalConfig, suite_names: Sequence[str], samples: int, seed: int = 0,
                    pair: Optional[tuple[str, str]] = None, limits: Limits = Limits(),
                    on_result: Optional[Callable[[TaskResult], None]] = None,
-                   transport: Optional[httpx.AsyncBaseTransport] = None) -> EvalReport:
+                   transport: Optional[httpx.AsyncBaseTransport] = None, checks: Sequence[Check] = (),
+                   profile: str = "quick") -> EvalReport:
     """Run ``samples`` tasks of each suite under every effort of ``config`` and score them."""
     suites = build_suites(suite_names, limits)
     tasks = generate(suites, samples, seed)
@@ -42,11 +48,11 @@ async def evaluate(config: EvalConfig, suite_names: Sequence[str], samples: int,
     names = list(suites)
     return EvalReport(
         config={"url": config.url, "model": config.model, "suites": names, "efforts": list(config.efforts),
-                "samples": samples, "seed": seed, "concurrency": config.concurrency,
-                "max_tokens": config.max_tokens, "temperature": config.temperature,
+                "run": profile, "samples": samples, "seed": seed, "concurrency": config.concurrency,
+                "max_tokens": {e: config.tokens_for(e) for e in config.efforts}, "temperature": config.temperature,
                 "compare": list(pair) if pair else None,
                 "sandbox": {"cpu_seconds": limits.cpu_seconds, "wall_seconds": limits.wall_seconds,
                             "memory_bytes": limits.memory_bytes,
                             "network_isolation": network_isolation() if "code" in names else None}},
         started_at=started_at, wall_s=wall_s, scores=score(results, config.efforts, names),
-        comparisons=compare(results, pair[0], pair[1], names) if pair else [], results=results)
+        comparisons=compare(results, pair[0], pair[1], names) if pair else [], results=results, checks=list(checks))

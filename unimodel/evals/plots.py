@@ -38,7 +38,8 @@ def _grouped(ax: Any, report: EvalReport, value: Any, error: Any = None) -> None
 
 
 def write_plots(report: EvalReport, out: Path) -> list[str]:
-    """``accuracy.png`` and ``tokens_per_solved.png`` in ``out``; returns the file names written."""
+    """``accuracy.png`` and ``tokens_per_solved.png`` in ``out`` (the second only when something was solved:
+    without data it would be an empty chart); returns the file names written. Axes start at zero."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 4.5), layout="constrained")
@@ -51,7 +52,10 @@ def write_plots(report: EvalReport, out: Path) -> list[str]:
 
     fig = Figure(figsize=(9, 4.5), layout="constrained")
     ax = fig.add_subplot()
+    if not any(s.tokens_per_solved for s in report.scores):
+        return ["accuracy.png"]
     _grouped(ax, report, lambda s: s.tokens_per_solved or 0.0)
+    ax.set_ylim(bottom=0)
     ax.set_ylabel("completion tokens per solved task (0: none solved)")
     ax.set_title(f"{report.config['model']}: tokens per solved task by reasoning effort")
     fig.savefig(out / "tokens_per_solved.png", dpi=120)

@@ -1,20 +1,20 @@
-"""The evaluation as a Markdown report (``report.md``) and as rich tables in the terminal.
+"""The evaluation as a Markdown report (``report.md``); the terminal's shorter view is ``console.py``.
 
-Both show the same figures as ``results.json``: per effort over all suites, per suite and effort, and the
-A/B verdict; the Markdown report also links the plots and lists the commonest errors.
+It shows the same figures as ``results.json``: the suites with what each needs of the endpoint and what the
+preflight request found, per effort over all suites, per suite and effort, the A/B verdict (or why there is
+none), the plots, and the failures by effort and type.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Optional
 
-from rich.console import Console
-from rich.table import Table
-
+from unimodel.evals import profiles
+from unimodel.evals.requirements import describe
 from unimodel.evals.results import EvalReport
 from unimodel.evals.scoring import ALL, Comparison, Score, Spread
+from unimodel.evals.tasks import build_suites
 
 PLOTS = (("accuracy.png", "accuracy per effort and suite"), ("tokens_per_solved.png", "tokens per solved task"))
 
@@ -31,21 +31,37 @@ def _spread(value: Optional[Spread]) -> str:
     return "—" if value is None else f"{value.mean:.2f} / {value.p50:.2f} / {value.p95:.2f}"
 
 
-SCORE_COLUMNS = ("effort", "suite", "accuracy (95% CI)", "solved", "errors", "reasoning tok", "answer tok",
-                 "tokens / solved", "latency s mean/p50/p95", "TTFT s mean/p50/p95")
-AB_COLUMNS = ("suite", "accuracy A", "accuracy B", "B − A", "A only", "B only", "p (McNemar exact)", "significant")
+SCORE_COLUMNS = ("effort", "suite", "accuracy (95% CI)", "solved", "errors", "cut at max_tokens", "reasoning tok",
+                 "answer tok", "tokens / solved", "latency s mean/p50/p95", "TTFT s mean/p50/p95")
+AB_COLUMNS = ("suite", "accuracy A", "accuracy B", "B − A", "A only", "B only", "A failed", "B failed",
+              "p (McNemar exact)", "significant")
 
 
 def _score_row(s: Score) -> list[str]:
-    return [s.effort, s.suite, _acc(s), f"{s.solved}/{s.tasks}", str(s.errors), _num(s.mean_reasoning_tokens),
-            _num(s.mean_answer_tokens), _num(s.tokens_per_solved), _spread(s.latency_s), _spread(s.ttft_s)]
+    return [s.effort, s.suite, _acc(s), f"{s.solved}/{s.tasks}", str(s.errors), str(s.truncated),
+            _num(s.mean_reasoning_tokens), _num(s.mean_answer_tokens), _num(s.tokens_per_solved),
+            _spread(s.latency_s), _spread(s.ttft_s)]
 
 
 def _ab_row(c: Comparison) -> list[str]:
     acc_a = c.a_solved / c.pairs if c.pairs else 0.0
     acc_b = c.b_solved / c.pairs if c.pairs else 0.0
     return [c.suite, f"{acc_a * 100:.1f}%", f"{acc_b * 100:.1f}%", f"{c.difference * 100:+.1f} pts",
-            str(c.a_only), str(c.b_only), f"{c.p_value:.3g}", "yes" if c.significant else "no"]
+            str(c.a_only), str(c.b_only), str(c.a_errors), str(c.b_errors),
+            "—" if c.p_value is None else f"{c.p_value:.3g}",
+            ("yes" if c.significant else "no") if c.decided else "no verdict"]
+
+
+def _suites(report: EvalReport) -> list[str]:
+    """Each suite: what it asks, what it needs of the endpoint, what the preflight request found."""
+    checks = {c.suite: c for c in report.checks}
+    names = [*report.config["suites"], *(c.suite for c in report.skipped)]
+    rows = []
+    for name, suite in build_suites(names).items():
+        check = checks.get(name)
+        found = "—" if check is None else ("accepted" if check.ok else f"skipped: answered {check.answer}")
+        rows.append([name, suite.description, describe(suite.needs) if suite.needs else "—", found])
+    return _md_table(("suite", "what it asks", "needs", "preflight request"), rows)
 
 
 def _ordered(report: EvalReport) -> tuple[list[Score], list[Score]]:
@@ -67,12 +83,16 @@ def markdown(report: EvalReport, plots: Sequence[str] = ()) -> str:
     overall, per_suite = _ordered(report)
     lines = [f"# unimodel eval: {cfg['model']}", "",
              f"`{cfg['url']}` · suites {', '.join(cfg['suites'])} · {cfg['samples']} tasks per suite (seed "
-             f"{cfg['seed']}) · efforts {', '.join(cfg['efforts'])} · max_tokens {cfg['max_tokens']}, temperature "
-             f"{cfg['temperature']} · started {report.started_at}, {report.wall_s:.1f} s", "",
+             f"{cfg['seed']}, {cfg.get('run', 'custom')} run) · efforts {', '.join(cfg['efforts'])} · max_tokens "
+             f"{profiles.summary(cfg['max_tokens'])}, temperature {cfg['temperature']} · started "
+             f"{report.started_at}, {report.wall_s:.1f} s", "",
              "Accuracy: solved / tasks (a failed request counts as not solved), 95 % Wilson interval. Tokens are "
              "the endpoint's `usage`, means per request; tokens / solved = all completion tokens / tasks solved. "
+             "Cut at max_tokens: answers that ended with `finish_reason: length`, scored as they stand. "
              "Latency and TTFT over the requests that did not fail.", "",
-             "## All suites", ""]
+             "## Suites", ""]
+    lines += _suites(report)
+    lines += ["", "## All suites", ""]
     lines += _md_table(SCORE_COLUMNS, [_score_row(s) for s in overall])
     lines += ["", "## By suite", ""]
     lines += _md_table(SCORE_COLUMNS, [_score_row(s) for s in per_suite])
@@ -81,43 +101,14 @@ def markdown(report: EvalReport, plots: Sequence[str] = ()) -> str:
         lines += ["", f"## A/B: {everything.b} (B) against {everything.a} (A)", "",
                   f"**Verdict:** {everything.verdict}.", "",
                   "Paired by task; McNemar's exact test on the tasks only one effort solved; significant at "
-                  "p < 0.05.", ""]
+                  "p < 0.05. No verdict where every request of one effort failed (see Errors).", ""]
         lines += _md_table(AB_COLUMNS, [_ab_row(c) for c in report.comparisons])
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{title}]({name})" for name, title in PLOTS if name in plots]
-    errors = Counter(r.error for r in report.results if r.error)
-    if errors:
-        lines += ["", "## Errors", ""]
-        lines += [f"- {count} × {text}" for text, count in errors.most_common(10)]
+    groups = report.errors
+    if groups:
+        lines += ["", "## Errors", "", "By effort and type, with one sample message each.", ""]
+        lines += _md_table(("effort", "type", "requests", "suites", "sample"),
+                           [[g.effort, g.type, str(g.count), ", ".join(g.suites), g.sample] for g in groups])
     return "\n".join(lines) + "\n"
-
-
-TERMINAL_COLUMNS = ("suite", "effort", "accuracy", "95% CI", "solved", "errors", "reasoning", "answer",
-                    "tok/solved", "latency p50", "TTFT p50")
-
-
-def _terminal_row(s: Score) -> list[str]:
-    return [s.suite, s.effort, f"{s.accuracy * 100:.1f}%", f"{s.ci_low * 100:.0f}–{s.ci_high * 100:.0f}%",
-            f"{s.solved}/{s.tasks}", str(s.errors), _num(s.mean_reasoning_tokens), _num(s.mean_answer_tokens),
-            _num(s.tokens_per_solved), "—" if s.latency_s is None else f"{s.latency_s.p50:.2f}s",
-            "—" if s.ttft_s is None else f"{s.ttft_s.p50:.2f}s"]
-
-
-def render(report: EvalReport, console: Optional[Console] = None) -> None:
-    """The report's main figures, in the terminal (report.md has them all)."""
-    console = console or Console()
-    overall, per_suite = _ordered(report)
-    table = Table(title=f"unimodel eval: {report.config['model']} ({report.wall_s:.1f} s)")
-    for column in TERMINAL_COLUMNS:
-        table.add_column(column, justify="left" if column in ("suite", "effort") else "right")
-    for i, s in enumerate(per_suite + overall):
-        last_of_suite = i + 1 < len(per_suite) + len(overall) and (per_suite + overall)[i + 1].suite != s.suite
-        table.add_row(*_terminal_row(s), style="bold" if s.suite == ALL else None, end_section=last_of_suite)
-    console.print(table)
-    everything = report.comparison(ALL)
-    if everything is not None:
-        console.print(f"A/B ({everything.b} against {everything.a}): {everything.verdict}")
-    failed = sum(r.error is not None for r in report.results)
-    if failed:
-        console.print(f"[yellow]{failed} of {len(report.results)} requests failed (see report.md)[/yellow]")

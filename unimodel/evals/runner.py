@@ -10,7 +10,9 @@ One ``httpx.AsyncClient``; at most ``concurrency`` requests in flight; every req
   the difference. An endpoint that sends no usage leaves them ``None`` (counted, never guessed).
 
 A request that fails (an HTTP error after ``retries`` tries for 429/502/503/504 and connection failures, an
-error frame mid-stream, a timeout) is kept with its error and scored as not solved. Checking runs in worker
+error frame mid-stream, a timeout) is kept with its error and scored as not solved; its ``error_type`` (``HTTP
+400 invalid_value``: the status and the OpenAI error body's ``code``; ``error frame``, ``bad stream``,
+``timeout``, or the connection error's class) groups failures in the report. Checking runs in worker
 threads, at most one per CPU at a time (the code suite starts a sandboxed process per check).
 """
 
@@ -21,7 +23,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import httpx
@@ -37,12 +39,17 @@ class EvalConfig:
     url: str  # the OpenAI base URL, e.g. http://127.0.0.1:8000/v1
     model: str
     efforts: tuple[str, ...]
-    max_tokens: int = 4096
+    max_tokens: int = 4096  # of every effort not in max_tokens_by_effort
     temperature: float = 0.0
     concurrency: int = 8
     timeout_s: float = 600.0
     api_key: Optional[str] = None
     retries: int = 2
+    max_tokens_by_effort: dict[str, int] = field(default_factory=dict)
+
+    def tokens_for(self, effort: str) -> int:
+        """``max_tokens`` of the requests of ``effort``."""
+        return self.max_tokens_by_effort.get(effort, self.max_tokens)
 
 
 @dataclass
@@ -51,6 +58,8 @@ class Measured:
 
     reply: Reply = Reply()
     error: Optional[str] = None
+    error_type: Optional[str] = None
+    status: Optional[int] = None  # the HTTP status of a refused request
     finish_reason: Optional[str] = None
     prompt_tokens: Optional[int] = None
     completion_tokens: Optional[int] = None
@@ -68,6 +77,7 @@ class TaskResult:
     answer: str
     detail: str
     error: Optional[str]
+    error_type: Optional[str]
     finish_reason: Optional[str]
     prompt_tokens: Optional[int]
     completion_tokens: Optional[int]
@@ -84,7 +94,7 @@ class TaskResult:
 
 def request_body(task: Task, effort: str, config: EvalConfig) -> dict[str, Any]:
     body: dict[str, Any] = {"model": config.model, "messages": task.messages, "stream": True,
-                            "stream_options": {"include_usage": True}, "max_tokens": config.max_tokens,
+                            "stream_options": {"include_usage": True}, "max_tokens": config.tokens_for(effort),
                             "temperature": config.temperature, **task.request}
     if effort != DEFAULT_EFFORT:
         body["reasoning_effort"] = effort
@@ -104,6 +114,7 @@ class _Stream:
     def feed(self, chunk: dict[str, Any]) -> None:
         if isinstance(chunk.get("error"), dict):
             self.measured.error = "error frame: " + shorten(str(chunk["error"].get("message", "")), 200)
+            self.measured.error_type = "error frame"
             return
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -139,12 +150,20 @@ class _Stream:
         return self.measured
 
 
-def _error_text(status: int, body: bytes) -> str:
+def _refused(status: int, body: bytes, latency_s: float) -> Measured:
+    """A request answered with an error status: its message and type from the OpenAI error body."""
+    names: list[str] = []
     try:
-        message = json.loads(body)["error"]["message"]
-    except (ValueError, KeyError, TypeError):
+        error = json.loads(body)["error"]
+        message = error["message"]
+        names = [str(error.get(key) or "") for key in ("code", "type")]
+    except (ValueError, KeyError, TypeError, AttributeError):
         message = body.decode("utf-8", "replace")
-    return f"HTTP {status}: {shorten(str(message), 200)}"
+    # the OpenAI code (invalid_value), else the type (vLLM's NotFoundError, whose code is the status again)
+    code = next((n for n in names if n and not n.isdigit() and " " not in n), "")
+    kind = f"HTTP {status} {shorten(code, 40)}" if code else f"HTTP {status}"
+    return Measured(error=f"HTTP {status}: {shorten(str(message), 200)}", error_type=kind, status=status,
+                    latency_s=latency_s)
 
 
 def _retry_wait(response: Optional[httpx.Response], attempt: int) -> float:
@@ -168,8 +187,7 @@ async def send(client: httpx.AsyncClient, config: EvalConfig, body: dict[str, An
                     if response.status_code in RETRY_STATUSES and not last:
                         await asyncio.sleep(_retry_wait(response, attempt))
                         continue
-                    return Measured(error=_error_text(response.status_code, data),
-                                    latency_s=time.perf_counter() - started)
+                    return _refused(response.status_code, data, time.perf_counter() - started)
                 stream = _Stream(started)
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
@@ -181,6 +199,7 @@ async def send(client: httpx.AsyncClient, config: EvalConfig, body: dict[str, An
                         stream.feed(json.loads(data_text))
                     except (ValueError, TypeError, AttributeError):
                         stream.measured.error = "a stream chunk is not a JSON object"
+                        stream.measured.error_type = "bad stream"
                     if stream.measured.error:
                         break
                 return stream.finish()
@@ -188,9 +207,9 @@ async def send(client: httpx.AsyncClient, config: EvalConfig, body: dict[str, An
             if not last:
                 await asyncio.sleep(_retry_wait(None, attempt))
                 continue
-            return Measured(error=f"{type(exc).__name__}: {shorten(str(exc), 200)}")
+            return Measured(error=f"{type(exc).__name__}: {shorten(str(exc), 200)}", error_type=type(exc).__name__)
         except httpx.TimeoutException:
-            return Measured(error=f"timed out after {config.timeout_s:g} s",
+            return Measured(error=f"timed out after {config.timeout_s:g} s", error_type="timeout",
                             latency_s=time.perf_counter() - started)
     raise AssertionError("unreachable: the last try returns")  # pragma: no cover
 
@@ -198,9 +217,18 @@ async def send(client: httpx.AsyncClient, config: EvalConfig, body: dict[str, An
 def _result(task: Task, effort: str, measured: Measured, verdict: Verdict) -> TaskResult:
     return TaskResult(task_id=task.id, suite=task.suite, effort=effort, correct=verdict.correct and not measured.error,
                       answer=verdict.answer, detail=measured.error or verdict.detail, error=measured.error,
+                      error_type=measured.error_type,
                       finish_reason=measured.finish_reason, prompt_tokens=measured.prompt_tokens,
                       completion_tokens=measured.completion_tokens, reasoning_tokens=measured.reasoning_tokens,
                       latency_s=measured.latency_s, ttft_s=measured.ttft_s)
+
+
+def open_client(config: EvalConfig, transport: Optional[httpx.AsyncBaseTransport] = None) -> httpx.AsyncClient:
+    """The one client of a run: the key, the per-request timeout, ``concurrency`` connections."""
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    timeout = httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 30.0))
+    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
+    return httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, transport=transport)
 
 
 async def run(tasks: Sequence[Task], suites: dict[str, Suite], config: EvalConfig,
@@ -209,11 +237,7 @@ async def run(tasks: Sequence[Task], suites: dict[str, Suite], config: EvalConfi
     """Every task under every effort; results in (effort, task) order whatever order they finished in."""
     requests = asyncio.Semaphore(config.concurrency)
     checks = asyncio.Semaphore(os.cpu_count() or 1)
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    timeout = httpx.Timeout(config.timeout_s, connect=min(config.timeout_s, 30.0))
-    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
-
-    async with httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, transport=transport) as client:
+    async with open_client(config, transport) as client:
         async def one(task: Task, effort: str) -> TaskResult:
             async with requests:
                 measured = await send(client, config, request_body(task, effort, config))

@@ -13,6 +13,12 @@
   Binomial(discordant, 1/2) and the two-sided p-value is exact. A two-proportion z-test would treat the two
   runs as independent samples, ignore the pairing and lose power; the chi-squared form of McNemar is
   unreliable with the few discordant tasks a small run has. Significant means p < 0.05.
+- **No verdict** when every paired request of one effort failed (or there are no pairs): its zero solved tasks
+  say nothing about the model, only that the endpoint refused (an effort it does not take, a key's cap), so
+  neither a p-value nor "better/worse" is given; the report says which side failed and why
+  (``failures.py``).
+- **Truncated**: answers cut by ``max_tokens`` (``finish_reason: length``), counted per group, since an effort
+  that runs out of room loses tasks it might have solved.
 
 Written by hand over ``statistics`` and ``math.comb`` (both formulas are a few lines), so the client needs no
 scientific stack.
@@ -81,6 +87,7 @@ class Score:
     tasks: int
     solved: int
     errors: int
+    truncated: int  # answers cut by max_tokens (finish_reason "length")
     accuracy: float
     ci_low: float
     ci_high: float
@@ -102,6 +109,7 @@ def score_group(effort: str, suite: str, results: Sequence[TaskResult]) -> Score
     ok = [r for r in results if r.error is None]
     return Score(
         effort=effort, suite=suite, tasks=n, solved=solved, errors=sum(r.error is not None for r in results),
+        truncated=sum(r.error is None and r.finish_reason == "length" for r in results),
         accuracy=solved / n if n else 0.0, ci_low=low, ci_high=high, with_usage=len(counted),
         completion_tokens=completion,
         mean_reasoning_tokens=statistics.fmean(r.reasoning_tokens or 0 for r in counted) if counted else None,
@@ -132,12 +140,24 @@ class Comparison:
     b_solved: int
     a_only: int  # solved under a, not under b
     b_only: int
+    a_errors: int  # paired requests under a that failed
+    b_errors: int
     difference: float  # accuracy of b minus accuracy of a
-    p_value: float
+    p_value: Optional[float]  # None without a verdict
     significant: bool
 
     @property
+    def decided(self) -> bool:
+        """Whether there is a verdict: some pairs, and each side with at least one request that did not fail."""
+        return self.pairs > 0 and self.a_errors < self.pairs and self.b_errors < self.pairs
+
+    @property
     def verdict(self) -> str:
+        if not self.pairs:
+            return f"no verdict: no task ran under both {self.a} and {self.b}"
+        if not self.decided:
+            failed = " and ".join(e for e, n in ((self.a, self.a_errors), (self.b, self.b_errors)) if n == self.pairs)
+            return f"no verdict: every request of {failed} failed"
         if not self.significant:
             return f"no significant difference between {self.a} and {self.b} (McNemar exact p = {self.p_value:.3g})"
         better, worse = (self.b, self.a) if self.difference > 0 else (self.a, self.b)
@@ -153,11 +173,15 @@ def compare_group(suite: str, a: str, b: str, results: Sequence[TaskResult]) -> 
     b_only = sum(under_b[t] and not under_a[t] for t in paired)
     a_solved = sum(under_a[t] for t in paired)
     b_solved = sum(under_b[t] for t in paired)
-    p = mcnemar_exact(a_only, b_only)
+    failed_a = {r.task_id for r in results if r.effort == a and r.error is not None}
+    failed_b = {r.task_id for r in results if r.effort == b and r.error is not None}
+    a_errors, b_errors = len(failed_a.intersection(paired)), len(failed_b.intersection(paired))
+    decided = bool(paired) and a_errors < len(paired) and b_errors < len(paired)
+    p = mcnemar_exact(a_only, b_only) if decided else None
     return Comparison(suite=suite, a=a, b=b, pairs=len(paired), a_solved=a_solved, b_solved=b_solved,
-                      a_only=a_only, b_only=b_only,
+                      a_only=a_only, b_only=b_only, a_errors=a_errors, b_errors=b_errors,
                       difference=(b_solved - a_solved) / len(paired) if paired else 0.0,
-                      p_value=p, significant=p < ALPHA)
+                      p_value=p, significant=p is not None and p < ALPHA)
 
 
 def compare(results: Sequence[TaskResult], a: str, b: str, suites: Sequence[str]) -> list[Comparison]:

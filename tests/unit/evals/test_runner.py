@@ -109,8 +109,10 @@ def test_failures_are_kept_with_their_error_and_scored_unsolved() -> None:
     retried = by[("none", "math-000")]
     assert retried.error is None and retried.completion_tokens == 12
     assert by[("high", "math-001")].error == "HTTP 400: context too long"
+    assert by[("high", "math-001")].error_type == "HTTP 400"  # no code or type in the body
     assert not by[("high", "math-001")].correct and by[("high", "math-001")].ttft_s is None
     assert by[("none", "tools-000")].error == "error frame: engine died"
+    assert by[("none", "tools-000")].error_type == "error frame"
     unreported = by[("none", "tools-001")]
     assert unreported.error is None and unreported.completion_tokens is None and unreported.answer_tokens is None
     assert unreported.detail == "no tool call"

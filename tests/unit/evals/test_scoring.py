@@ -6,6 +6,7 @@ from typing import Optional
 
 import pytest
 
+from unimodel.evals.failures import group_errors
 from unimodel.evals.runner import TaskResult
 from unimodel.evals.scoring import ALL, compare, mcnemar_exact, score, score_group, wilson_interval
 
@@ -38,19 +39,22 @@ def test_mcnemar_exact_known_values() -> None:
 
 
 def _result(task: str, effort: str, correct: bool, completion: Optional[int] = 10, reasoning: int = 4,
-            error: Optional[str] = None, suite: str = "math") -> TaskResult:
+            error: Optional[str] = None, suite: str = "math", error_type: Optional[str] = None,
+            finish_reason: str = "stop") -> TaskResult:
     return TaskResult(task_id=task, suite=suite, effort=effort, correct=correct, answer="", detail="", error=error,
-                      finish_reason="stop", prompt_tokens=5, completion_tokens=completion,
+                      error_type=error_type or (error and "HTTP 400"), finish_reason=None if error else finish_reason,
+                      prompt_tokens=5, completion_tokens=completion,
                       reasoning_tokens=None if completion is None else reasoning, latency_s=None if error else 1.0,
                       ttft_s=None if error else 0.5)
 
 
 def test_a_group_counts_failures_as_unsolved_and_tokens_only_where_reported() -> None:
-    results = [_result("math-000", "high", True), _result("math-001", "high", False, completion=30, reasoning=20),
+    results = [_result("math-000", "high", True), _result("math-001", "high", False, completion=30, reasoning=20,
+                                                          finish_reason="length"),
                _result("math-002", "high", False, completion=None),
                _result("math-003", "high", False, completion=None, error="HTTP 503: busy")]
     s = score_group("high", "math", results)
-    assert (s.tasks, s.solved, s.errors, s.with_usage, s.completion_tokens) == (4, 1, 1, 2, 40)
+    assert (s.tasks, s.solved, s.errors, s.truncated, s.with_usage, s.completion_tokens) == (4, 1, 1, 1, 2, 40)
     assert s.accuracy == 0.25
     assert s.tokens_per_solved == 40.0
     assert s.mean_reasoning_tokens == 12.0 and s.mean_answer_tokens == 8.0
@@ -72,3 +76,52 @@ def test_comparison_is_paired_by_task() -> None:
     scores = score(results, ["none", "high"], ["math"])
     assert [(s.effort, s.suite, s.solved) for s in scores] == [("none", "math", 2), ("none", ALL, 2),
                                                                ("high", "math", 8), ("high", ALL, 8)]
+
+
+def _one_side_failed(failed: str, other_solves: int = 10) -> list[TaskResult]:
+    """Ten math tasks under none and high; every request of ``failed`` refused, the other solving some."""
+    good = "high" if failed == "none" else "none"
+    return [_result(f"math-{i:03d}", good, i < other_solves) for i in range(10)] + \
+           [_result(f"math-{i:03d}", failed, False, completion=None, error="HTTP 400: Invalid request: effort",
+                    error_type="HTTP 400 invalid_value") for i in range(10)]
+
+
+@pytest.mark.parametrize("failed", ["none", "high"])
+def test_no_verdict_when_every_request_of_a_side_failed(failed: str) -> None:
+    """Ten solved against ten refused would be "significant" (p = 0.002) if a refusal counted as a wrong
+    answer; it says nothing about the model, so there is no verdict, only which side failed."""
+    for c in compare(_one_side_failed(failed), "none", "high", ["math"]):
+        assert not c.decided and not c.significant and c.p_value is None
+        assert c.verdict == f"no verdict: every request of {failed} failed"
+        assert "beats" not in c.verdict and "difference" not in c.verdict
+        assert (c.a_errors, c.b_errors) == ((10, 0) if failed == "none" else (0, 10))
+
+
+def test_no_verdict_when_both_sides_failed_or_nothing_is_paired() -> None:
+    both = [_result(f"math-{i:03d}", e, False, completion=None, error="HTTP 503: busy", error_type="HTTP 503")
+            for e in ("none", "high") for i in range(3)]
+    (c, _) = compare(both, "none", "high", ["math"])
+    assert c.verdict == "no verdict: every request of none and high failed" and not c.significant
+    (empty, _) = compare([], "none", "high", ["math"])
+    assert empty.verdict == "no verdict: no task ran under both none and high" and empty.p_value is None
+
+
+def test_one_success_on_each_side_is_enough_for_a_verdict() -> None:
+    results = _one_side_failed("high", other_solves=10)
+    results[-1] = _result("math-009", "high", False)  # one request of high answered (wrongly)
+    (c, _) = compare(results, "none", "high", ["math"])
+    assert c.decided and c.b_errors == 9 and c.significant and c.verdict.startswith("none beats high")
+
+
+def test_errors_are_grouped_by_effort_and_type_with_a_sample() -> None:
+    results = _one_side_failed("high") + [
+        _result("code-000", "high", False, completion=None, error="timed out after 5 s", error_type="timeout",
+                suite="code"),
+        _result("code-001", "none", False, completion=None, error="HTTP 400: Invalid request: effort",
+                error_type="HTTP 400 invalid_value", suite="code")]
+    groups = group_errors(results)
+    assert [(g.effort, g.type, g.count, g.suites) for g in groups] == [
+        ("none", "HTTP 400 invalid_value", 1, ("code",)), ("high", "HTTP 400 invalid_value", 10, ("math",)),
+        ("high", "timeout", 1, ("code",))]
+    assert groups[1].sample == "HTTP 400: Invalid request: effort"
+    assert groups[1].line() == "high: 10 × HTTP 400 invalid_value (math), e.g. HTTP 400: Invalid request: effort"

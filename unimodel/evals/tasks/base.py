@@ -59,6 +59,9 @@ class Suite:
     description: str
     generate: Callable[[int, int], list[Task]]  # (samples, seed) -> tasks
     check: Callable[[Task, Reply], Verdict]
+    # what the endpoint must take for the suite's requests to be answered at all (``requirements.NEEDS``'s
+    # names: "images", "tools", "json_schema"); checked with one small request before the run
+    needs: tuple[str, ...] = ()
 
 
 def task_id(suite: str, index: int) -> str:

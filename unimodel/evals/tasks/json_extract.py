@@ -125,4 +125,5 @@ def check(task: Task, reply: Reply) -> Verdict:
     return Verdict(True, shown)
 
 
-SUITE = Suite("json", "JSON-schema extraction, checked against the schema and the known values", generate, check)
+SUITE = Suite("json", "JSON-schema extraction, checked against the schema and the known values", generate, check,
+              needs=("json_schema",))

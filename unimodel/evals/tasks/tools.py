@@ -116,4 +116,4 @@ def check(task: Task, reply: Reply) -> Verdict:
     return Verdict(True, shown)
 
 
-SUITE = Suite("tools", "tool calls checked on the function and its arguments", generate, check)
+SUITE = Suite("tools", "tool calls checked on the function and its arguments", generate, check, needs=("tools",))

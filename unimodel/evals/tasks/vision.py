@@ -100,4 +100,4 @@ def check(task: Task, reply: Reply) -> Verdict:
     return Verdict(False, shown, f"expected {task.expected}")
 
 
-SUITE = Suite("vision", "generated images: count the shapes, read the digit", generate, check)
+SUITE = Suite("vision", "generated images: count the shapes, read the digit", generate, check, needs=("images",))
