@@ -10,7 +10,8 @@ nowhere else.
 app starts and closes), the pipeline's stages in the order of the architecture page (auth → limits.requests →
 parse → route → validate → limits → images → idempotency → upstream_share → choices → resilience), the
 end-of-request observers, and what the server's routes need (metrics, the dashboard's window and alerts, the
-body limit, the Host names and origins browsers may use).
+body limit, the Host names and origins browsers may use), and :func:`key_source`, how ``server/reload.py`` reads
+the keys again while the server runs (the settings read again and checked whole; only the keys applied).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from unimodel.config import Settings
@@ -50,6 +52,7 @@ from unimodel.gateway.limits import LimitsStage
 from unimodel.gateway.limits.memory import MemoryStore as LimitsMemory
 from unimodel.gateway.limits.policy import LimitDefaults
 from unimodel.gateway.limits.store import LimitStore
+from unimodel.gateway.policy import KeyPolicy
 from unimodel.gateway.resilience import CircuitBreaker, ResiliencePolicy, ResilienceStage, Upstream, UpstreamPool
 from unimodel.gateway.resilience.upstreams import CANARY, PRIMARY, fallback_name
 from unimodel.gateway.routes import RouteStage
@@ -91,6 +94,7 @@ class Composition:
     allowed_hosts: Optional[tuple[str, ...]] = None  # the Host names answered (None: any): allowed_hosts()
     cors_origins: tuple[str, ...] = ()  # the origins whose pages may call the API ("*": any)
     responses: Optional[ResponsesState] = None  # the Responses API's stored responses and sealing key
+    key_source: Optional["KeySource"] = None  # how to read the keys again while serving (server/reload.py)
 
     @property
     def auth(self) -> ApiKeyAuth:
@@ -124,7 +128,7 @@ def compose(settings: Settings, engine: Optional[Engine] = None) -> Composition:
         max_request_bytes=settings.max_request_bytes, dashboard=settings.dashboard,
         admin_key=_secret(settings.admin_key), metrics_key=_secret(settings.metrics_key),
         allowed_hosts=allowed_hosts(settings), cors_origins=tuple(settings.cors_origins),
-        responses=build_responses(settings))
+        responses=build_responses(settings), key_source=key_source(settings))
 
 
 # ---- browsers -----------------------------------------------------------------------------------------------
@@ -302,13 +306,17 @@ def usage_estimator(settings: Settings) -> UsageEstimator:
 _LIMIT_FIELDS = ("rpm", "tpm", "high_reasoning_rpm", "high_reasoning_tpm", "max_concurrent")
 
 
+def limits_configured(settings: Settings) -> bool:
+    """Whether any limit is set: for the server, for end users, or in a key's policy."""
+    return any(getattr(settings, f) is not None for f in (*_LIMIT_FIELDS, "user_rpm", "user_tpm")) or any(
+        getattr(key, f) is not None for key in settings.keys for f in _LIMIT_FIELDS)
+
+
 def limits_stages(settings: Settings) -> list[LimitsStage]:
     """The limits stage (its first part, ``.requests``, goes before the parse stage), or none when no limit is
     set for the server, for end users, or in any key's policy (then it would only cost time); its counters in
     Redis with ``--redis``."""
-    configured = any(getattr(settings, f) is not None for f in (*_LIMIT_FIELDS, "user_rpm", "user_tpm")) or any(
-        getattr(key, f) is not None for key in settings.keys for f in _LIMIT_FIELDS)
-    if not configured:
+    if not limits_configured(settings):
         return []
     store: LimitStore
     if settings.redis:
@@ -448,6 +456,61 @@ def build_alerts(settings: Settings) -> tuple[RequestWindow, Optional[Alerts]]:
         return window, None
     return window, Alerts(settings.alerts, window, default_webhook=settings.alert_webhook_url,
                           interval_s=settings.alert_eval_interval_s)
+
+
+# ---- keys read again while serving (server/reload.py) --------------------------------------------------------
+
+@dataclass(frozen=True)
+class KeyUpdate:
+    """The keys read again: the plain ones (``--api-key`` and ``--api-key-file``'s), the named ones (the config
+    file's ``keys:``), and what the reload does not apply, one line each (other settings that changed, which
+    need a restart)."""
+
+    plain: tuple[str, ...]
+    named: tuple[KeyPolicy, ...]
+    not_applied: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where the server's keys come from: the files to watch, and ``read`` (blocking: run it off the event loop),
+    which reads every setting again and checks them as a start would, so a file that does not hold is a
+    :class:`ConfigError` and changes nothing."""
+
+    files: tuple[Path, ...]
+    read: Callable[[], KeyUpdate]
+
+
+#: what a reload applies; every other setting is read (and must hold) but waits for a restart
+RELOADED_SETTINGS = frozenset({"keys", "api_keys"})
+
+
+def key_source(settings: Settings) -> Optional[KeySource]:
+    """How to read the keys again (``None`` when they come from neither a config file nor ``--api-key-file``,
+    or the settings were not made by :meth:`Settings.load`: nothing could change)."""
+    files = tuple(p for p in (settings.config_file, settings.api_key_file) if p is not None)
+    if not files or not settings.reloadable:
+        return None
+    limits = limits_configured(settings)
+
+    def read() -> KeyUpdate:
+        new = settings.reloaded()
+        key_names(new)  # the plain keys' names are distinct (else a ConfigError), and cached for the ring
+        others = sorted(name for name in Settings.model_fields if name not in RELOADED_SETTINGS
+                        and getattr(new, name) != getattr(settings, name))
+        notes = [f"the settings {', '.join(others)} changed too: they take effect on a restart"] if others else []
+        if len(upstream_share_stages(new)) > len(upstream_share_stages(settings)):
+            notes.append("with two keys or more, each key's share of the upstream connections (--upstream-key-share) "
+                         "is enforced after a restart")
+        if not limits:
+            for key in new.keys:
+                fields = [f for f in _LIMIT_FIELDS if getattr(key, f) is not None]
+                if fields and not key.revoked:
+                    notes.append(f"the key '{key.name}' sets {', '.join(fields)}, but this server started without "
+                                 "limits: they are enforced after a restart")
+        return KeyUpdate(tuple(new.api_keys), tuple(new.keys), tuple(notes))
+
+    return KeySource(files, read)
 
 
 def check_workers(settings: Settings) -> None:

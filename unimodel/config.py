@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from unimodel.config_values import (
@@ -60,7 +69,10 @@ class UpstreamSpec(BaseModel):
         return _http_url(v)
 
 
-Panel = Literal["engine", "local", "vllm", "upstream", "gateway", "limits", "responses", "telemetry", "server"]
+# serve --help's panels (settings_flags.PANELS gives their titles and order): no panel over 15 flags, so each fits a
+# screen and a user finds a flag by its subject
+Panel = Literal["engine", "local", "vllm", "upstream", "pool", "gateway", "requests", "resilience", "idempotency",
+                "limits", "responses", "telemetry", "monitoring", "http", "server"]
 
 
 def _cli(panel: Panel, flag: Optional[str] = None) -> dict[str, Any]:
@@ -108,17 +120,17 @@ class Settings(BaseSettings):
     api_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("gateway"), description=(
         "A file of accepted client keys, one a line (# comments and blank lines skipped), added to --api-key; "
         "refused when every user may read it."))
-    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, json_schema_extra=_cli("server"),
+    max_request_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, json_schema_extra=_cli("http"),
                                    description="Largest accepted request body, in bytes.")
     # browsers (server/middleware.py): a page on another site must not drive a server, least of all one without keys
-    allowed_hosts: list[str] = Field(default_factory=list, json_schema_extra=_cli("server"), description=(
+    allowed_hosts: list[str] = Field(default_factory=list, json_schema_extra=_cli("http"), description=(
         "A Host name the server answers to besides localhost, 127.0.0.1, [::1] and --host (*.example.com: its "
         "subdomains; *: any); another Host is refused with 421 (DNS rebinding). Default: only those without API "
         "keys, any host with keys."))
-    cors_origins: list[str] = Field(default_factory=list, json_schema_extra=_cli("server"), description=(
+    cors_origins: list[str] = Field(default_factory=list, json_schema_extra=_cli("http"), description=(
         "An origin (https://app.example.com; *: any) whose web pages may call the API; a browser request from a "
         "page of any other origin is refused with 403."))
-    json_only: bool = Field(default=True, json_schema_extra=_cli("server"), description=(
+    json_only: bool = Field(default=True, json_schema_extra=_cli("http"), description=(
         "Refuse a chat request not sent as Content-Type: application/json with 415 (without API keys also one "
         "with no Content-Type, as a browser sends it across sites)."))
 
@@ -141,17 +153,17 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", json_schema_extra=_cli("server"),
                                                                     description="The least severe log line shown.")
     # client connections (server/connections.py), per worker process
-    max_connections: int = Field(default=1024, ge=1, le=1_000_000, json_schema_extra=_cli("server"), description=(
+    max_connections: int = Field(default=1024, ge=1, le=1_000_000, json_schema_extra=_cli("http"), description=(
         "Open client connections per process; past it a new one closes the longest-idle connection (no request "
         "in flight), or is refused with 503 when every connection has a request."))
-    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024, json_schema_extra=_cli("server"),
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024, le=1024 * 1024, json_schema_extra=_cli("http"),
                                   description="Largest request head (request line and headers), in bytes; past "
                                               "it 431 and the connection is closed.")
-    header_timeout_s: float = Field(default=10.0, gt=0, le=3600, json_schema_extra=_cli("server"), description=(
+    header_timeout_s: float = Field(default=10.0, gt=0, le=3600, json_schema_extra=_cli("http"), description=(
         "Seconds a connection has to send a whole request head, from when it opens or its last response ends."))
-    keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=3600, json_schema_extra=_cli("server"),
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, le=3600, json_schema_extra=_cli("http"),
                                         description="Seconds an idle connection is kept open between requests.")
-    stream_write_timeout_s: float = Field(default=30.0, gt=0, le=3600, json_schema_extra=_cli("server"), description=(
+    stream_write_timeout_s: float = Field(default=30.0, gt=0, le=3600, json_schema_extra=_cli("http"), description=(
         "Seconds a write to a client may make no progress (it stopped reading); then its request ends (499 "
         "client_write_timeout) and the connection is dropped."))
 
@@ -190,14 +202,14 @@ class Settings(BaseSettings):
         return resolve_routes(self.routes)
 
     default_max_tokens: Optional[int] = Field(
-        default=None, ge=1, json_schema_extra=_cli("gateway"),
+        default=None, ge=1, json_schema_extra=_cli("requests"),
         description="max_tokens for requests that give none (default: up to the context length).")
     # request validation: unknown top-level fields are dropped, or refused with a 400; an allowlist goes upstream
     unknown_fields: Literal["drop", "reject"] = Field(
-        default="drop", json_schema_extra=_cli("gateway"),
+        default="drop", json_schema_extra=_cli("requests"),
         description="Request fields unimodel does not know: dropped, or refused with a 400 naming the field.")
     upstream_extra_fields: list[str] = Field(
-        default_factory=list, json_schema_extra=_cli("gateway", "--upstream-extra-field"),
+        default_factory=list, json_schema_extra=_cli("requests", "--upstream-extra-field"),
         description="A request field forwarded to the upstream as-is.")
     allow_priority: bool = Field(default=False, json_schema_extra=_cli("gateway"), description=(
         "Forward a request's priority (vLLM's priority scheduling) from callers whose key sets no priority "
@@ -211,32 +223,32 @@ class Settings(BaseSettings):
     default_priority_class: str = Field(default=DEFAULT_PRIORITY_CLASS, json_schema_extra=_cli("gateway"),
                                         description=(
         "The class of a request that names none, when its key has no priority_class of its own."))
-    max_json_depth: int = Field(default=64, ge=8, le=512, json_schema_extra=_cli("gateway"),
+    max_json_depth: int = Field(default=64, ge=8, le=512, json_schema_extra=_cli("requests"),
                                 description="Deepest JSON nesting a request may have.")
-    max_n: int = Field(default=8, ge=1, le=128, json_schema_extra=_cli("gateway"),
+    max_n: int = Field(default=8, ge=1, le=128, json_schema_extra=_cli("requests"),
                        description="Most choices (n) one chat completion may ask for; each is its own "
                                    "generation, and the token limits reserve for all of them.")
     # images, for every engine: URLs are fetched by the gateway (public addresses only) and passed on inline
-    max_images_per_request: int = Field(default=8, ge=0, le=256, json_schema_extra=_cli("gateway"),
+    max_images_per_request: int = Field(default=8, ge=0, le=256, json_schema_extra=_cli("requests"),
                                         description="Images one request may carry.")
-    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, json_schema_extra=_cli("gateway"),
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, json_schema_extra=_cli("requests"),
                                  description="Largest image, in bytes.")
-    max_image_pixels: int = Field(default=40_000_000, ge=1024, json_schema_extra=_cli("gateway"),
+    max_image_pixels: int = Field(default=40_000_000, ge=1024, json_schema_extra=_cli("requests"),
                                   description="Largest image, in pixels.")
-    image_fetch_timeout_s: float = Field(default=10.0, gt=0, le=120, json_schema_extra=_cli("gateway"),
+    image_fetch_timeout_s: float = Field(default=10.0, gt=0, le=120, json_schema_extra=_cli("requests"),
                                          description="Deadline of one image URL fetch, in seconds.")
-    allow_image_urls: bool = Field(default=False, json_schema_extra=_cli("gateway"),
+    allow_image_urls: bool = Field(default=False, json_schema_extra=_cli("requests"),
                                    description="Fetch http(s) image_url parts (data: URIs always work).")
-    image_max_in_flight: int = Field(default=4, ge=1, le=1024, json_schema_extra=_cli("gateway"), description=(
+    image_max_in_flight: int = Field(default=4, ge=1, le=1024, json_schema_extra=_cli("requests"), description=(
         "Requests whose images are fetched or decoded at once, server-wide (the rest wait --image-wait-s)."))
-    image_wait_s: float = Field(default=5.0, ge=0, le=300, json_schema_extra=_cli("gateway"), description=(
+    image_wait_s: float = Field(default=5.0, ge=0, le=300, json_schema_extra=_cli("requests"), description=(
         "The longest a request waits for an image slot, in seconds; then 503 images_busy with Retry-After."))
 
     # shared state across replicas (rate limits, idempotency keys): redis://host:6379/0; None: in memory
-    redis: Optional[str] = Field(default=None, json_schema_extra=_cli("gateway"), description=(
+    redis: Optional[str] = Field(default=None, json_schema_extra=_cli("idempotency"), description=(
         "redis://host:6379/0: rate limits and idempotency keys shared by every replica (default: in this "
         "process's memory)."))
-    redis_prefix: str = Field(default="unimodel:", min_length=1, max_length=64, json_schema_extra=_cli("gateway"),
+    redis_prefix: str = Field(default="unimodel:", min_length=1, max_length=64, json_schema_extra=_cli("idempotency"),
                               description="The prefix of every Redis key unimodel writes.")
 
     # limits and quotas (gateway/limits): defaults for every key without its own values in `keys`; per end user
@@ -279,24 +291,24 @@ class Settings(BaseSettings):
 
     # idempotency (the Idempotency-Key header): a repeated request is answered from the first one's stored
     # response; keys live in --redis when set, else in this process's memory (an LRU by count and bytes)
-    idempotency: bool = Field(default=True, json_schema_extra=_cli("gateway"), description=(
+    idempotency: bool = Field(default=True, json_schema_extra=_cli("idempotency"), description=(
         "Honour the Idempotency-Key header: a repeated request is answered from the first one's stored response."))
-    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, json_schema_extra=_cli("gateway", "--idempotency-ttl"),
+    idempotency_ttl_s: float = Field(default=24 * 3600.0, gt=0, json_schema_extra=_cli("idempotency", "--idempotency-ttl"),
                                      description="Seconds a stored response is replayed.")
     idempotency_in_flight: Literal["wait", "conflict"] = Field(
-        default="wait", json_schema_extra=_cli("gateway"),
+        default="wait", json_schema_extra=_cli("idempotency"),
         description="A repeat while the first request still runs waits for it (wait), or gets 409 (conflict).")
-    idempotency_wait_s: float = Field(default=60.0, ge=0, json_schema_extra=_cli("gateway"),
+    idempotency_wait_s: float = Field(default=60.0, ge=0, json_schema_extra=_cli("idempotency"),
                                       description="Longest such wait, then 409 with Retry-After.")
-    idempotency_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, json_schema_extra=_cli("gateway"),
+    idempotency_max_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, json_schema_extra=_cli("idempotency"),
                                        description="Largest response stored for replay, in bytes.")
-    idempotency_claim_ttl_s: float = Field(default=60.0, ge=1, le=3600, json_schema_extra=_cli("gateway"),
+    idempotency_claim_ttl_s: float = Field(default=60.0, ge=1, le=3600, json_schema_extra=_cli("idempotency"),
                                            description=(
         "Seconds a claim on a key lives in Redis unless renewed: a running request renews its own every third "
         "of it, so a dead replica's claims free themselves after it."))
-    idempotency_memory_entries: int = Field(default=10_000, ge=0, json_schema_extra=_cli("gateway"), description=(
+    idempotency_memory_entries: int = Field(default=10_000, ge=0, json_schema_extra=_cli("idempotency"), description=(
         "Stored responses kept in this process's memory (without --redis), the least recently used dropped first."))
-    idempotency_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=0, json_schema_extra=_cli("gateway"),
+    idempotency_memory_bytes: int = Field(default=256 * 1024 * 1024, ge=0, json_schema_extra=_cli("idempotency"),
                                           description="Bytes of stored responses kept in memory (without --redis).")
 
     # the request log (telemetry/): one row per request, redacted, written in the background; SQLite (WAL) in the
@@ -348,17 +360,17 @@ class Settings(BaseSettings):
     # alerts and the dashboard (telemetry/alerts.py, GET /dashboard): rules judged in process over the recent
     # requests; a firing alert is a line on the unimodel.alerts logger and, with a webhook, a JSON POST
     alerts: list[AlertRule] = Field(
-        default_factory=list, json_schema_extra=_cli("telemetry"),
+        default_factory=list, json_schema_extra=_cli("monitoring"),
         description="Alert rules judged in process over the recent requests, e.g. "
                     '[{"name": "errors", "kind": "error_rate", "threshold": 0.05}].')
-    alert_webhook_url: Optional[str] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+    alert_webhook_url: Optional[str] = Field(default=None, json_schema_extra=_cli("monitoring"), description=(
         "Where firing and resolved alerts are POSTed as JSON (a rule's own webhook wins)."))
-    alert_eval_interval_s: float = Field(default=5.0, gt=0, le=3600, json_schema_extra=_cli("telemetry"),
+    alert_eval_interval_s: float = Field(default=5.0, gt=0, le=3600, json_schema_extra=_cli("monitoring"),
                                          description="Seconds between two evaluations of the alert rules.")
-    dashboard: bool = Field(default=True, json_schema_extra=_cli("telemetry"), description="Serve GET /dashboard.")
-    admin_key: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+    dashboard: bool = Field(default=True, json_schema_extra=_cli("monitoring"), description="Serve GET /dashboard.")
+    admin_key: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("monitoring"), description=(
         "The one key the dashboard accepts (default: the API keys)."))
-    admin_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+    admin_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("monitoring"), description=(
         "A file holding --admin-key (refused when every user may read it)."))
 
     @field_validator("alerts")
@@ -374,12 +386,12 @@ class Settings(BaseSettings):
 
     # metrics (telemetry/metrics.py): GET /metrics for Prometheus, behind this key or the admin key; without
     # either, closed once the API has keys, and loopback-only while it has none (server/routes/metrics.py)
-    metrics: bool = Field(default=True, json_schema_extra=_cli("telemetry"),
+    metrics: bool = Field(default=True, json_schema_extra=_cli("monitoring"),
                           description="Serve GET /metrics for Prometheus.")
-    metrics_key: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+    metrics_key: Optional[SecretStr] = Field(default=None, json_schema_extra=_cli("monitoring"), description=(
         'A bearer key /metrics requires, sent as "Authorization: Bearer KEY" (the admin key works too; without '
         "either: closed when API keys are set, else loopback clients only)."))
-    metrics_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("telemetry"), description=(
+    metrics_key_file: Optional[Path] = Field(default=None, json_schema_extra=_cli("monitoring"), description=(
         "A file holding --metrics-key (refused when every user may read it)."))
 
     # local engine
@@ -455,65 +467,65 @@ class Settings(BaseSettings):
         "With two or more API keys, the share of --upstream-max-connections one key may hold at once (at least "
         "one connection); past it 429 upstream_share_exceeded. 1: no cap."))
     # the upstream pool (several --upstream, or a discovery spec): engines/pool/
-    pool_policy: Literal["balanced", "round-robin"] = Field(default="balanced", json_schema_extra=_cli("upstream"),
+    pool_policy: Literal["balanced", "round-robin"] = Field(default="balanced", json_schema_extra=_cli("pool"),
                                                              description=(
         "How a pool picks a replica: by queue, KV use and prompt-prefix affinity, or in turn."))
-    pool_scrape_interval_s: float = Field(default=1.0, ge=0.1, le=60, json_schema_extra=_cli("upstream"),
+    pool_scrape_interval_s: float = Field(default=1.0, ge=0.1, le=60, json_schema_extra=_cli("pool"),
                                           description=(
         "Seconds between reads of each replica's /metrics; older than two reads counts as saturated."))
-    pool_discovery_interval_s: float = Field(default=5.0, ge=0.5, le=3600, json_schema_extra=_cli("upstream"),
+    pool_discovery_interval_s: float = Field(default=5.0, ge=0.5, le=3600, json_schema_extra=_cli("pool"),
                                              description="Seconds between lookups of DNS and Kubernetes replicas.")
-    pool_max_waiting: int = Field(default=8, ge=1, le=100_000, json_schema_extra=_cli("upstream"), description=(
+    pool_max_waiting: int = Field(default=8, ge=1, le=100_000, json_schema_extra=_cli("pool"), description=(
         "Requests in a replica's own queue at which it counts as saturated (vLLM's num_requests_waiting)."))
-    pool_max_kv_usage: float = Field(default=0.95, gt=0, le=1, json_schema_extra=_cli("upstream"), description=(
+    pool_max_kv_usage: float = Field(default=0.95, gt=0, le=1, json_schema_extra=_cli("pool"), description=(
         "The share of a replica's KV cache in use at which it counts as saturated."))
-    pool_max_inflight: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("upstream"), description=(
+    pool_max_inflight: Optional[int] = Field(default=None, ge=1, json_schema_extra=_cli("pool"), description=(
         "Requests of this gateway in flight on one replica at which it counts as saturated (default: no cap)."))
-    pool_queue_size: int = Field(default=1024, ge=0, le=1_000_000, json_schema_extra=_cli("upstream"),
+    pool_queue_size: int = Field(default=1024, ge=0, le=1_000_000, json_schema_extra=_cli("pool"),
                                  description=(
         "Requests that may wait at the gateway while every replica is saturated; beyond, 503 queue_full."))
-    pool_queue_timeout_s: float = Field(default=30.0, gt=0, le=3600, json_schema_extra=_cli("upstream"),
+    pool_queue_timeout_s: float = Field(default=30.0, gt=0, le=3600, json_schema_extra=_cli("pool"),
                                         description=(
         "Seconds a request may wait for a replica with room; then 503 pool_saturated."))
-    pool_tries: int = Field(default=3, ge=1, le=16, json_schema_extra=_cli("upstream"), description=(
+    pool_tries: int = Field(default=3, ge=1, le=16, json_schema_extra=_cli("pool"), description=(
         "Replicas one request tries before its first token when a replica fails."))
-    pool_dns_server: Optional[str] = Field(default=None, json_schema_extra=_cli("upstream"), description=(
+    pool_dns_server: Optional[str] = Field(default=None, json_schema_extra=_cli("pool"), description=(
         "HOST:PORT of the DNS server for dns:// and dns+srv:// upstreams (default: the system's)."))
-    pool_forward_priority: bool = Field(default=False, json_schema_extra=_cli("upstream"), description=(
+    pool_forward_priority: bool = Field(default=False, json_schema_extra=_cli("pool"), description=(
         "Send each request's priority class rank as vLLM's priority, unless the client sent a priority it may "
         "send (vLLM must run with --scheduling-policy priority)."))
 
     # resilience (the last pipeline stage): timeouts, retries before the first event, a circuit breaker per
     # upstream, fallback and canary upstreams (each an upstream engine with the primary's settings)
-    retries: int = Field(default=2, ge=0, le=10, json_schema_extra=_cli("gateway"), description=(
+    retries: int = Field(default=2, ge=0, le=10, json_schema_extra=_cli("resilience"), description=(
         "Tries again on one upstream for a retryable failure before its first token."))
-    retry_backoff_s: float = Field(default=0.2, ge=0, le=60, json_schema_extra=_cli("gateway"), description=(
+    retry_backoff_s: float = Field(default=0.2, ge=0, le=60, json_schema_extra=_cli("resilience"), description=(
         "Base of the exponential backoff with full jitter, in seconds."))
-    retry_max_wait_s: float = Field(default=5.0, ge=0, le=300, json_schema_extra=_cli("gateway"), description=(
+    retry_max_wait_s: float = Field(default=5.0, ge=0, le=300, json_schema_extra=_cli("resilience"), description=(
         "Longest single wait between tries; an upstream Retry-After beyond it is not waited for."))
-    first_token_timeout_s: Optional[float] = Field(default=None, gt=0, json_schema_extra=_cli("gateway"), description=(
+    first_token_timeout_s: Optional[float] = Field(default=None, gt=0, json_schema_extra=_cli("resilience"), description=(
         "Seconds a try may wait for its first token (default: no limit but the read timeout)."))
-    total_timeout_s: Optional[float] = Field(default=None, gt=0, json_schema_extra=_cli("gateway"), description=(
+    total_timeout_s: Optional[float] = Field(default=None, gt=0, json_schema_extra=_cli("resilience"), description=(
         "Seconds a whole request may take, stream included (default: no limit)."))
-    breaker_failures: int = Field(default=5, ge=0, json_schema_extra=_cli("gateway"), description=(
+    breaker_failures: int = Field(default=5, ge=0, json_schema_extra=_cli("resilience"), description=(
         "Upstream failures in a row that open its circuit breaker (0: no breaker)."))
-    breaker_window_s: float = Field(default=30.0, gt=0, json_schema_extra=_cli("gateway"),
+    breaker_window_s: float = Field(default=30.0, gt=0, json_schema_extra=_cli("resilience"),
                                     description="... within this many seconds.")
-    breaker_min_callers: int = Field(default=2, ge=1, le=100, json_schema_extra=_cli("gateway"), description=(
+    breaker_min_callers: int = Field(default=2, ge=1, le=100, json_schema_extra=_cli("resilience"), description=(
         "API keys those failures must come from; from fewer, the circuit opens only if the upstream's health "
         "check fails too (1: any key's)."))
-    breaker_cooldown_s: float = Field(default=30.0, gt=0, json_schema_extra=_cli("gateway"),
+    breaker_cooldown_s: float = Field(default=30.0, gt=0, json_schema_extra=_cli("resilience"),
                                       description="Seconds a circuit stays open before one probe request.")
     fallback_upstreams: list[str] = Field(
-        default_factory=list, json_schema_extra=_cli("gateway", "--fallback-upstream"),
+        default_factory=list, json_schema_extra=_cli("resilience", "--fallback-upstream"),
         description="An OpenAI-compatible URL tried when the primary fails or its circuit is open, in order: "
                     "fallback-1, fallback-2 ….")
-    canary_upstream: Optional[str] = Field(default=None, json_schema_extra=_cli("gateway"), description=(
+    canary_upstream: Optional[str] = Field(default=None, json_schema_extra=_cli("resilience"), description=(
         "An OpenAI-compatible URL that gets a share of the requests first (--canary-weight)."))
-    canary_weight: float = Field(default=0.05, ge=0, le=1, json_schema_extra=_cli("gateway"),
+    canary_weight: float = Field(default=0.05, ge=0, le=1, json_schema_extra=_cli("resilience"),
                                  description="The share of requests sent to the canary.")
     upstreams: dict[str, UpstreamSpec] = Field(
-        default_factory=dict, json_schema_extra=_cli("gateway"),
+        default_factory=dict, json_schema_extra=_cli("resilience"),
         description="Named extra upstreams that routes send requests to, e.g. "
                     '{"big": {"url": "http://big:8000/v1", "api_key": "sk-..."}}.')
 
@@ -610,6 +622,28 @@ class Settings(BaseSettings):
         # init kwargs carry CLI flags *and* the YAML file's values merged under them by load()
         return (init_settings, env_settings)
 
+    # where load() read these settings (the config file, the CLI's values), so that the running server can read
+    # its keys again from the same places (compose.key_source, server/reload.py); None when made otherwise
+    _loaded_from: Optional[tuple[Optional[Path], dict[str, Any]]] = PrivateAttr(default=None)
+
+    @property
+    def config_file(self) -> Optional[Path]:
+        """The YAML file :meth:`load` read these settings from, if any."""
+        return self._loaded_from[0] if self._loaded_from is not None else None
+
+    @property
+    def reloadable(self) -> bool:
+        """Whether :meth:`reloaded` can read these settings again (they were made by :meth:`load`)."""
+        return self._loaded_from is not None
+
+    def reloaded(self) -> "Settings":
+        """These settings read again, as :meth:`load` read them: the same config file, this process's environment
+        and the same CLI values; a :class:`ConfigError` as load's when they no longer hold."""
+        if self._loaded_from is None:
+            raise ConfigError("these settings were not read from a config file or flags: nothing to read again")
+        config_file, flags = self._loaded_from
+        return type(self).load(config_file, **flags)
+
     @classmethod
     def load(cls, config_file: Optional[Path] = None, **cli: Any) -> "Settings":
         """Build settings from a YAML file, the environment and CLI values (``None`` = flag not given)."""
@@ -628,7 +662,7 @@ class Settings(BaseSettings):
             env_only = cls._env_keys()
             merged = {k: v for k, v in file_values.items() if k not in env_only}
             merged.update(flags)
-            return cls(**merged)
+            settings = cls(**merged)
         except ValidationError as exc:
             err = exc.errors()[0]
             cause = err.get("ctx", {}).get("error")
@@ -636,6 +670,8 @@ class Settings(BaseSettings):
                 raise cause from exc
             where = ".".join(str(p) for p in err["loc"]) or "settings"
             raise ConfigError(f"invalid setting '{where}': {err['msg']}") from exc
+        settings._loaded_from = (config_file, flags)
+        return settings
 
     @classmethod
     def _env_keys(cls) -> set[str]:

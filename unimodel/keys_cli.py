@@ -6,7 +6,8 @@ to decide). ``keys list --config FILE`` prints each key's name, public prefix, s
 ``keys revoke NAME --config FILE`` sets ``revoked: true`` on that key in the file itself, by a text edit that
 keeps every other byte (comments, order, quoting); the result is parsed again and written only if it says
 exactly the same with that one key revoked, else nothing is written and the line to add is printed. A running
-server reads the file at start, so a revocation takes effect when it restarts.
+server watches the file and reads its keys again within seconds of a change (or at once on SIGHUP:
+``server/reload.py``), so a key added or revoked takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def create(
         _check_against(config, record)
     typer.echo(f"API key '{name}'. Its secret, shown this once (unimodel keeps only its hash):\n")
     typer.echo(f"    {secret}\n")
-    typer.echo("Add to the config file, under `keys:` (the server reads it when it starts):\n")
+    typer.echo("Add to the config file, under `keys:` (a running server picks it up within seconds):\n")
     typer.echo("keys:")
     dumped = record.model_dump(include=set(fields))
     typer.echo(_yaml_item({k: dumped[k] for k in fields}), nl=False)
@@ -146,7 +147,8 @@ def revoke(
                    f"the key '{name}':\n\n    revoked: true", err=True)
         raise typer.Exit(1)
     _write_atomically(config, edited)
-    typer.echo(f"revoked the key '{name}' in {config}; restart the server (or its replicas) to apply it")
+    typer.echo(f"revoked the key '{name}' in {config}; a server reading this file refuses it within seconds "
+               "(at once on SIGHUP)")
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------

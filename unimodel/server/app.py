@@ -32,6 +32,7 @@ from unimodel.server.middleware import (
     RequestIdMiddleware,
     SingleAuthorizationMiddleware,
 )
+from unimodel.server.reload import KeyReload
 from unimodel.server.routes import chat, meta, tokens
 from unimodel.server.routes import dashboard as dashboard_route
 from unimodel.server.routes import metrics as metrics_route
@@ -91,10 +92,14 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
         start = asyncio.create_task(engine.start(), name="engine-start")
         start.add_done_callback(started)
         app.state.drain.install()  # SIGTERM drains first (/ready 503), where the CLI's runner armed it
+        if key_reload is not None:
+            await key_reload.start()  # the keys read again when their files change, and on SIGHUP (if armed)
         try:
             yield
         finally:
             try:
+                if key_reload is not None:
+                    await key_reload.aclose()
                 if parts.responses is not None:  # first: its background runs end while engines and stages work
                     await parts.responses.aclose()
                 if not start.done():
@@ -135,6 +140,11 @@ def serve_composition(parts: Composition, on_start_failure: Optional[Callable[[B
     auth = parts.auth
     app.state.models_pipeline = Pipeline([auth])
     app.state.state_access = StateAccess(auth.ring, parts.admin_key)  # who sees /ready's details
+    # keys changed without a restart (server/reload.py): the ring above is the one the reload swaps keys into
+    key_reload = None if parts.key_source is None else KeyReload(
+        auth.ring, parts.key_source,
+        on_names=parts.metrics.observer.bounds.add_keys if parts.metrics is not None else None)
+    app.state.key_reload = key_reload
     errors.install(app)
     app.router.add_route(chat.PATH, chat.ApiEndpoint(CHAT), methods=["POST"], include_in_schema=False)
     # Anthropic's Messages API (the query string, such as Claude Code's ?beta=true, plays no part in routing)

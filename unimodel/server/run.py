@@ -48,6 +48,8 @@ def run_server(settings: Settings) -> None:
 
     app = serve_composition(parts, on_start_failure=stop_on_failure)
     app.state.drain.arm(settings.shutdown_drain_s)  # SIGTERM: /ready 503 first, then uvicorn's shutdown
+    if app.state.key_reload is not None:
+        app.state.key_reload.arm()  # SIGHUP: read the keys again (server/reload.py)
     log.info("unimodel serving on http://%s:%d/v1 (engine: %s)", settings.host, settings.port,
              parts.engines.primary.kind)
     config = uvicorn.Config(

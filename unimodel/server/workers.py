@@ -16,6 +16,9 @@ What each worker holds on its own, per process:
   or read the request log. prometheus_client's multiprocess mode is not used: it does not carry the gauges the
   metrics collect at scrape time.
 
+Each worker watches the key files and reads its keys again on its own (``server/reload.py``); a SIGHUP to the
+main process is uvicorn's, which replaces the workers one by one, each reading the files' keys as it starts.
+
 What must be shared is refused in memory: rate limits, quotas and concurrency caps, and idempotency keys, kept
 in one process's memory, would let each worker admit its own share. With N > 1 they need ``--redis``.
 """
@@ -85,4 +88,6 @@ def worker_app() -> FastAPI:
     # a start failure is logged and kept for /ready (503) by the app; exiting would only make uvicorn respawn us
     app = create_app(settings)
     app.state.drain.arm(settings.shutdown_drain_s)  # each worker drains on the SIGTERM uvicorn passes on
+    if app.state.key_reload is not None:
+        app.state.key_reload.arm()  # a SIGHUP sent to this worker reads its keys again (server/reload.py)
     return app

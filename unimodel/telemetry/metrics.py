@@ -99,6 +99,11 @@ class LabelBounds:
             return ""
         return value if value in known else other
 
+    def add_keys(self, names: Iterable[str]) -> None:
+        """Key names that become labels too (keys added while serving: ``server/reload.py``); a name stays known
+        once seen, so a key's series keeps its label after it is removed, bounded by the keys ever configured."""
+        self.keys = self.keys | frozenset(names)
+
     def route(self, value: Optional[str]) -> str:
         return self._bounded(value, self.routes)
 

@@ -216,3 +216,55 @@ async def test_two_different_keys_in_the_two_headers_are_refused_whichever_is_ri
             await stage.enter(call(headers))
         assert info.value.status_code == 400 and info.value.param == "x-api-key"
     await stage.aclose()
+
+
+# ---- replacing the keys while serving (server/reload.py) -----------------------------------------------------
+
+
+async def test_replace_carries_the_cached_answers_over_to_the_new_records_by_hash() -> None:
+    a, b, c = new_key(), new_key(), new_key()
+    rec_a, rec_b, rec_c = record("a", a), record("b", b, rpm=5), record("c", c)
+    ring = KeyRing(named=[rec_a, rec_b])
+    await ring.caller(a)
+    await ring.caller(b)
+    with pytest.raises(AuthenticationError, match=re.escape(WRONG)):
+        await ring.caller(c)  # not a key yet: remembered as wrong
+    runs = ring.kdf_runs
+    revoked_b = rec_b.model_copy(update={"revoked": True})
+    changes = ring.replace(named=[rec_a.model_copy(update={"rpm": 7}), revoked_b, rec_c])
+    assert changes.summary() == "added c; revoked b; changed a" and bool(changes)
+    assert ring.cached == (2, 0)  # a and b carried over (same hashes), the wrong answer forgotten
+    assert (await ring.caller(a)).rpm == 7  # the new policy, from the cache: no KDF run
+    with pytest.raises(AuthenticationError, match=re.escape(REVOKED)):
+        await ring.caller(b)  # cached, and refused at once
+    assert ring.kdf_runs == runs
+    assert (await ring.caller(c)).name == "c" and ring.kdf_runs == runs + 1  # a key added is checked afresh
+    assert ring.names == ["a", "b", "c"]
+    # removed: forgotten, cache and all; restored: served again
+    changes = ring.replace(named=[rec_b, rec_c])
+    assert changes.summary() == "restored b; removed a"
+    with pytest.raises(AuthenticationError, match=re.escape(WRONG)):
+        await ring.caller(a)
+    assert (await ring.caller(b)).name == "b"
+    assert not ring.replace(named=[rec_b, rec_c]) and ring.replace(named=[rec_b, rec_c]).summary() == "no change"
+
+
+async def test_replace_swaps_the_plain_keys_too() -> None:
+    ring = KeyRing(plain=["sk-one"])
+    assert (await ring.caller("sk-one")).name == plain_key_name("sk-one")
+    changes = ring.replace(plain=["sk-two"])
+    assert changes.added == (plain_key_name("sk-two"),) and changes.removed == (plain_key_name("sk-one"),)
+    with pytest.raises(AuthenticationError):
+        await ring.caller("sk-one")
+    assert (await ring.caller("sk-two")).name == plain_key_name("sk-two")
+
+
+async def test_a_check_that_straddles_a_replace_is_made_against_the_new_keys() -> None:
+    a = new_key()
+    rec_a = record("a", a)
+    ring = KeyRing(named=[rec_a])
+    pending = asyncio.ensure_future(ring.caller(a))  # its KDF run starts in the pool …
+    await asyncio.sleep(0)
+    ring.replace(named=[rec_a.model_copy(update={"revoked": True})])  # … and the key is revoked meanwhile
+    with pytest.raises(AuthenticationError, match=re.escape(REVOKED)):
+        await pending
