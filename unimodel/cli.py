@@ -14,6 +14,7 @@ from unimodel.config import ConfigError, Settings
 from unimodel.printable import mask_urls_in, printable
 from unimodel.server.run import StartFailed, run_server
 from unimodel.server.workers import run_workers
+from unimodel.serve_help import SettingsHelpCommand
 from unimodel.settings_flags import settings_options
 
 app = typer.Typer(
@@ -32,7 +33,7 @@ def _root(ctx: typer.Context) -> None:
         typer.echo(ctx.get_help())
 
 
-@app.command()
+@app.command(cls=SettingsHelpCommand)  # its --help: every flag whole at 80 columns (serve_help.py)
 @settings_options
 def serve(
     config: Optional[Path] = typer.Option(None, "--config", metavar="FILE",

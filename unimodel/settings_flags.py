@@ -35,12 +35,19 @@ PANELS = {
     "local": "Local engine",
     "vllm": "vLLM engine",
     "upstream": "Upstream engine",
-    "gateway": "Gateway: keys, routes, requests, images, idempotency, resilience",
-    "limits": "Limits and quotas",
+    "pool": "Upstream pool: replicas, load, queue",
+    "gateway": "Gateway: keys, routes, priorities",
+    "requests": "Requests: limits on a request, images",
+    "resilience": "Resilience: retries, timeouts, breakers, fallback",
+    "idempotency": "Redis and idempotency keys",
+    "limits": "Rate limits and quotas",
     "responses": "Responses API: stored responses, encrypted reasoning",
-    "telemetry": "Telemetry: request log, metrics, dashboard, alerts",
-    "server": "Server",
+    "telemetry": "Request log",
+    "monitoring": "Monitoring: metrics, dashboard, alerts",
+    "http": "HTTP: hosts, origins, connections",
+    "server": "Server: address, processes, shutdown",
 }
+MAX_PANEL_FLAGS = 15  # no panel longer (tests/unit/test_serve_help.py): a panel is one subject, one screen
 
 _ONE_VALUE = (str, int, float, Path)
 

@@ -140,6 +140,30 @@ class PromptCount:
     token_strs: Optional[list[str]] = None
 
 
+@dataclass(frozen=True)
+class StartProgress:
+    """What an engine that is not serving yet is doing (for ``/ready``): ``summary`` says it in words ("the model
+    is loading", "vLLM is starting"), ``phase`` names the step under way, ``elapsed_s`` counts from the start;
+    ``done``/``total`` count the phase's units (safetensors shards) where it has any."""
+
+    summary: str
+    phase: str
+    elapsed_s: float
+    done: Optional[int] = None
+    total: Optional[int] = None
+
+    def reason(self) -> str:
+        """One sentence for ``/ready``'s 503: ``the model is loading (phase weights, 2 of 8)``."""
+        count = f", {self.done} of {self.total}" if self.done is not None and self.total else ""
+        return f"{self.summary} (phase {self.phase}{count})"
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"phase": self.phase, "elapsed_s": round(self.elapsed_s, 1)}
+        if self.total:
+            out.update(done=self.done or 0, total=self.total)
+        return out
+
+
 class Engine(abc.ABC):
     """An async text generator behind one or more served model names."""
 
@@ -168,6 +192,12 @@ class Engine(abc.ABC):
     def stats(self) -> Optional[dict[str, int]]:
         """Gauges of the engine's own batch for metrics (``waiting``, ``running``, ``max_sequences``, ``steps``,
         ``tokens``), or ``None`` for an engine that keeps no batch of its own (an upstream's is its own)."""
+        return None
+
+    def start_progress(self) -> Optional[StartProgress]:
+        """While the engine starts and cannot serve yet (a model loading, a child process starting): what it is
+        doing, for ``/ready``; ``None`` once it serves, after a failed start, or for an engine that starts at
+        once. Called on the event loop; must not block."""
         return None
 
     def pool_status(self) -> Optional[dict[str, Any]]:

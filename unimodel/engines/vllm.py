@@ -37,7 +37,7 @@ from typing import Optional
 
 import aiohttp
 
-from unimodel.engines.base import Engine, GenerationRequest, PromptCount
+from unimodel.engines.base import Engine, GenerationRequest, PromptCount, StartProgress
 from unimodel.engines.upstream import UpstreamEngine
 from unimodel.errors import ServiceUnavailableError
 from unimodel.protocol.events import Event
@@ -47,6 +47,7 @@ log = logging.getLogger("unimodel.vllm")
 
 READ_CHUNK = 65536  # bytes read from the child's output at a time
 MAX_LOG_LINE = 16384  # bytes of one line of the child's output that reach our log
+WAITING_LOG_EVERY_S = 30.0  # while vLLM starts: one "still starting" line this often (its own lines come between)
 _PR_SET_PDEATHSIG = 1
 _LINE_END = re.compile(rb"[\r\n]")  # progress bars end their lines with \r
 
@@ -124,6 +125,8 @@ class VllmEngine(Engine):
         self._stopping = False
         self._supervisor: Optional[asyncio.Task[None]] = None
         self._next_start_at = 0.0
+        self._phase = "launching"  # what start_progress says: launching, starting, waiting to restart
+        self._phase_since = time.monotonic()
 
     @property
     def pid(self) -> Optional[int]:
@@ -139,6 +142,16 @@ class VllmEngine(Engine):
 
     def is_ready(self) -> bool:
         return self._ready.is_set()
+
+    def start_progress(self) -> Optional[StartProgress]:
+        """While vLLM is not serving: ``launching`` (the process is being started), ``starting`` (it runs and
+        loads its model; its own log lines, prefixed ``[vllm]``, say how far), ``waiting to restart``."""
+        if self._ready.is_set() or self._stopping or self._supervisor is None:
+            return None
+        return StartProgress("vLLM is starting", self._phase, time.monotonic() - self._phase_since)
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase, self._phase_since = phase, time.monotonic()
 
     async def check_health(self) -> bool:
         return self.is_ready() and await self.upstream.probe()
@@ -204,6 +217,7 @@ class VllmEngine(Engine):
             started = time.monotonic()
             proc = self._proc
             if proc is None or proc.returncode is not None:
+                self._set_phase("launching")
                 proc = await self._launch()
             else:
                 log.info("supervising the running vLLM again (pid %d)", proc.pid)
@@ -223,6 +237,7 @@ class VllmEngine(Engine):
                     backoff = self.backoff_initial_s  # it ran a good while: start the backoff over
             self.restarts += 1
             self._next_start_at = time.monotonic() + backoff
+            self._set_phase("waiting to restart")
             log.info("restarting vLLM in %.1fs (restart %d)", backoff, self.restarts)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.backoff_max_s)
@@ -254,11 +269,20 @@ class VllmEngine(Engine):
             return False
 
     async def _wait_healthy(self, proc: asyncio.subprocess.Process) -> bool:
-        deadline = time.monotonic() + self.health_timeout_s
+        started = time.monotonic()
+        self._set_phase("starting")
+        deadline = started + self.health_timeout_s
+        said = started
         while time.monotonic() < deadline and proc.returncode is None:
             if await self.health_check():
+                log.info("vLLM answered /health after %.1f s", time.monotonic() - started)
                 return True
             await asyncio.sleep(0.25)
+            if time.monotonic() - said >= WAITING_LOG_EVERY_S:
+                said = time.monotonic()
+                log.info("vLLM is starting (pid %d): %.0f s so far, %.0f s left before it is stopped "
+                         "as hung; its own [vllm] lines say how far it got", proc.pid,
+                         said - started, deadline - said)
         if proc.returncode is None:
             log.error("vLLM did not become healthy in %.0fs; stopping it", self.health_timeout_s)
             await self._terminate()

@@ -63,6 +63,7 @@ import json
 import math
 import re
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -374,9 +375,12 @@ def write_native(model: Mistral4ForCausalLM, directory: Path) -> None:
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
-def load_native(directory: Path, dtype: torch.dtype | None = None) -> Mistral4ForCausalLM:
+def load_native(directory: Path, dtype: torch.dtype | None = None,
+                report: Callable[[str, int, int], None] | None = None) -> Mistral4ForCausalLM:
     """A ``Mistral4ForCausalLM`` (on the CPU, eval mode) from a native checkpoint directory; ``dtype`` None keeps
-    the stored one. Raises :class:`NativeFormatError` for what it cannot load."""
+    the stored one. Raises :class:`NativeFormatError` for what it cannot load. ``report(phase, done, total)`` is
+    told of its progress: ``weights`` after each shard read (``done`` of ``total`` files), then ``convert``
+    (0, 0) as the tensors become transformers' (the loader's progress log)."""
     import torch
     from safetensors import safe_open
     from transformers import GenerationConfig, Mistral4ForCausalLM
@@ -388,12 +392,16 @@ def load_native(directory: Path, dtype: torch.dtype | None = None) -> Mistral4Fo
     if not files:
         raise NativeFormatError(f"no {WEIGHTS_GLOB} in {directory}")
     tensors: dict[str, torch.Tensor] = {}
-    for file in files:
+    for done, file in enumerate(files, 1):
         with safe_open(str(file), framework="pt") as f:
             for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
                 if key in tensors:
                     raise NativeFormatError(f"{key!r} is in more than one of {[p.name for p in files]}")
                 tensors[key] = f.get_tensor(key)
+        if report is not None:
+            report("weights", done, len(files))
+    if report is not None:
+        report("convert", 0, 0)
     state = from_native(tensors, config)
     if dtype is None:
         dtype = state["model.embed_tokens.weight"].dtype if "model.embed_tokens.weight" in state else torch.bfloat16

@@ -22,6 +22,7 @@ service layer does not know.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -111,8 +112,9 @@ class Stage:
     """Base class: every hook is optional and does nothing.
 
     Besides the per-request hooks, a stage may hold resources for its lifetime (a Redis client, extra
-    upstream engines): ``start`` and ``aclose`` run with the server's lifespan, and ``status`` adds a section
-    to ``/ready``'s body (e.g. circuit breaker states).
+    upstream engines): ``start`` and ``aclose`` run with the server's lifespan, ``status`` adds a section
+    to ``/ready``'s body (e.g. circuit breaker states), and ``check`` says, fresh, what the stage can no longer
+    do as configured (``/ready``'s ``degraded``).
     """
 
     name = "stage"
@@ -124,6 +126,13 @@ class Stage:
         return None
 
     def status(self) -> Optional[dict[str, Any]]:
+        return None
+
+    async def check(self) -> Optional[str]:
+        """A fresh look at what the stage depends on (a Redis), asked by ``/ready`` before ``status``: a
+        sentence saying what no longer works as configured, or ``None``. Bounded: a stage answers from a cache
+        refreshed at most every few seconds, each refresh under a short timeout. Never raises but for
+        cancellation."""
         return None
 
     async def enter(self, call: Call) -> None:
@@ -162,6 +171,22 @@ class Pipeline:
                 await stage.aclose()
             except Exception:
                 log.exception("stage %s failed to close", stage.name)
+
+    async def check(self) -> list[str]:
+        """Every stage's :meth:`Stage.check` that found something (asked concurrently), in stage order; a stage
+        whose check fails is logged and reported as unable to say."""
+        checking = [s for s in self.stages if _overrides(s, "check")]
+        found = await asyncio.gather(*(s.check() for s in checking), return_exceptions=True)
+        out: list[str] = []
+        for stage, result in zip(checking, found):
+            if isinstance(result, asyncio.CancelledError):
+                raise result
+            if isinstance(result, BaseException):
+                log.error("stage %s failed its check: %s: %s", stage.name, type(result).__name__, result)
+                result = f"the {stage.name} stage cannot say whether it works"
+            if result is not None and result not in out:
+                out.append(result)
+        return out
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

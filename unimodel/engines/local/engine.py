@@ -39,12 +39,13 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from unimodel.engines.base import Engine, GenerationRequest, PromptCount
+from unimodel.engines.base import Engine, GenerationRequest, PromptCount, StartProgress
 from unimodel.engines.local.cpu_threads import apply_cpu_threads
 from unimodel.engines.local.grammar import GrammarCompiler
 from unimodel.engines.local.hooks import BanTokens, RepetitionPenalties, ThinkingBudget
 from unimodel.engines.local.images import at_least_two_image_tokens, pixel_inputs, resolve_images
 from unimodel.engines.local.kv_budget import KvBudget, budget_bytes, bytes_per_token
+from unimodel.engines.local.load_progress import LoadProgress
 from unimodel.engines.local.mailbox import Item, Mailbox
 from unimodel.engines.local.loader import LoadedModel, load_model
 from unimodel.engines.local.output import OutputAssembler
@@ -117,13 +118,26 @@ class LocalEngine(Engine):
         self._markers = FormatMarkers()
         self._eos: frozenset[int] = frozenset()
         self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = weakref.WeakKeyDictionary()
+        self._progress: LoadProgress | None = None  # while start() runs
 
     # ---- lifecycle -------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        progress = self._progress = LoadProgress(self.model_name)
+        try:
+            await self._start(progress)
+        finally:
+            self._progress = None  # started, failed or cancelled: /ready no longer shows a load
+
+    def start_progress(self) -> StartProgress | None:
+        progress = self._progress
+        return progress.snapshot() if progress is not None and self._loaded is None else None
+
+    async def _start(self, progress: LoadProgress) -> None:
         loaded = await asyncio.to_thread(
             load_model, self.model_name, device=self.device, dtype=self.dtype,
             max_model_len=self.requested_max_model_len, cache_dir=self.cache_dir, family=self.model_family,
+            progress=progress,
         )
         self._format: ModelFormat = loaded.format
         threads = apply_cpu_threads(self.cpu_threads) if loaded.device.type == "cpu" else None
@@ -137,6 +151,7 @@ class LocalEngine(Engine):
         text_config = getattr(loaded.config, "text_config", None) or loaded.config
         self._grammar = GrammarCompiler(loaded.renderer, self._eos, int(text_config.vocab_size))
         new_cache = _cache_factory(loaded)
+        progress.phase("warm-up", "one forward pass, measuring the KV cache per token")
         per_token = await asyncio.to_thread(bytes_per_token, loaded.model, new_cache, cache_kwarg(loaded.model),
                                             loaded.device)
         kv_budget = KvBudget.from_bytes(budget_bytes(self.kv_memory_gb, loaded.device, self.kv_cuda_fraction),
@@ -147,6 +162,7 @@ class LocalEngine(Engine):
             max_prefill_tokens=self.max_prefill_tokens, kv_budget=kv_budget,
         )
         self._scheduler.start()
+        progress.finish()
         self._loaded = loaded
         log.info("local engine: %s from %s on %s (%s%s), model family %s, max_model_len %d, max_num_seqs %d, "
                  "KV budget %s", self.served_model_name, loaded.path, loaded.device, loaded.dtype,
@@ -215,8 +231,9 @@ class LocalEngine(Engine):
         if has_images(request.messages):
             if not loaded.supports_images:
                 raise UnsupportedFeatureError(
-                    f"the model '{self.served_model_name}' is text-only and does not accept images; "
-                    "remove the image_url parts", param="messages")
+                    f"the model '{self.served_model_name}' is text-only: it takes no images (remove the "
+                    "image parts); for a small local model that does, serve --model tiny-random-vision",
+                    param="messages")
             images = await resolve_images(request.messages, self.image_limits)
             images = {url: at_least_two_image_tokens(img, loaded.config) for url, img in images.items()}
         return await asyncio.to_thread(loaded.renderer.render, request, images)

@@ -18,7 +18,11 @@ Rules:
 * ``--dtype auto``: bfloat16 on CUDA (float16 where bf16 is unsupported), float32 on CPU (CPU bf16 matmuls
   are slow without AMX and lose precision).
 
-Every failure is a :class:`ModelLoadError` saying what was tried and what to do next.
+Every failure is a :class:`ModelLoadError` saying what was tried and what to do next. Progress goes to a
+:class:`~.load_progress.LoadProgress` (the log, and ``/ready``): where the checkpoint comes from and its size,
+then the phases ``tokenizer`` (config and tokenizer, read first so a broken tokenizer fails before minutes of
+weights), ``weights`` (per shard where we read them: the native format), ``convert`` (native only),
+``device``; the engine adds ``warm-up``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from unimodel.engines.local.load_progress import LoadProgress, describe_size
 from unimodel.formats.base import ModelFormat
 from unimodel.formats.registry import detect_format, get_format
 from unimodel.formats.render import PromptRenderer
@@ -65,21 +70,37 @@ class LoadedModel:
         return self.is_vision and self.renderer.supports_images
 
 
-def resolve_path(model: str, cache_dir: Path | None = None) -> tuple[Path, bool]:
-    """The checkpoint directory for ``model`` and whether it is a built tiny-random checkpoint."""
+def resolve_path(model: str, cache_dir: Path | None = None,
+                 progress: LoadProgress | None = None) -> tuple[Path, bool]:
+    """The checkpoint directory for ``model`` and whether it is a built tiny-random checkpoint; ``progress`` is
+    told where it comes from (phase ``resolve``, or ``download`` for a hub checkpoint not in the cache)."""
     if is_tiny_random(model):
+        if progress is not None:
+            progress.phase("resolve", "a built test checkpoint, from the cache (built on first use)")
         try:
             return ensure_tiny_random(model, cache_dir), True
         except Exception as exc:
             raise ModelLoadError(f"building the {model} checkpoint failed: {exc}") from exc
     local = Path(model).expanduser()
     if local.is_dir():
+        if progress is not None:
+            progress.phase("resolve", f"the local directory {local}")
         return local, (local / MARKER_FILE).is_file()
     if local.exists() or model.startswith((".", "/", "~")):
         raise ModelLoadError(f"--model {model!r} is not a checkpoint directory; {_ADVICE}")
     try:
         from huggingface_hub import snapshot_download
 
+        try:  # in the hub's cache already: no download, and the log says so
+            cached = Path(snapshot_download(model, local_files_only=True))
+        except Exception:
+            cached = None
+        if cached is not None:
+            if progress is not None:
+                progress.phase("resolve", f"the Hugging Face cache, {cached}")
+            return cached, False
+        if progress is not None:
+            progress.phase("download", "from the Hugging Face hub (not in its cache yet)")
         return Path(snapshot_download(model)), False
     except Exception as exc:
         raise ModelLoadError(
@@ -139,19 +160,27 @@ def context_length(config: Any, requested: int | None) -> int:
 
 def load_model(
     model: str, *, device: str = "auto", dtype: str = "auto", max_model_len: int | None = None,
-    cache_dir: Path | None = None, family: str | None = None,
+    cache_dir: Path | None = None, family: str | None = None, progress: LoadProgress | None = None,
 ) -> LoadedModel:
     """Resolve, load and place ``model`` (blocking: call it in a worker thread); ``family`` names its format
-    (None: recognised from the checkpoint)."""
-    path, tiny = resolve_path(model, cache_dir)
+    (None: recognised from the checkpoint); ``progress`` is told each phase (the caller finishes it)."""
+    progress = progress if progress is not None else LoadProgress(model)
+    path, tiny = resolve_path(model, cache_dir, progress)
     torch_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, torch_device)
-    if is_native_checkpoint(path):
-        loaded, is_vision = _load_native(path, torch_dtype, torch_device), False
-    else:
-        loaded, is_vision = _load_hf(path, torch_dtype, torch_device)
+    native = is_native_checkpoint(path)
+    shards = _weight_files(path)
+    log.info("loading %s from %s: %s in %d weight file%s, %s format, to %s as %s", model, path,
+             describe_size(_size(shards)), len(shards), "" if len(shards) == 1 else "s",
+             "Mistral's native" if native else "Hugging Face", torch_device, str(torch_dtype).removeprefix("torch."))
+    progress.phase("tokenizer", "config and tokenizer")
+    hf_class = None if native else _hf_class(path)
     fmt = get_format(family) if family else detect_format(path)
     renderer = _renderer(fmt, path)
+    if hf_class is None:
+        loaded, is_vision = _load_native(path, torch_dtype, torch_device, progress, len(shards)), False
+    else:
+        loaded, is_vision = _load_hf(path, hf_class, torch_dtype, torch_device, progress, len(shards))
     vocab = getattr(getattr(loaded.config, "text_config", None) or loaded.config, "vocab_size", None)
     if vocab is not None and renderer.vocab_size > vocab:
         raise ModelLoadError(f"{path}: the tokenizer has {renderer.vocab_size} ids but the model only {vocab}")
@@ -162,7 +191,28 @@ def load_model(
     )
 
 
-def _load_hf(path: Path, torch_dtype: Any, torch_device: Any) -> tuple[Any, bool]:
+def _weight_files(path: Path) -> list[Path]:
+    """The checkpoint's weight files (safetensors, else PyTorch bins), for the size and shard count logged."""
+    try:
+        files = sorted(p for p in path.glob("*.safetensors") if p.is_file())
+        return files or sorted(p for p in path.glob("*.bin") if p.is_file())
+    except OSError:
+        return []
+
+
+def _size(files: list[Path]) -> int:
+    total = 0
+    for file in files:
+        try:
+            total += file.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _hf_class(path: Path) -> tuple[Any, bool]:
+    """The transformers class of a Hugging Face checkpoint (from its ``config.json``) and whether it takes
+    images."""
     config_file = path / "config.json"
     if not config_file.is_file():
         found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
@@ -174,12 +224,20 @@ def _load_hf(path: Path, torch_dtype: Any, torch_device: Any) -> tuple[Any, bool
         raw_config = json.loads(config_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {config_file}: {exc}") from exc
-    cls, is_vision = model_class(raw_config)
+    return model_class(raw_config)
+
+
+def _load_hf(path: Path, hf_class: tuple[Any, bool], torch_dtype: Any, torch_device: Any, progress: LoadProgress,
+             shards: int) -> tuple[Any, bool]:
+    cls, is_vision = hf_class
     try:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        # transformers reads the shards itself (its progress is a tqdm bar, off): the phase has no count
+        progress.phase("weights", f"{shards} file{'' if shards == 1 else 's'} with transformers.{cls.__name__}")
         loaded = cls.from_pretrained(str(path), dtype=torch_dtype)
+        progress.phase("device", f"to {torch_device}")
         return loaded.to(torch_device).eval(), is_vision
     except Exception as exc:
         raise ModelLoadError(
@@ -188,9 +246,18 @@ def _load_hf(path: Path, torch_dtype: Any, torch_device: Any) -> tuple[Any, bool
         ) from exc
 
 
-def _load_native(path: Path, torch_dtype: Any, torch_device: Any) -> Any:
+def _load_native(path: Path, torch_dtype: Any, torch_device: Any, progress: LoadProgress, shards: int) -> Any:
+    def report(phase: str, done: int, total: int) -> None:
+        if phase != progress.current:
+            progress.phase(phase, "to transformers' Mistral4ForCausalLM" if phase == "convert" else "", total)
+        if total:
+            progress.step(done, total)
+
     try:
-        return load_native(path, torch_dtype).to(torch_device).eval()
+        progress.phase("weights", f"{shards} consolidated*.safetensors file{'' if shards == 1 else 's'}", shards)
+        model = load_native(path, torch_dtype, report)
+        progress.phase("device", f"to {torch_device}")
+        return model.to(torch_device).eval()
     except NativeFormatError as exc:
         raise ModelLoadError(f"{path} is a Mistral native checkpoint (params.json) that the local engine cannot "
                              f"load: {exc}; {_ADVICE}") from exc

@@ -100,6 +100,9 @@ class MemoryStore:
         if claim is not None:
             claim.ended.set()
 
+    async def check(self) -> bool:
+        return True  # this process's memory
+
     def status(self) -> dict[str, Any]:
         return {"store": self.kind, "in_flight": len(self._claims), "stored": len(self._done),
                 "stored_bytes": self._bytes, "evicted": self.evicted}

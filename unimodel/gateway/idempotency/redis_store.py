@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 
 from unimodel.gateway.idempotency.store import Claimed, ClaimResult, Done, InFlight, StoreUnavailableError
 from unimodel.gateway.leases import Leases
+from unimodel.gateway.redis_health import RedisHealth
 
 _TOKEN_CHARS = 32  # secrets.token_hex(16)
 MAX_PENDING_BYTES = 64 * 1024 * 1024  # records kept for a retried store at most, all together
@@ -86,6 +87,7 @@ class RedisStore:
         self.leases: Leases[tuple[str, str]] = Leases("idempotency", claim_ttl_s, self._renew_batch,
                                                       drain_s=drain_s)
         self._pending_bytes = 0
+        self.health = RedisHealth(timeout_s)  # what /ready shows of Redis (gateway/redis_health.py)
 
     async def start(self) -> None:
         # one immediate retry (a pooled connection Redis closed when it restarted), no backoff: a request must
@@ -101,6 +103,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self.leases.aclose()
+        await self.health.aclose()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -158,7 +161,14 @@ class RedisStore:
             raise
 
     def status(self) -> dict[str, Any]:
-        return {"store": self.kind, **self.leases.status()}
+        return {"store": self.kind, **self.health.status(), **self.leases.status()}
+
+    async def check(self) -> bool:
+        """Whether Redis answers now (cached, bounded: ``RedisHealth.check``)."""
+        client = self._client
+        if client is None:
+            return False
+        return await self.health.check(client.ping)
 
     async def _finish_once(self, key: str, token: str, record: bytes) -> None:
         await self._call(self._finish(keys=[self.prefix + key], args=[f"I{token}", b"D" + record, self.ttl_ms]))
@@ -177,9 +187,12 @@ class RedisStore:
 
     async def _call(self, pending: Any) -> Any:
         try:
-            return await pending
+            result = await pending
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            self.health.saw(False, exc)
             raise StoreUnavailableError(f"Redis: {type(exc).__name__}") from exc
+        self.health.saw(True)
+        return result
 
 
 def _held(value: Any) -> ClaimResult:

@@ -104,6 +104,11 @@ class IdempotencyStage(Stage):
         return {**self.store.status(), "available": not self._down, "in_flight_mode": self.in_flight,
                 **self.counts}
 
+    async def check(self) -> Optional[str]:
+        if await self.store.check():
+            return None
+        return f"the idempotency store ({self.store.kind}) is down: Idempotency-Key is not honoured until it is back"
+
     # ---- the hooks ------------------------------------------------------------------------------------
 
     async def enter(self, call: Call) -> None:

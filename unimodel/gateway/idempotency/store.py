@@ -67,3 +67,7 @@ class IdempotencyStore(Protocol):
         """Drop the claim (the request failed or was abandoned) if ``token`` still owns it."""
 
     def status(self) -> dict[str, Any]: ...
+
+    async def check(self) -> bool:
+        """Whether the store's backend answers now (Redis: a cached PING under a short timeout); for
+        ``/ready``, never per request."""

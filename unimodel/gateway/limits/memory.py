@@ -32,6 +32,9 @@ class MemoryStore:
     async def aclose(self) -> None:
         return None
 
+    async def check(self) -> bool:
+        return True  # this process's memory
+
     def status(self) -> dict[str, Any]:
         return {"store": "memory", "buckets": len(self._buckets), "in_flight": sum(self._in_flight.values())}
 

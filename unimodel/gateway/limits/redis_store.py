@@ -21,7 +21,8 @@ Every call is bounded (``timeout_s`` on the socket, connect and the whole call);
 only a broken pooled connection, once (a reply lost after the script ran would count a call twice: limits err
 towards refusing, never towards leaking). When Redis cannot answer, :class:`StoreUnavailable` is raised at once
 and for ``backoff_s`` after (no request waits on a dead Redis), the outage is logged once and counted; the
-connection pool reconnects on the first call after Redis is back.
+connection pool reconnects on the first call after Redis is back. What ``/ready`` shows of Redis is the newest
+of what the calls saw and a cached PING (``gateway/redis_health.py``), so a quiet gateway tells an outage too.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any, Optional
 
 from unimodel.gateway.leases import Leases
+from unimodel.gateway.redis_health import RedisHealth, outage_errors
 from unimodel.gateway.limits.policy import Plan
 from unimodel.gateway.limits.store import Decision, StoreUnavailable
 
@@ -139,12 +141,6 @@ class _NotSent(StoreUnavailable):
     """Refused before anything reached Redis (not started, or within the backoff after a failure)."""
 
 
-def _outage_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
-
-    return (RedisError, OSError, asyncio.TimeoutError)
-
-
 class RedisStore:
     remote = True
 
@@ -166,6 +162,7 @@ class RedisStore:
         self._retry_at = 0.0
         self.outages = 0
         self.failed_calls = 0
+        self.health = RedisHealth(timeout_s)
 
     async def start(self) -> None:
         import redis.asyncio as aioredis
@@ -173,7 +170,7 @@ class RedisStore:
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
 
-        self._errors = _outage_errors()
+        self._errors = outage_errors()
         # one immediate retry on a broken connection (a pooled one Redis dropped while it restarted), none on a
         # timeout; the whole call stays under timeout_s either way
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
@@ -186,6 +183,7 @@ class RedisStore:
 
     async def aclose(self) -> None:
         await self.leases.aclose()
+        await self.health.aclose()
         client, self._client = self._client, None
         if client is not None:
             close = getattr(client, "aclose", None) or client.close  # redis-py < 5.0.1 names it close
@@ -196,8 +194,15 @@ class RedisStore:
         return self._down_since is None
 
     def status(self) -> dict[str, Any]:
-        return {"store": "redis", "redis": "up" if self.up else "down", "outages": self.outages,
+        return {"store": "redis", **self.health.status(), "outages": self.outages,
                 "failed_calls": self.failed_calls, **self.leases.status()}
+
+    async def check(self) -> bool:
+        """Whether Redis answers now (cached, bounded: ``RedisHealth.check``)."""
+        client = self._client
+        if client is None:
+            return False
+        return await self.health.check(client.ping)
 
     async def acquire(self, plan: Plan, lease: str) -> Decision:
         keys = [self.prefix + b.id for b in plan.buckets]
@@ -275,7 +280,9 @@ class RedisStore:
             result = await asyncio.wait_for(script(keys=keys, args=args), self.timeout_s)
         except self._errors as exc:
             self._failed(exc)
+            self.health.saw(False, exc)
             raise StoreUnavailable("Redis is down") from exc
+        self.health.saw(True)
         if self._down_since is not None:
             log.warning("Redis is back for rate limits after %.1f s", time.monotonic() - self._down_since)
             self._down_since = None

@@ -135,6 +135,14 @@ class LimitsStage(Stage):
     def status(self) -> dict[str, Any]:
         return {**self.store.status(), "on_store_failure": self.on_store_failure, **self.counts}
 
+    async def check(self) -> Optional[str]:
+        if await self.store.check():
+            return None
+        if self.on_store_failure == "closed":
+            return ("Redis is down: requests that limits apply to are refused with 503 limits_unavailable "
+                    "(--limits-on-redis-failure closed)")
+        return "Redis is down: requests are admitted without rate limits or quotas (--limits-on-redis-failure open)"
+
     # ---- per request --------------------------------------------------------------------------------
 
     async def enter(self, call: Call) -> None:

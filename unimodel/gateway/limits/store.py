@@ -55,6 +55,10 @@ class LimitStore(Protocol):
 
     def status(self) -> dict[str, Any]: ...
 
+    async def check(self) -> bool:
+        """Whether the store's backend answers now (Redis: a cached PING under a short timeout); for
+        ``/ready``, never per request."""
+
     async def acquire(self, plan: Plan, lease: str) -> Decision:
         """Check every bucket and the concurrency cap of ``plan``; take them all, or nothing."""
 

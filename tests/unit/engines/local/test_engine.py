@@ -203,6 +203,7 @@ async def test_image_for_text_only_model_is_a_400(engine: LocalEngine) -> None:
     with pytest.raises(UnsupportedFeatureError, match="text-only") as err:
         await collect(engine, gen_request("r", "tiny-random", wire, 4))
     assert err.value.param == "messages"
+    assert "serve --model tiny-random-vision" in str(err.value)  # the way out: a small model that takes images
 
 
 async def test_stop_token_ids_end_the_output(engine: LocalEngine) -> None:
