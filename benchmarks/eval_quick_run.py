@@ -22,7 +22,7 @@ import time
 
 from _processes import ENV, ROOT, processes
 
-README_EVAL = ["--suite", "math,json,tools,code"]  # the README's quick example, less --url and --out
+README_EVAL = ["--model", "tiny-random", "--suite", "math,json,tools,code"]  # the README's quick example, less --url and --out
 
 
 def main() -> None:
