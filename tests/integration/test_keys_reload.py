@@ -22,7 +22,7 @@ import httpx
 from tests.conftest import ANSWER
 from tests.support.live_server import free_port
 from tests.support.scripted_upstream import ScriptedUpstream
-from tests.support.serve_process import wait_ready
+from tests.support.serve_process import wait_ready, worker_pids
 
 CLI = [sys.executable, "-m", "unimodel.cli"]
 BODY = {"model": "raw-plain", "messages": [{"role": "user", "content": "hi"}]}
@@ -185,19 +185,6 @@ def test_revoke_under_load_create_broken_edit_sighup_and_key_file(scripted_upstr
     assert not any("scrypt$" in line for line in lines)
 
 
-def _workers(pid: int) -> set[int]:
-    out = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if ppid == pid and b"spawn_main" in cmdline:
-            out.add(int(stat.parent.name))
-    return out
-
-
 def test_each_of_two_workers_reloads_and_so_do_the_workers_a_sighup_starts(scripted_upstream: ScriptedUpstream,
                                                                             tmp_path: Path) -> None:
     a, a_item = _create("team-a")
@@ -205,7 +192,7 @@ def test_each_of_two_workers_reloads_and_so_do_the_workers_a_sighup_starts(scrip
     cfg, log = tmp_path / "unimodel.yaml", tmp_path / "serve.log"
     cfg.write_text("keys:\n" + a_item + b_item)
     with _serve(scripted_upstream, cfg, log, "--workers", "2", "--no-idempotency") as (port, proc):
-        _until("two workers", lambda: len(_workers(proc.pid)) == 2)
+        _until("two workers", lambda: len(worker_pids(proc.pid)) == 2)
         _until("both workers serving team-b", lambda: all(_post(port, b).status_code == 200 for _ in range(10)))
         with _load(port, a) as load_a:
             _keys("revoke", "team-b", "--config", str(cfg))

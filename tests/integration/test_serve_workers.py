@@ -16,22 +16,7 @@ from tests.conftest import ANSWER
 from tests.support.live_server import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.scripted_upstream import ScriptedUpstream
-from tests.support.serve_process import wait_ready
-
-
-def _workers(pid: int) -> list[int]:
-    """The worker processes uvicorn spawned under ``pid`` (not multiprocessing's resource tracker)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if ppid == pid and b"spawn_main" in cmdline:
-            out.append(int(stat.parent.name))
-    return out
-
+from tests.support.serve_process import wait_ready, worker_pids
 
 _wait_ready = wait_ready
 
@@ -49,9 +34,9 @@ def test_two_workers_serve_and_share_the_rate_limit_through_redis(
     try:
         _wait_ready(f"http://127.0.0.1:{port}/ready", proc)
         deadline = time.monotonic() + 30
-        while len(_workers(proc.pid)) < 2 and time.monotonic() < deadline:  # the second may still be starting
+        while len(worker_pids(proc.pid)) < 2 and time.monotonic() < deadline:  # the second may still be starting
             time.sleep(0.1)
-        assert len(_workers(proc.pid)) == 2
+        assert len(worker_pids(proc.pid)) == 2
         statuses = []
         for stream in (False, True) * 4:  # a new connection each: the kernel spreads them over the workers
             body = {"model": "raw-plain", "messages": [{"role": "user", "content": "hi"}], "stream": stream}

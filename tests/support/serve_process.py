@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 
@@ -21,3 +22,17 @@ def wait_ready(url: str, proc: "subprocess.Popen[bytes]", timeout_s: float = 60.
             pass
         time.sleep(0.1)
     raise AssertionError(f"{what} did not become ready in {timeout_s:.0f}s")
+
+
+def worker_pids(pid: int) -> list[int]:
+    """The worker processes uvicorn spawned under ``pid`` (not multiprocessing's resource tracker)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if ppid == pid and b"spawn_main" in cmdline:
+            out.append(int(stat.parent.name))
+    return out
