@@ -9,8 +9,8 @@ did itself: a request sent since the last read counts as held, one that ended as
 the slots it was last seen full at counts as waiting (so a burst between two reads does not all land on one
 replica's queue). Metrics older than two reads count as saturated: a replica that stopped
 answering its metrics is taken to be too busy to answer them, not idle (llm-d's rule). A replica whose
-``/metrics`` answers 404 (no vLLM: llama.cpp without ``--metrics``, a hosted API) is judged by the gateway's own
-count of requests in flight alone.
+``/metrics`` answers 404, 405, 401 or 403 (no vLLM: llama.cpp without ``--metrics``, a hosted API, a proxy that
+guards it) is judged by the gateway's own count of requests in flight alone.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ from unimodel.engines.upstream import UpstreamEngine
 log = logging.getLogger("unimodel.pool")
 
 ReplicaState = Literal["active", "draining", "gone"]
+
+#: a ``/metrics`` answer that will not change by asking again (none there, or not for us): a server that is no
+#: vLLM, or one behind an API that guards it; counting it as stale would keep the replica saturated for ever
+NO_METRICS_STATUSES = frozenset({401, 403, 404, 405})
 
 
 @dataclass(frozen=True)
@@ -141,10 +145,10 @@ class Replica:
         try:
             async with session.get(url, timeout=timeout, allow_redirects=False,
                                    headers=self.engine.auth_headers) as resp:
-                if resp.status == 404:
+                if resp.status in NO_METRICS_STATUSES:
                     self.no_metrics = True
-                    log.warning("replica %s has no /metrics (HTTP 404): it is judged by the requests in flight "
-                                "from this gateway alone", self.name)
+                    log.warning("replica %s has no /metrics we may read (HTTP %d): it is judged by the requests "
+                                "in flight from this gateway alone", self.name, resp.status)
                     return
                 if resp.status != 200:
                     raise _ScrapeFailed(f"HTTP {resp.status}")

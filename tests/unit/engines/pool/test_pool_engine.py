@@ -198,3 +198,40 @@ async def test_a_saturated_pool_admits_interactive_before_batch() -> None:
         await asyncio.wait_for(asyncio.gather(first, urgent, *batch), 30)
         assert done[0] == "interactive", done
         assert Counter(engine.choices)["queued"] == 4
+
+
+async def test_a_replica_whose_metrics_are_guarded_is_judged_by_our_own_count() -> None:
+    """An upstream that answers 401 on /metrics (a proxy guarding it) is not stale for ever: it takes requests."""
+    from aiohttp import web
+
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "sim-model", "object": "model"}]})
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "no"}}, status=401)
+
+    async def chat(request: web.Request) -> web.Response:
+        return web.json_response({"id": "x", "object": "chat.completion", "model": "sim-model", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "guarded"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    app = web.Application()
+    app.add_routes([web.get("/v1/models", models), web.get("/metrics", metrics),
+                    web.post("/v1/chat/completions", chat)])
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with replicas(1) as sims, pool([StaticDiscovery(f"http://127.0.0.1:{port}/v1"),
+                                              StaticDiscovery(sims[0].base_url)]) as engine:
+            guarded = next(r for r in engine.replicas.values() if str(port) in r.url)
+            await until(lambda: guarded.no_metrics)
+            sims[0].set_faults(metrics="hang")  # the other one goes stale: only the guarded one has room
+            other = next(r for r in engine.replicas.values() if r is not guarded)
+            await until(lambda: engine.pool_status()["replicas"][other.name]["metrics"] == "stale")  # type: ignore[index]
+            out = await answer(engine, request("hello", i=1, streamed=False))
+            assert out == "guarded" and guarded.served == 1
+    finally:
+        await runner.cleanup()
