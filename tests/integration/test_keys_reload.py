@@ -22,7 +22,7 @@ import httpx
 from tests.conftest import ANSWER
 from tests.support.live_server import free_port
 from tests.support.scripted_upstream import ScriptedUpstream
-from tests.support.serve_process import wait_ready, worker_pids
+from tests.support.serve_process import stop, wait_ready, worker_pids
 
 CLI = [sys.executable, "-m", "unimodel.cli"]
 BODY = {"model": "raw-plain", "messages": [{"role": "user", "content": "hi"}]}
@@ -120,12 +120,7 @@ def _serve(upstream: ScriptedUpstream, cfg: Path, log: Path, *extra: str) -> Ite
         wait_ready(f"http://127.0.0.1:{port}/health", proc)
         yield port, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def _reload_lines(log: Path) -> list[str]:

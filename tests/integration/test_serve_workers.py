@@ -16,7 +16,7 @@ from tests.conftest import ANSWER
 from tests.support.live_server import free_port
 from tests.support.redis_server import RedisServer
 from tests.support.scripted_upstream import ScriptedUpstream
-from tests.support.serve_process import wait_ready, worker_pids
+from tests.support.serve_process import stop, wait_ready, worker_pids
 
 _wait_ready = wait_ready
 
@@ -50,12 +50,7 @@ def test_two_workers_serve_and_share_the_rate_limit_through_redis(
         # 6 a minute in all, whichever worker answered: the limit lives in Redis, not in either process
         assert statuses == [200] * 6 + [429] * 2
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def test_two_workers_with_limits_in_memory_are_refused(scripted_upstream: ScriptedUpstream) -> None:

@@ -36,3 +36,13 @@ def worker_pids(pid: int) -> list[int]:
         if ppid == pid and b"spawn_main" in cmdline:
             out.append(int(stat.parent.name))
     return out
+
+
+def stop(proc: "subprocess.Popen[bytes]", timeout_s: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL when it has not ended within ``timeout_s``; always waited for."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
